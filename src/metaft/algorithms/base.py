@@ -1,0 +1,310 @@
+"""``MetaLearner``: the outer loop, metrics and logging shared by every algorithm.
+
+Subclasses say only what differs: how one task is solved (``solve_task``) and, for Reptile,
+how the meta-gradient is formed (``meta_backward``).
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Callable, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+from torch.utils._pytree import tree_map
+
+from metaft.algorithms.inner_loop import Params, adapt
+from metaft.data.episode import Episode
+from metaft.models.nets import MetaNet
+from metaft.utils.metrics import EpisodeStats
+
+Task = Literal["regression", "classification"]
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a meta-training loss is NaN or Inf."""
+
+
+def _check_positive(**values: float) -> None:
+    for name, v in values.items():
+        if v is None or not (v > 0):
+            raise ValueError(f"algorithm.{name} must be > 0, got {v}")
+
+
+class MetaLearner(L.LightningModule):
+    """Gradient-based meta-learner: MAML by default (``first_order``, ``adapt_head_only`` and
+    ``learn_inner_lr`` turn it into FOMAML, ANIL and Meta-SGD).
+
+    Args:
+        net: the model (a ``MetaNet``: ``body`` then ``head``).
+        task: ``regression`` (MSE) or ``classification`` (cross-entropy, accuracy in percent).
+        inner_lr: inner-loop step size (Meta-SGD: the initial value of every learned alpha).
+        inner_steps: inner steps in meta-training.
+        eval_inner_steps: inner steps at validation and test (default: ``inner_steps``).
+        first_order: drop second-order terms of the meta-gradient.
+        adapt_head_only: adapt only ``net.head``; body features are computed once per task.
+        learn_inner_lr: learn one step size per parameter entry (Meta-SGD).
+        vectorize: ``true`` vmaps over the tasks of a meta-batch, ``false`` loops over them,
+            ``auto`` vmaps on accelerators and for convolution-free models (on a CPU, vmap over
+            convolutions is slower than a loop).
+        optimizer: outer optimizer factory (``params -> Optimizer``).
+        scheduler: optional LR scheduler factory (stepped every meta-step).
+        grad_clip: clip the meta-gradient's global norm (``0`` disables).
+        nonfinite: ``raise`` stops on a NaN/Inf loss; ``skip`` drops that meta-step.
+    """
+
+    def __init__(
+        self,
+        net: MetaNet,
+        task: Task = "regression",
+        inner_lr: float = 0.01,
+        inner_steps: int = 1,
+        eval_inner_steps: int | None = None,
+        first_order: bool = False,
+        adapt_head_only: bool = False,
+        learn_inner_lr: bool = False,
+        vectorize: Literal["auto", True, False] | str | bool = "auto",
+        optimizer: OptimizerFactory | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        grad_clip: float = 0.0,
+        nonfinite: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        super().__init__()
+        if task not in ("regression", "classification"):
+            raise ValueError(f"task must be 'regression' or 'classification', got {task!r}")
+        if inner_steps < 0 or (eval_inner_steps is not None and eval_inner_steps < 0):
+            raise ValueError("algorithm.inner_steps and algorithm.eval_inner_steps must be >= 0")
+        if inner_steps or eval_inner_steps:
+            _check_positive(inner_lr=inner_lr)
+        if str(vectorize).lower() not in ("auto", "true", "false"):
+            raise ValueError(f"algorithm.vectorize must be auto, true or false, got {vectorize!r}")
+        if nonfinite not in ("raise", "skip"):
+            raise ValueError(f"algorithm.nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        self.automatic_optimization = False
+        self.net = net
+        self.task = task
+        self.inner_lr = inner_lr
+        self.inner_steps = inner_steps
+        self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
+        self.first_order = first_order
+        self.adapt_head_only = adapt_head_only
+        self.vectorize = str(vectorize).lower()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.grad_clip = grad_clip
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0
+        self.run_config: dict | None = None  # the composed Hydra config, stored in checkpoints
+        self.inner_lrs: nn.ParameterDict | None = None
+        if learn_inner_lr:
+            # ParameterDict keys may not contain dots.
+            self.inner_lrs = nn.ParameterDict(
+                {k.replace(".", "__"): nn.Parameter(torch.full_like(p, inner_lr)) for k, p in self.adapted_params().items()}
+            )
+
+    # ----------------------------------------------------------------- the model as functions
+    def loss_fn(self, out: Tensor, y: Tensor) -> Tensor:
+        if self.task == "regression":
+            return F.mse_loss(out, y)
+        return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+    def adapted_module(self) -> nn.Module:
+        return self.net.head if self.adapt_head_only else self.net
+
+    def adapted_params(self) -> Params:
+        return dict(self.adapted_module().named_parameters())
+
+    def step_sizes(self) -> float | dict[str, Tensor]:
+        if self.inner_lrs is None:
+            return self.inner_lr
+        return {k.replace("__", "."): v for k, v in self.inner_lrs.items()}
+
+    def meta_params(self) -> dict[str, Any]:
+        """Everything a task solution depends on, passed explicitly so vmap sees it."""
+        return {"net": dict(self.net.named_parameters()), "lr": self.step_sizes()}
+
+    def features(self, net_params: Params, x: Tensor) -> Tensor:
+        body = {k[len("body."):]: v for k, v in net_params.items() if k.startswith("body.")}
+        return functional_call(self.net.body, body, (x,))
+
+    # ------------------------------------------------------------------- one task, all tasks
+    def inner_problem(self, meta: dict[str, Any], sx: Tensor, qx: Tensor) -> tuple[Callable, Params, Any, Tensor, Tensor]:
+        """What the inner loop adapts for one task: (forward, start params, step sizes, support
+        inputs, query inputs). With ``adapt_head_only`` the inputs become body features."""
+        net_params, lr = meta["net"], meta["lr"]
+        if not self.adapt_head_only:
+            module, start = self.net, net_params
+        else:
+            sx, qx = self.features(net_params, sx), self.features(net_params, qx)
+            module = self.net.head
+            start = {k[len("head."):]: v for k, v in net_params.items() if k.startswith("head.")}
+            if isinstance(lr, dict):
+                lr = {k[len("head."):]: v for k, v in lr.items()}
+
+        def forward(p: Params, x: Tensor) -> Tensor:
+            return functional_call(module, p, (x,))
+
+        return forward, start, lr, sx, qx
+
+    def solve_task(
+        self, meta: dict[str, Any], sx: Tensor, sy: Tensor, qx: Tensor, steps: int, first_order: bool, all_steps: bool
+    ) -> Tensor:
+        """Adapt on one task's support set; return query outputs (``[steps+1, Q, out]`` when
+        ``all_steps``, else ``[Q, out]`` after the last step)."""
+        forward, start, lr, sx, qx = self.inner_problem(meta, sx, qx)
+        trajectory = adapt(forward, start, sx, sy, self.loss_fn, steps, lr, first_order)
+        if all_steps:
+            return torch.stack([forward(p, qx) for p in trajectory])
+        return forward(trajectory[-1], qx)
+
+    def use_vmap(self) -> bool:
+        if self.vectorize != "auto":
+            return self.vectorize == "true"
+        has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in self.net.modules())
+        return self.device.type != "cpu" or not has_conv
+
+    def map_tasks(self, fn: Callable[..., Any], meta: dict[str, Any], episode: Episode) -> Any:
+        """Apply ``fn(meta, sx, sy, qx)`` to every task: vmapped or looped, same numbers."""
+        args = (episode.support_x, episode.support_y, episode.query_x)
+        if self.use_vmap():
+            return vmap(fn, in_dims=(None, 0, 0, 0))(meta, *args)
+        outs = [fn(meta, *(a[i] for a in args)) for i in range(episode.num_tasks)]
+        return tree_map(lambda *xs: torch.stack(xs), *outs) if isinstance(outs[0], (tuple, dict)) else torch.stack(outs)
+
+    def query_outputs(self, episode: Episode, steps: int, first_order: bool, all_steps: bool = False) -> Tensor:
+        fn = partial(self.solve_task, steps=steps, first_order=first_order, all_steps=all_steps)
+        return self.map_tasks(fn, self.meta_params(), episode)
+
+    # -------------------------------------------------------------------------------- metrics
+    @property
+    def metric_name(self) -> str:
+        return "mse" if self.task == "regression" else "acc"
+
+    def per_task_metric(self, out: Tensor, y: Tensor) -> Tensor:
+        """One value per task (and step): MSE, or accuracy in percent. ``out``: ``[..., Q, C]``."""
+        if self.task == "regression":
+            return (out - y).pow(2).mean(dim=(-2, -1))
+        return (out.argmax(-1) == y).float().mean(-1) * 100.0
+
+    def per_task_loss(self, out: Tensor, y: Tensor) -> Tensor:
+        """One loss per task. ``out``: ``[tasks, Q, C]``."""
+        if self.task == "regression":
+            return (out - y).pow(2).mean(dim=(-2, -1))
+        return F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(-1)
+
+    # ------------------------------------------------------------------------- outer loop
+    def meta_backward(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """Form the meta-gradient in ``.grad``; return (meta-loss, query outputs)."""
+        out = self.query_outputs(episode, self.inner_steps, self.first_order)
+        loss = self.loss_fn(out, episode.query_y)
+        self.check_finite(loss)
+        # Outside a Trainer (benchmarks, tests) the plain backward is the same computation.
+        self.manual_backward(loss) if self._trainer is not None else loss.backward()
+        return loss, out
+
+    def check_finite(self, loss: Tensor) -> None:
+        if not torch.isfinite(loss):
+            step = self.global_step
+            msg = (
+                f"non-finite meta-training loss ({loss.item()}) at step {step}. Likely cause: a step "
+                f"size too large (algorithm.inner_lr={self.inner_lr}, or the optimizer's lr); lower it, "
+                "or set algorithm.nonfinite=skip to drop such steps. The last good checkpoint is kept."
+            )
+            if self.nonfinite == "raise":
+                raise NonFiniteLossError(msg)
+            raise _SkipStep(msg)
+
+    def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
+        opt = self.optimizers()
+        opt.zero_grad(set_to_none=True)
+        try:
+            loss, out = self.meta_backward(episode)
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            if grads and not all(torch.isfinite(g).all() for g in grads):
+                self.check_finite(torch.tensor(math.nan))
+        except _SkipStep:
+            self.skipped_steps += 1
+            opt.zero_grad(set_to_none=True)
+            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True)
+            return torch.tensor(math.nan)
+        if self.grad_clip and self.grad_clip > 0:
+            self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        opt.step()
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+        with torch.no_grad():
+            metric = self.per_task_metric(out.detach(), episode.query_y).mean()
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True)
+        if self.task == "classification":
+            self.log(f"train/{self.metric_name}", metric, prog_bar=True, on_step=True)
+        return loss.detach()
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise ValueError("algorithm.optimizer is not set; give an optimizer config with _partial_: true")
+        opt = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=opt), "interval": "step"}}
+
+    # ----------------------------------------------------------------- validation and test
+    def on_validation_epoch_start(self) -> None:
+        self.eval_stats = EpisodeStats(self.eval_inner_steps + 1).to(self.device)
+        self.eval_loss = EpisodeStats(1).to(self.device)
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def evaluation_step(self, episode: Episode) -> None:
+        # Adaptation needs gradients even though Lightning disables them here. First order is
+        # exact for the adapted values; only the outer gradient would differ, and none is taken.
+        with torch.enable_grad():
+            out = self.query_outputs(episode, self.eval_inner_steps, first_order=True, all_steps=True)
+        out = out.detach()  # [tasks, steps+1, Q, C]
+        y = episode.query_y.unsqueeze(1).expand(-1, out.shape[1], *episode.query_y.shape[1:])
+        self.eval_stats.update(self.per_task_metric(out, y))
+        self.eval_loss.update(self.per_task_loss(out[:, -1], episode.query_y).unsqueeze(-1))
+
+    def validation_step(self, episode: Episode, batch_idx: int) -> None:
+        self.evaluation_step(episode)
+
+    def test_step(self, episode: Episode, batch_idx: int) -> None:
+        self.evaluation_step(episode)
+
+    def log_evaluation(self, stage: str) -> None:
+        # torchmetrics squeezes one-element results; reshape keeps one entry per inner step.
+        mean, ci95, n = (t.reshape(-1) for t in self.eval_stats.compute())
+        loss_mean = self.eval_loss.compute()[0].reshape(-1)
+        name = self.metric_name
+        self.log(f"{stage}/{name}", mean[-1].float(), prog_bar=stage == "val")
+        self.log(f"{stage}/{name}_ci95", ci95[-1].float())
+        self.log(f"{stage}/loss", loss_mean[0].float())
+        self.log(f"{stage}/episodes", n[0].float())
+        for i in range(mean.shape[0]):
+            self.log(f"{stage}/{name}_step{i}", mean[i].float())
+        self.eval_stats.reset()
+        self.eval_loss.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_evaluation("test")
+
+    # ---------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint["metaft_config"] = self.run_config
+        checkpoint["metaft_skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_steps = int(checkpoint.get("metaft_skipped_steps", 0))
+
+
+class _SkipStep(Exception):
+    """Internal: the current meta-step is dropped (``nonfinite=skip``)."""

@@ -1,0 +1,12 @@
+"""Meta-SGD (Li et al. 2017): MAML with a learned step size per parameter entry."""
+from typing import Any
+
+from metaft.algorithms.base import MetaLearner
+
+
+class MetaSGD(MetaLearner):
+    """The step sizes (``inner_lrs``) start at ``inner_lr`` and are meta-parameters."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.pop("learn_inner_lr", None)
+        super().__init__(learn_inner_lr=True, **kwargs)

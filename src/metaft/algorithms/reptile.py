@@ -1,0 +1,38 @@
+"""Reptile (Nichol et al. 2018): first-order inner loop, outer step towards the adapted weights."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils._pytree import tree_map
+
+from metaft.algorithms.base import MetaLearner
+from metaft.algorithms.inner_loop import adapt
+from metaft.data.episode import Episode
+
+
+class Reptile(MetaLearner):
+    """theta <- theta + eps * mean_tasks(phi - theta), handed to the configured optimizer as the
+    pseudo-gradient ``theta - mean(phi)`` (plain SGD with lr=eps is the paper's update), so
+    schedulers, clipping and checkpointing work as for every other learner. Evaluation adapts on
+    the support set and scores the query set like the others."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.pop("first_order", None)
+        super().__init__(first_order=True, **kwargs)
+
+    def meta_backward(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        def adapted(meta: dict[str, Any], sx: Tensor, sy: Tensor, qx: Tensor) -> tuple[dict, Tensor]:
+            forward, start, lr, sx, qx = self.inner_problem(meta, sx, qx)
+            phi = adapt(forward, start, sx, sy, self.loss_fn, self.inner_steps, lr, first_order=True)[-1]
+            return phi, forward(phi, qx)
+
+        # No outer graph: Reptile's update needs only the adapted weights.
+        meta = tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, self.meta_params())
+        phi, out = self.map_tasks(adapted, meta, episode)
+        loss = self.loss_fn(out, episode.query_y)
+        self.check_finite(loss)
+        for name, p in self.adapted_module().named_parameters():
+            p.grad = p.detach() - phi[name].mean(0)
+        return loss, out

@@ -1,0 +1,132 @@
+"""``EpisodicDataModule``: fresh training meta-batches, fixed seeded validation and test episodes.
+
+A dataset is a subclass that says how to draw ``n`` tasks of a split (``sample``) and what kind
+of task it is (``task``); batching, seeding, resumption and device sharding live here once.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from metaft.data.episode import Episode
+
+# Distinct streams per split, so the fixed evaluation episodes never overlap training draws.
+_SPLIT_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_029}
+
+
+def split_generator(seed: int, split: str, index: int = 0) -> torch.Generator:
+    """A generator determined by (seed, split, index) alone."""
+    g = torch.Generator()
+    g.manual_seed((int(seed) * 7_919 + _SPLIT_OFFSET[split] + index * 104_729) % (2**63 - 1))
+    return g
+
+
+class _TrainEpisodes(IterableDataset):
+    """Endless meta-batches; batch ``i`` depends only on (seed, i), so a resumed run that starts
+    at step ``i`` sees exactly the episodes an uninterrupted run would. Under data parallelism
+    each rank takes its contiguous share of the same global meta-batch."""
+
+    def __init__(self, dm: "EpisodicDataModule") -> None:
+        self.dm = dm
+
+    def __iter__(self) -> Iterator[Episode]:
+        dm = self.dm
+        step = dm.start_step()
+        rank, world = dm.rank_and_world()
+        per_rank = dm.meta_batch_size // world
+        while True:
+            episode = dm.sample("train", dm.meta_batch_size, split_generator(dm.seed, "train", step))
+            yield episode[rank * per_rank : (rank + 1) * per_rank]
+            step += 1
+
+
+class _FixedEpisodes(Dataset):
+    def __init__(self, batches: list[Episode]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> Episode:
+        return self.batches[i]
+
+
+class EpisodicDataModule(L.LightningDataModule):
+    """Base of every episodic dataset. Args:
+    meta_batch_size: tasks per meta-training step (global, over all devices).
+    val_episodes, test_episodes: how many fixed evaluation tasks.
+    eval_batch_size: tasks per evaluation batch (memory only; results do not depend on it).
+    seed: selects the training stream and the fixed evaluation episodes.
+    """
+
+    task: str = "classification"
+
+    def __init__(
+        self,
+        meta_batch_size: int = 25,
+        val_episodes: int = 100,
+        test_episodes: int = 1000,
+        eval_batch_size: int = 100,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for name, v in (
+            ("meta_batch_size", meta_batch_size),
+            ("val_episodes", val_episodes),
+            ("test_episodes", test_episodes),
+            ("eval_batch_size", eval_batch_size),
+        ):
+            if v <= 0:
+                raise ValueError(f"dataset.{name} must be > 0, got {v}")
+        self.meta_batch_size = meta_batch_size
+        self.val_episodes, self.test_episodes = val_episodes, test_episodes
+        self.eval_batch_size = eval_batch_size
+        self.seed = int(seed)
+        self._fixed: dict[str, list[Episode]] = {}
+
+    def sample(self, split: str, n: int, generator: torch.Generator) -> Episode:
+        """Draw ``n`` tasks of ``split`` (``train``, ``val`` or ``test``) using ``generator`` only."""
+        raise NotImplementedError
+
+    def start_step(self) -> int:
+        return self.trainer.global_step if self.trainer is not None else 0
+
+    def rank_and_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        world = self.trainer.world_size
+        if self.meta_batch_size % world:
+            raise ValueError(
+                f"dataset.meta_batch_size={self.meta_batch_size} must be divisible by the number of "
+                f"devices ({world}) so every rank gets the same share of each meta-batch"
+            )
+        return self.trainer.global_rank, world
+
+    def fixed_episodes(self, split: str) -> list[Episode]:
+        """The evaluation episodes of ``split``, sampled once, chunked by ``eval_batch_size``."""
+        if split not in self._fixed:
+            total = self.val_episodes if split == "val" else self.test_episodes
+            g = split_generator(self.seed, split)
+            batches, left = [], total
+            while left > 0:
+                n = min(self.eval_batch_size, left)
+                batches.append(self.sample(split, n, g))
+                left -= n
+            self._fixed[split] = batches
+        return self._fixed[split]
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_TrainEpisodes(self), batch_size=None, num_workers=0)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        # Lightning's distributed sampler splits these batches across ranks.
+        return DataLoader(_FixedEpisodes(self.fixed_episodes(split)), batch_size=None, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")

@@ -1,0 +1,51 @@
+"""Sinusoid regression tasks (Finn et al. 2017): y = A sin(x - phase)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from metaft.data.datamodule import EpisodicDataModule
+from metaft.data.episode import Episode
+
+
+class SinusoidDataModule(EpisodicDataModule):
+    """Amplitude U[amp_min, amp_max], phase U[phase_min, phase_max], x U[x_min, x_max].
+
+    ``shots`` support points per task; ``queries`` query points in meta-training and
+    ``eval_queries`` at validation and test. ``common``: ``EpisodicDataModule``'s arguments.
+    """
+
+    task = "regression"
+
+    def __init__(
+        self,
+        shots: int = 10,
+        queries: int = 10,
+        eval_queries: int = 100,
+        amp_range: tuple[float, float] = (0.1, 5.0),
+        phase_range: tuple[float, float] = (0.0, math.pi),
+        x_range: tuple[float, float] = (-5.0, 5.0),
+        **common: int,
+    ) -> None:
+        super().__init__(**common)
+        for name, v in (("shots", shots), ("queries", queries), ("eval_queries", eval_queries)):
+            if v <= 0:
+                raise ValueError(f"dataset.{name} must be > 0, got {v}")
+        self.shots, self.queries, self.eval_queries = shots, queries, eval_queries
+        self.amp_range, self.phase_range, self.x_range = tuple(amp_range), tuple(phase_range), tuple(x_range)
+
+    def sample_functions(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Amplitudes and phases of ``n`` tasks, shape ``[n, 1, 1]`` each."""
+        u = torch.rand(2, n, 1, 1, generator=generator)
+        amp = self.amp_range[0] + (self.amp_range[1] - self.amp_range[0]) * u[0]
+        phase = self.phase_range[0] + (self.phase_range[1] - self.phase_range[0]) * u[1]
+        return amp, phase
+
+    def sample(self, split: str, n: int, generator: torch.Generator) -> Episode:
+        q = self.queries if split == "train" else self.eval_queries
+        amp, phase = self.sample_functions(n, generator)
+        lo, hi = self.x_range
+        x = lo + (hi - lo) * torch.rand(n, self.shots + q, 1, generator=generator)
+        y = amp * torch.sin(x - phase)
+        return Episode(x[:, : self.shots], y[:, : self.shots], x[:, self.shots :], y[:, self.shots :])

@@ -1,0 +1,3 @@
+from metaft.models.nets import MLP, MetaNet
+
+__all__ = ["MLP", "MetaNet"]

@@ -1,0 +1,60 @@
+"""Shared fixtures: small learners and episodes, and composing the real Hydra config."""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from metaft.data import SinusoidDataModule, split_generator
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+@pytest.fixture
+def sinusoid_episode():
+    """A float64 meta-batch of 4 sinusoid tasks, 5-shot, 7 queries."""
+    dm = SinusoidDataModule(shots=5, queries=7)
+    return dm.sample("train", 4, split_generator(0, "train")).to(torch.float64)
+
+
+def sgd(lr: float = 0.1):
+    return partial(torch.optim.SGD, lr=lr)
+
+
+def compose(config_name: str, overrides: list[str], out_dir: Path):
+    """Compose the real config as `python train.py --config-name NAME OVERRIDES` would, with the
+    run directory at ``out_dir``, and register it as the current Hydra config."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out_dir)
+        cfg.hydra.job.num = 0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def run_config(tmp_path):
+    """``run_config(name, overrides, subdir)`` -> composed config writing under tmp_path/subdir."""
+    made = []
+
+    def make(config_name: str, overrides: list[str], subdir: str = "run"):
+        cfg = compose(config_name, overrides, tmp_path / subdir)
+        made.append(cfg)
+        return cfg
+
+    yield make
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
