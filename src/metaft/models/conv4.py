@@ -1,0 +1,62 @@
+"""Conv4 (Vinyals et al. 2016; the MAML paper's Omniglot/miniImageNet network)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+from metaft.models.nets import MetaNet
+
+
+def _block(cin: int, cout: int, pool: str, bn: str) -> nn.Sequential:
+    stride = 2 if pool == "stride" else 1
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, stride=stride, padding=1)]
+    if bn != "none":
+        # transductive: always the statistics of the batch at hand (the current support or query
+        # set), as in the MAML reference code; no running buffers, so vmap over tasks works.
+        layers.append(nn.BatchNorm2d(cout, track_running_stats=bn == "running"))
+    layers.append(nn.ReLU())
+    if pool == "max":
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class Conv4(MetaNet):
+    """Four blocks of 3x3 conv (``filters`` channels), BatchNorm, ReLU and 2x2 max-pool (or a
+    stride-2 conv), then a linear head.
+
+    Args:
+        in_channels, image_size: input shape (``[N, C, H, W]``, H = W = image_size).
+        filters: channels of every block (64 in the papers).
+        out_features: classes of the head (the episode's ways).
+        pool: ``max`` (2x2 max-pool) or ``stride`` (stride-2 convolutions).
+        bn: ``transductive`` (batch statistics always; MAML's choice), ``running`` (running
+            statistics at eval; needs ``vectorize=false``) or ``none``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        filters: int = 64,
+        out_features: int = 5,
+        pool: Literal["max", "stride"] = "max",
+        bn: Literal["transductive", "running", "none"] = "transductive",
+    ) -> None:
+        super().__init__()
+        if pool not in ("max", "stride"):
+            raise ValueError(f"model.pool must be 'max' or 'stride', got {pool!r}")
+        if bn not in ("transductive", "running", "none"):
+            raise ValueError(f"model.bn must be transductive, running or none, got {bn!r}")
+        if min(in_channels, image_size, filters, out_features) <= 0:
+            raise ValueError("model sizes (in_channels, image_size, filters, out_features) must be > 0")
+        self.body = nn.Sequential(
+            *(_block(in_channels if i == 0 else filters, filters, pool, bn) for i in range(4)), nn.Flatten()
+        )
+        size = image_size
+        for _ in range(4):  # each block halves the side: floor for max-pool, ceil for stride 2
+            size = size // 2 if pool == "max" else (size + 1) // 2
+        if size < 1:
+            raise ValueError(f"model.image_size={image_size} is too small for four 2x downsamplings")
+        self.feature_dim = filters * size * size
+        self.head = nn.Linear(self.feature_dim, out_features)
