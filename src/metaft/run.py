@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from metaft.algorithms.base import MetaLearner
+from metaft.algorithms.base import MetaLearner, NonFiniteLossError
 from metaft.data.datamodule import EpisodicDataModule
 from metaft.utils.io import load_checkpoint, write_json
 
@@ -23,31 +23,54 @@ log = logging.getLogger(__name__)
 _GROUPS = ("algorithm", "dataset", "model")
 
 
+def ensure_finite_weights(trainer: L.Trainer) -> None:
+    """Refuse to save non-finite weights over the last good checkpoint."""
+    module = trainer.lightning_module
+    if not all(torch.isfinite(p).all() for p in module.parameters()):
+        raise NonFiniteLossError(
+            f"the weights became NaN/Inf after meta-step {trainer.global_step}; the last good checkpoint is "
+            "kept. Likely cause: a step size too large (algorithm.inner_lr or algorithm.optimizer.lr)."
+        )
+
+
+def atomic_save(trainer: L.Trainer, path: Path) -> None:
+    """``trainer.save_checkpoint`` to a temporary file, then rename: a kill mid-save never leaves a
+    corrupt checkpoint. Every rank must call it (rank 0 writes)."""
+    ensure_finite_weights(trainer)
+    tmp = path.with_name(f".{path.name}.tmp")
+    trainer.save_checkpoint(tmp, weights_only=False)
+    if trainer.is_global_zero:
+        os.replace(tmp, path)
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """Lightning's best-by-validation checkpointing, written atomically."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        atomic_save(trainer, Path(filepath))
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+
+
 class AtomicLastCheckpoint(Callback):
-    """Keeps ``checkpoints/last.ckpt`` fresh every ``every_n_train_steps`` meta-steps and after
-    every validation; written to a temporary file and renamed, so a kill mid-save never leaves
-    a corrupt ``last.ckpt``."""
+    """Keeps ``checkpoints/last.ckpt`` fresh every ``every_n_train_steps`` meta-steps, after every
+    validation and at the end, so a killed run loses at most N steps."""
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int) -> None:
         self.path = Path(dirpath) / "last.ckpt"
         self.every = int(every_n_train_steps)
-
-    def save(self, trainer: L.Trainer) -> None:
-        tmp = self.path.with_name(".last.ckpt.tmp")
-        trainer.save_checkpoint(tmp)  # rank 0 writes; every rank must call it
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         if self.every > 0 and trainer.global_step % self.every == 0:
-            self.save(trainer)
+            atomic_save(trainer, self.path)
 
     def on_validation_end(self, trainer: L.Trainer, *args: Any) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
-            self.save(trainer)
+            atomic_save(trainer, self.path)
 
     def on_train_end(self, trainer: L.Trainer, *args: Any) -> None:
-        self.save(trainer)
+        atomic_save(trainer, self.path)
 
 
 def run_dir() -> Path:
@@ -68,7 +91,7 @@ def make_trainer(cfg: DictConfig, out: Path, monitor: str | None = None, mode: s
     if monitor is not None:
         ckpt_dir = out / "checkpoints"
         callbacks += [
-            ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+            AtomicModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                             auto_insert_metric_name=False, enable_version_counter=False),
             AtomicLastCheckpoint(ckpt_dir, cfg.checkpoint.every_n_train_steps),
         ]
@@ -88,26 +111,60 @@ def write_results(out: Path, metrics: dict[str, float], **extra: Any) -> dict[st
     return results
 
 
+def resolve_resume(ckpt_path: str | None, out: Path) -> tuple[Path | None, Path]:
+    """(checkpoint file to resume, run dir to continue in) for ``ckpt_path``: a checkpoint file,
+    a run directory, or ``last`` (this run dir's ``checkpoints/last.ckpt`` when ``hydra.run.dir``
+    points at the old run, else the newest sibling run that has one)."""
+    if ckpt_path is None:
+        return None, out
+    if str(ckpt_path) == "last":
+        own = out / "checkpoints" / "last.ckpt"
+        siblings = [d / "checkpoints" / "last.ckpt" for d in out.parent.iterdir() if d != out] if out.parent.is_dir() else []
+        found = [own] if own.is_file() else sorted((c for c in siblings if c.is_file()), key=lambda c: c.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(
+                f"ckpt_path=last: no checkpoints/last.ckpt in {out} or in any run dir beside it; "
+                "give the run directory or the checkpoint file instead"
+            )
+        path = found[-1]
+    else:
+        path = Path(hydra.utils.to_absolute_path(str(ckpt_path)))
+        if path.is_dir():
+            path = path / "checkpoints" / "last.ckpt"
+    run = path.parent.parent if path.parent.name == "checkpoints" else out
+    return path, run
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Meta-train, test the best checkpoint, write ``results.json``; return the results."""
-    L.seed_everything(int(cfg.seed), workers=True)
+    """Meta-train (or resume), test the best checkpoint, write ``results.json``."""
     out = run_dir()
+    resume, out = resolve_resume(cfg.ckpt_path, out)
+    if resume is not None:
+        # The interrupted run's own config is the base, so the continuation is the same run.
+        cfg = merged_config(cfg, load_checkpoint(resume)["metaft_config"])
+        if out != run_dir():
+            (run_dir() / "RESUMED_INTO.txt").write_text(f"{out}\n")
+        log.info("resuming %s in %s", resume, out)
+    L.seed_everything(int(cfg.seed), workers=True)
     dm, learner = build(cfg)
     monitor_mode = "min" if learner.metric_name == "mse" else "max"
     trainer = make_trainer(cfg, out, monitor=f"val/{learner.metric_name}", mode=monitor_mode)
-    trainer.fit(learner, datamodule=dm, ckpt_path=cfg.ckpt_path)
+    trainer.fit(learner, datamodule=dm, ckpt_path=resume, weights_only=True)
     results: dict[str, Any] = final_metrics(trainer, "val/")
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        ckpt = best if best else None
-        trainer.test(learner, datamodule=dm, ckpt_path=ckpt, weights_only=True) if ckpt else trainer.test(learner, datamodule=dm)
+        if best:
+            trainer.test(learner, datamodule=dm, ckpt_path=best, weights_only=True)
+        else:
+            trainer.test(learner, datamodule=dm)
         results.update(final_metrics(trainer, "test/"))
-        results["ckpt"] = str(Path(ckpt).resolve()) if ckpt else None
+        results["ckpt"] = str(Path(best).resolve()) if best else None
+        results["test_episodes_fingerprint"] = dm.fingerprint("test")
     return write_results(out, results)
 
 
-def merged_eval_config(cfg: DictConfig, stored: dict) -> DictConfig:
-    """The training run's config with the eval command's overrides applied on top."""
+def merged_config(cfg: DictConfig, stored: dict) -> DictConfig:
+    """A stored run config with this command's overrides applied on top."""
     merged = OmegaConf.create(stored)
     for override in HydraConfig.get().overrides.task:
         key = override.split("=", 1)[0].lstrip("+~")
@@ -125,7 +182,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test a meta-checkpoint on the fixed test episodes; write ``results.json``."""
     ckpt_path = Path(hydra.utils.to_absolute_path(str(cfg.ckpt_path)))
     ckpt = load_checkpoint(ckpt_path)
-    run_cfg = merged_eval_config(cfg, ckpt["metaft_config"])
+    run_cfg = merged_config(cfg, ckpt["metaft_config"])
     L.seed_everything(int(run_cfg.seed), workers=True)
     dm, learner = build(run_cfg)
     try:
@@ -139,7 +196,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     OmegaConf.save(run_cfg, out / "eval_config.yaml")
     trainer = make_trainer(run_cfg, out)
     trainer.test(learner, datamodule=dm)
-    return write_results(out, final_metrics(trainer, "test/"), ckpt=str(ckpt_path))
+    return write_results(out, final_metrics(trainer, "test/"), ckpt=str(ckpt_path),
+                         test_episodes_fingerprint=dm.fingerprint("test"))
 
 
 def main(cfg: DictConfig) -> float | None:

@@ -5,6 +5,7 @@ of task it is (``task``); batching, seeding, resumption and device sharding live
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Iterator
 
 import lightning as L
@@ -117,6 +118,14 @@ class EpisodicDataModule(L.LightningDataModule):
                 left -= n
             self._fixed[split] = batches
         return self._fixed[split]
+
+    def fingerprint(self, split: str) -> str:
+        """SHA-256 of the fixed episodes of ``split``: equal fingerprints mean paired comparisons."""
+        h = hashlib.sha256()
+        for ep in self.fixed_episodes(split):
+            for t in (ep.support_x, ep.support_y, ep.query_x, ep.query_y):
+                h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_TrainEpisodes(self), batch_size=None, num_workers=0)
