@@ -96,8 +96,11 @@ def make_trainer(cfg: DictConfig, out: Path, monitor: str | None = None, mode: s
             AtomicLastCheckpoint(ckpt_dir, cfg.checkpoint.every_n_train_steps),
         ]
     logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
-    return L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), default_root_dir=str(out),
-                     logger=logger, callbacks=callbacks)
+    trainer_kwargs = hydra.utils.instantiate(cfg.trainer, _convert_="all")  # builds a configured strategy
+    devices = trainer_kwargs.get("devices")
+    if trainer_kwargs.get("accelerator") == "cpu" and isinstance(devices, int) and devices > (os.cpu_count() or 1):
+        raise ValueError(f"trainer.devices={devices} CPU processes is more than this machine's {os.cpu_count()} cores; lower trainer.devices")
+    return L.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=logger, callbacks=callbacks)
 
 
 def final_metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:

@@ -5,7 +5,6 @@ how the meta-gradient is formed (``meta_backward``).
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Any, Callable, Literal
 
@@ -202,48 +201,60 @@ class MetaLearner(L.LightningModule):
         """Form the meta-gradient in ``.grad``; return (meta-loss, query outputs)."""
         out = self.query_outputs(episode, self.inner_steps, self.first_order)
         loss = self.loss_fn(out, episode.query_y)
-        self.check_finite(loss)
         # Outside a Trainer (benchmarks, tests) the plain backward is the same computation.
         self.manual_backward(loss) if self._trainer is not None else loss.backward()
         return loss, out
 
-    def check_finite(self, loss: Tensor) -> None:
-        if not torch.isfinite(loss):
-            step = self.global_step
-            msg = (
-                f"non-finite meta-training loss ({loss.item()}) at step {step}. Likely cause: a step "
-                f"size too large (algorithm.inner_lr={self.inner_lr}, or the optimizer's lr); lower it, "
-                "or set algorithm.nonfinite=skip to drop such steps. The last good checkpoint is kept."
-            )
-            if self.nonfinite == "raise":
-                raise NonFiniteLossError(msg)
-            raise _SkipStep(msg)
+    def sync_meta_gradient(self, loss: Tensor) -> Tensor:
+        """Average the meta-gradient (and the loss) over data-parallel ranks; return the loss.
+
+        Each rank holds an equal share of the meta-batch, so the mean of the ranks' gradients
+        is the gradient of the whole meta-batch. One flat all-reduce; the loss rides along, so
+        every rank sees the same NaN/Inf verdict and none is left waiting in a collective."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            return loss
+        params = [p for p in self.parameters() if p.grad is not None]
+        flat = torch.cat([p.grad.reshape(-1) for p in params] + [loss.detach().reshape(1)])
+        torch.distributed.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for p in params:
+            n = p.grad.numel()
+            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+            offset += n
+        return flat[-1]
 
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
-        try:
-            loss, out = self.meta_backward(episode)
-            grads = [p.grad for p in self.parameters() if p.grad is not None]
-            if grads and not all(torch.isfinite(g).all() for g in grads):
-                self.check_finite(torch.tensor(math.nan))
-        except _SkipStep:
+        loss, out = self.meta_backward(episode)
+        loss = self.sync_meta_gradient(loss.detach())
+        finite = torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in self.parameters() if p.grad is not None)
+        if not finite:
+            msg = (
+                f"non-finite meta-training loss or gradient (loss {loss.item()}) at step {self.global_step}. "
+                f"Likely cause: a step size too large (algorithm.inner_lr={self.inner_lr}, or the optimizer's "
+                "lr); lower it, or set algorithm.nonfinite=skip to drop such steps. The last good checkpoint is kept."
+            )
+            if self.nonfinite == "raise":
+                raise NonFiniteLossError(msg)
             self.skipped_steps += 1
             opt.zero_grad(set_to_none=True)
             self.log("train/skipped_steps", float(self.skipped_steps), on_step=True)
-            return torch.tensor(math.nan)
+            return loss
         if self.grad_clip and self.grad_clip > 0:
             self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
         sched = self.lr_schedulers()
         if sched is not None:
             sched.step()
-        with torch.no_grad():
-            metric = self.per_task_metric(out.detach(), episode.query_y).mean()
-        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True)
+        self.log("train/loss", loss, prog_bar=True, on_step=True)
         if self.task == "classification":
+            with torch.no_grad():
+                metric = self.per_task_metric(out.detach(), episode.query_y).mean()
             self.log(f"train/{self.metric_name}", metric, prog_bar=True, on_step=True)
-        return loss.detach()
+        return loss
 
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
@@ -304,7 +315,3 @@ class MetaLearner(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps = int(checkpoint.get("metaft_skipped_steps", 0))
-
-
-class _SkipStep(Exception):
-    """Internal: the current meta-step is dropped (``nonfinite=skip``)."""

@@ -32,7 +32,6 @@ class Reptile(MetaLearner):
         meta = tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, self.meta_params())
         phi, out = self.map_tasks(adapted, meta, episode)
         loss = self.loss_fn(out, episode.query_y)
-        self.check_finite(loss)
         for name, p in self.adapted_module().named_parameters():
             p.grad = p.detach() - phi[name].mean(0)
         return loss, out

@@ -131,8 +131,10 @@ class EpisodicDataModule(L.LightningDataModule):
         return DataLoader(_TrainEpisodes(self), batch_size=None, num_workers=0)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        # Lightning's distributed sampler splits these batches across ranks.
-        return DataLoader(_FixedEpisodes(self.fixed_episodes(split)), batch_size=None, shuffle=False)
+        # Rank r evaluates batches r, r+world, ...: every episode exactly once (a distributed
+        # sampler would pad with duplicates), and EpisodeStats sums the ranks' shares.
+        rank, world = self.rank_and_world()
+        return DataLoader(_FixedEpisodes(self.fixed_episodes(split)[rank::world]), batch_size=None, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
