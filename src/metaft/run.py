@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metaft.algorithms.base import MetaLearner
 from metaft.data.datamodule import EpisodicDataModule
+from metaft.progress import progress_callbacks
 from metaft.utils.io import load_checkpoint, write_json
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,11 @@ def make_trainer(cfg: DictConfig, out: Path, monitor: str | None = None, mode: s
                             auto_insert_metric_name=False, enable_version_counter=False),
             AtomicLastCheckpoint(ckpt_dir, cfg.checkpoint.every_n_train_steps),
         ]
+    bar, progress = progress_callbacks(cfg)
+    callbacks += progress
     logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
-    return L.Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True), default_root_dir=str(out),
-                     logger=logger, callbacks=callbacks)
+    return L.Trainer(**{"enable_progress_bar": bar, **OmegaConf.to_container(cfg.trainer, resolve=True)},
+                     default_root_dir=str(out), logger=logger, callbacks=callbacks)
 
 
 def final_metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:
