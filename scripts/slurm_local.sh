@@ -80,7 +80,7 @@ install_packages() {
 ours_or_absent() { [[ ! -e "$1" ]] || head -n 1 "$1" | grep -qF "$MARK"; }
 
 write_configs() {
-    for f in "$ETC/slurm.conf" "$ETC/slurmdbd.conf"; do
+    for f in "$ETC/slurm.conf" "$ETC/slurmdbd.conf" "$ETC/gres.conf"; do
         ours_or_absent "$f" || die 4 "$f exists and was not written by this script; not overwriting it (move it away to use the local cluster)"
     done
     mkdir -p "$ETC"
@@ -99,7 +99,8 @@ write_configs() {
     cat >"$ETC/slurm.conf" <<EOF
 $MARK
 ClusterName=$CLUSTER
-SlurmctldHost=$NODE
+# Addresses, not names: the host name need not resolve (containers, laptops off the network).
+SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
 StateSaveLocation=$STATE/ctld
@@ -112,9 +113,10 @@ SlurmdLogFile=$STATE/log/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
+MailProg=/bin/true
 # Accounting through slurmdbd: sacct (and with it submitit) sees every job's final state.
 AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=$NODE
+AccountingStorageHost=127.0.0.1
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 SelectType=select/cons_tres
@@ -128,13 +130,14 @@ ${gres:+GresTypes=gpu}
 NodeName=$NODE NodeAddr=127.0.0.1 $hw $gres State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
-    [[ -s "$STATE/dbpass" ]] || { umask 077; head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STATE/dbpass"; }
+    [[ -s "$STATE/dbpass" ]] || (umask 077; head -c 18 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$STATE/dbpass")
     (
         umask 077  # slurmdbd refuses a config that others can read (it holds the DB password)
         cat >"$ETC/slurmdbd.conf" <<EOF
 $MARK
 AuthType=auth/munge
 DbdHost=$NODE
+DbdAddr=127.0.0.1
 SlurmUser=root
 LogFile=$STATE/log/slurmdbd.log
 PidFile=$STATE/run/slurmdbd.pid
@@ -207,6 +210,7 @@ start_slurm() {
 node_ready() { sinfo -h -n "$NODE" -o %T | grep -qE '^(idle|mixed|allocated)'; }
 
 cmd_start() {
+    [[ $(id -u) == 0 ]] || die 3 "start needs root (it installs packages, writes $ETC and runs the daemons): sudo $0 start"
     mkdir -p "$STATE"/{ctld,slurmd,log,run}
     install_packages
     write_configs
@@ -222,8 +226,10 @@ cmd_stop() {
         squeue -h -o %i | xargs -r scancel 2>/dev/null || true
         wait_for 20 "jobs cancelled" bash -c '[[ -z "$(squeue -h -o %i)" ]]' || say "some jobs did not end; stopping anyway"
     fi
-    stop_pids "slurmd:$STATE/run/slurmd.pid" "slurmctld:$STATE/run/slurmctld.pid" "slurmdbd:$STATE/run/slurmdbd.pid"
-    stop_pids "mariadbd:$STATE/run/mariadbd.pid"  # after slurmdbd, which writes to it until it ends
+    # In this order, so each daemon can hand its last records to the next one down.
+    stop_pids "slurmd:$STATE/run/slurmd.pid" "slurmctld:$STATE/run/slurmctld.pid"
+    stop_pids "slurmdbd:$STATE/run/slurmdbd.pid"
+    stop_pids "mariadbd:$STATE/run/mariadbd.pid"
     # Only a munged this script started; the system's own stays.
     if [[ -e "$STATE/run/munged.ours" ]]; then stop_pids munged:/run/munge/munged.pid; rm -f "$STATE/run/munged.ours"; fi
 }
