@@ -91,13 +91,13 @@ class _WaitForAll:
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir: {sweep_dir}")
-        nums = [initial_job_idx + i for i in range(len(job_overrides))]
-        for num, ov in zip(nums, job_overrides):
+        todo = [(initial_job_idx + i, list(ov)) for i, ov in enumerate(job_overrides)]
+        for num, ov in todo:
             log.info(f"\t#{num} : {' '.join(filter_overrides(ov))}")
-        args = [(list(ov), "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state())
-                for num, ov in zip(nums, job_overrides)]
-        jobs = executor.map_array(self, *zip(*args))
-        return [self._outcome(job, list(ov), num) for job, ov, num in zip(jobs, job_overrides, nums)]
+        # One array job; each task calls this launcher's __call__ (the plugin's job entry point).
+        args = [(ov, "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state()) for num, ov in todo]
+        jobs = executor.map_array(self, *zip(*args, strict=True))
+        return [self._outcome(job, ov, num) for job, (num, ov) in zip(jobs, todo, strict=True)]
 
     def _outcome(self, job: Any, overrides: list[str], num: int) -> JobReturn:
         from submitit.core.utils import FailedJobError, UncompletedJobError
