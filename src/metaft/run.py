@@ -148,5 +148,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> float | None:
     results = evaluate(cfg) if cfg.task_name == "eval" else train(cfg)
     if cfg.get("optimized_metric"):
+        if cfg.optimized_metric not in results:
+            known = ", ".join(k for k in sorted(results) if k.startswith(("val/", "test/")) and "_step" not in k)
+            raise ValueError(f"optimized_metric={cfg.optimized_metric} is not a metric of this run; use one of: {known}")
         return results[cfg.optimized_metric]
     return None

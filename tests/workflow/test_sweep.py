@@ -149,3 +149,11 @@ def test_slurm_preset_follows_the_hardware(run_config, tmp_path):
 def test_slurm_preset_needs_a_device_count(run_config, tmp_path):
     with pytest.raises(Exception, match="trainer.devices='auto' cannot be turned into SLURM resources"):
         launcher(run_config, ["hardware=gpu", "trainer.devices=auto", f"hydra.sweep.dir={tmp_path}"])
+
+
+def test_optimized_metric_must_be_a_metric_of_the_run(run_config):
+    from metaft.run import main
+
+    cfg = run_config("train", [*FAST, "test=false", "optimized_metric=val/acc"])  # sinusoid has val/mse
+    with pytest.raises(ValueError, match="optimized_metric=val/acc is not a metric of this run; use one of: .*val/mse"):
+        main(cfg)
