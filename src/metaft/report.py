@@ -228,7 +228,8 @@ def plot(path: Path, groups: Sequence[Group], metric: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(len(shown), 1)))
     for y, g in enumerate(shown):
         m, ci = g.stats[metric]
-        ax.errorbar([m], [y], xerr=[[0 if math.isnan(ci) else ci]], fmt="o", color="C0", capsize=4)
+        ax.errorbar([m], [y], xerr=[[0 if math.isnan(ci) else ci]], fmt="o", color="C0", capsize=4,
+                    label="mean ± 95% CI" if y == 0 else None)
         seeds = [r.metrics[metric] for r in g.runs if r.status == "ok" and metric in r.metrics]
         ax.scatter(seeds, [y] * len(seeds), s=12, color="C1", zorder=3, label="seed" if y == 0 else None)
     ax.set_yticks(range(len(shown)), [textwrap.fill(g.name, 40) for g in shown], fontsize=8)

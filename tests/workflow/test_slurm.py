@@ -115,3 +115,13 @@ def test_cancelled_job_is_reported_failed(cluster, tmp_path):
     assert failed["status"] == "failed" and "CANCELLED" in failed["error"]
     assert "trainer.max_steps=100000" in (tmp_path / "1" / "error.txt").read_text()
     assert sacct_state(job_id).startswith("CANCELLED")
+
+
+def test_start_again_keeps_the_running_daemons(cluster):
+    state = Path(os.environ.get("METAFT_SLURM_DIR", "/var/lib/metaft-slurm"))
+    names = ("mariadbd", "slurmdbd", "slurmctld", "slurmd")
+    before = {n: (state / "run" / f"{n}.pid").read_text().strip() for n in names}
+    sh(str(SCRIPT), "start", timeout=120)
+    assert {n: (state / "run" / f"{n}.pid").read_text().strip() for n in names} == before
+    assert subprocess.run([str(SCRIPT), "status"], capture_output=True).returncode == 0
+    assert sh("sinfo", "-h", "-o", "%T").strip() in ("idle", "mixed", "allocated")
