@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metaft.algorithms.base import MetaLearner, NonFiniteLossError
 from metaft.data.datamodule import EpisodicDataModule
+from metaft.progress import progress_callbacks
 from metaft.utils.io import load_checkpoint, write_json
 
 log = logging.getLogger(__name__)
@@ -95,12 +96,15 @@ def make_trainer(cfg: DictConfig, out: Path, monitor: str | None = None, mode: s
                             auto_insert_metric_name=False, enable_version_counter=False),
             AtomicLastCheckpoint(ckpt_dir, cfg.checkpoint.every_n_train_steps),
         ]
+    bar, progress = progress_callbacks(cfg)
+    callbacks += progress
     logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
     trainer_kwargs = hydra.utils.instantiate(cfg.trainer, _convert_="all")  # builds a configured strategy
     devices = trainer_kwargs.get("devices")
     if trainer_kwargs.get("accelerator") == "cpu" and isinstance(devices, int) and devices > (os.cpu_count() or 1):
         raise ValueError(f"trainer.devices={devices} CPU processes is more than this machine's {os.cpu_count()} cores; lower trainer.devices")
-    return L.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=logger, callbacks=callbacks)
+    return L.Trainer(**{"enable_progress_bar": bar, **trainer_kwargs}, default_root_dir=str(out), logger=logger,
+                     callbacks=callbacks)
 
 
 def final_metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:
@@ -206,5 +210,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> float | None:
     results = evaluate(cfg) if cfg.task_name == "eval" else train(cfg)
     if cfg.get("optimized_metric"):
+        if cfg.optimized_metric not in results:
+            known = ", ".join(k for k in sorted(results) if k.startswith(("val/", "test/")) and "_step" not in k)
+            raise ValueError(f"optimized_metric={cfg.optimized_metric} is not a metric of this run; use one of: {known}")
         return results[cfg.optimized_metric]
     return None

@@ -1,0 +1,280 @@
+"""Summarise finished runs: ``python -m metaft.report PATH [--metric test/acc] [--out DIR]``.
+
+PATH is a run directory, a sweep directory (``outputs/multirun/<date>/<time>``) or any folder
+above them; every ``results.json`` below it is one run. Runs are grouped by their overrides
+minus ``seed`` (and minus Hydra's own ``hydra.*`` / ``hydra/*`` ones), so a group is one
+configuration over several seeds. Prints a markdown report and writes ``report.md``,
+``report_runs.csv``, ``report_groups.csv`` and ``report.png`` (the comparison plot).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Sequence
+
+# Two-sided 95% quantiles of Student's t (0.975 quantile) for 1..30 degrees of freedom.
+_T975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004,
+         2.262157, 2.228139, 2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905,
+         2.109816, 2.100922, 2.093024, 2.085963, 2.079614, 2.073873, 2.068658, 2.063899,
+         2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272)
+_Z975 = 1.959963984540054
+_IGNORED_KEYS = ("seed",)
+_SKIPPED = re.compile(r"(_ci95|_step\d+)$|/(episodes|loss)$")
+
+
+def t975(df: int) -> float:
+    """0.975 quantile of Student's t with ``df`` degrees of freedom (table up to 30; above, the
+    Cornish-Fisher expansion in 1/df, Abramowitz & Stegun 26.7.5, exact to ~1e-6)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = _Z975
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
+    return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and 95% CI half-width of the mean, ``t(n-1) * s / sqrt(n)``; with few seeds the
+    normal 1.96 would claim far too much certainty (n=3: t=4.30). NaN half-width for n=1."""
+    if not values:
+        return math.nan, math.nan
+    if len(values) == 1:
+        return float(values[0]), math.nan
+    return mean(values), t975(len(values) - 1) * stdev(values) / math.sqrt(len(values))
+
+
+@dataclass
+class Run:
+    dir: str
+    overrides: list[str]
+    metrics: dict[str, float]
+    status: str = "ok"
+    error: str = ""
+    config: list[str] = field(init=False)  # the overrides that define its group
+    seed: str = field(init=False)
+    group: str = ""  # set by group_runs
+
+    def __post_init__(self) -> None:
+        self.config, self.seed = [], ""
+        for o in self.overrides:
+            key, _, value = o.lstrip("+~").partition("=")
+            if key in _IGNORED_KEYS:
+                self.seed = value
+            elif not key.startswith(("hydra.", "hydra/")):
+                self.config.append(o)
+
+
+def common_overrides(runs: Sequence[Run]) -> list[str]:
+    """Overrides every run shares (shown once, left out of the group names)."""
+    if not runs:
+        return []
+    shared = set(runs[0].config).intersection(*(r.config for r in runs[1:]))
+    return [o for o in runs[0].config if o in shared]
+
+
+def load_runs(root: Path) -> list[Run]:
+    """Every ``results.json`` under ``root`` (hidden folders such as ``.submitit`` skipped)."""
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such run or sweep directory")
+    files = [root / "results.json"] if (root / "results.json").is_file() else sorted(
+        p for p in root.rglob("results.json") if not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not files:
+        raise FileNotFoundError(
+            f"no results.json under {root}; give a run directory (outputs/train/runs/...) or a sweep "
+            "directory (outputs/multirun/<date>/<time>)"
+        )
+    runs = []
+    for f in files:
+        data = json.loads(f.read_text())
+        metrics = {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        rel = f.parent.relative_to(root).as_posix() if f.parent != root else "."
+        runs.append(Run(rel, [str(o) for o in data.get("overrides", [])], metrics,
+                        str(data.get("status", "ok")), str(data.get("error", ""))))
+    return runs
+
+
+def headline_metrics(runs: Sequence[Run]) -> list[str]:
+    """Final metrics worth a column: ``val/*`` and ``test/*`` without per-step, CI, loss and
+    episode-count entries; test first."""
+    keys = {k for r in runs for k in r.metrics if k.startswith(("test/", "val/")) and not _SKIPPED.search(k)}
+    return sorted(keys, key=lambda k: (not k.startswith("test/"), k))
+
+
+def higher_is_better(metric: str) -> bool:
+    return "acc" in metric.rsplit("/", 1)[-1]
+
+
+def default_metric(metrics: Sequence[str]) -> str | None:
+    for m in ("test/acc", "test/mse", "val/acc", "val/mse"):
+        if m in metrics:
+            return m
+    return metrics[0] if metrics else None
+
+
+@dataclass
+class Group:
+    name: str
+    runs: list[Run]
+    stats: dict[str, tuple[float, float]]  # metric -> (mean, ci95) over the ok runs
+
+    @property
+    def n(self) -> int:
+        return sum(r.status == "ok" for r in self.runs)
+
+    @property
+    def failed(self) -> int:
+        return len(self.runs) - self.n
+
+
+def group_runs(runs: Sequence[Run], metrics: Sequence[str], sort_by: str | None) -> list[Group]:
+    """One group per set of overrides (order-insensitive, seed excluded), named by what differs
+    from the other groups; sorted best first by ``sort_by`` (groups without a value last)."""
+    common = set(common_overrides(runs))
+    by_key: dict[tuple[str, ...], list[Run]] = {}
+    for r in runs:
+        by_key.setdefault(tuple(sorted(set(r.config) - common)), []).append(r)
+    groups = []
+    for members in by_key.values():
+        name = " ".join(o for o in members[0].config if o not in common) or "(all runs)"
+        for r in members:
+            r.group = name
+        ok = [r for r in members if r.status == "ok"]
+        stats = {m: mean_ci95([r.metrics[m] for r in ok if m in r.metrics]) for m in metrics}
+        groups.append(Group(name, members, stats))
+    if sort_by:
+        sign = -1.0 if higher_is_better(sort_by) else 1.0
+
+        def best_first(g: Group) -> tuple[bool, float]:
+            m = g.stats[sort_by][0]
+            return (math.isnan(m), 0.0 if math.isnan(m) else sign * m)
+
+        groups.sort(key=best_first)  # stable: ties keep first-seen order
+    return groups
+
+
+def fmt(value: float, ci: float | None = None) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    text = f"{value:.4g}"
+    if ci is not None and not math.isnan(ci):
+        text += f" ± {ci:.4g}"
+    return text
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render(root: Path, runs: Sequence[Run], groups: Sequence[Group], metrics: Sequence[str], sort_by: str | None) -> str:
+    g_rows = [[g.name, str(g.n), str(g.failed), *(fmt(*g.stats[m]) for m in metrics)] for g in groups]
+    order = {g.name: i for i, g in enumerate(groups)}
+    run_rows = []
+    for r in sorted(runs, key=lambda r: (order[r.group], r.seed, r.dir)):
+        cells = [fmt(r.metrics.get(m, math.nan), r.metrics.get(f"{m}_ci95")) for m in metrics]
+        run_rows.append([r.dir, r.group, r.seed or "-", r.status if r.status == "ok" else f"{r.status}: {r.error}", *cells])
+    sort_note = f", sorted by {sort_by} ({'higher' if higher_is_better(sort_by) else 'lower'} is better)" if sort_by else ""
+    common = " ".join(f"`{o}`" for o in common_overrides(runs)) or "none"
+    return "\n\n".join([
+        f"# Report: {root}",
+        f"{len(runs)} runs ({sum(r.status != 'ok' for r in runs)} failed) in {len(groups)} groups{sort_note}. "
+        f"Overrides common to all runs: {common}.",
+        "## Groups (mean ± 95% CI across seeds)",
+        "± is the 95% confidence interval of the mean over a group's successful runs (seeds): "
+        "Student's t with n-1 degrees of freedom, since seeds are few (t = 4.30 for 3 seeds, not "
+        "1.96); none for a single seed. Failed runs are counted, not averaged.",
+        markdown_table(["group", "n", "failed", *metrics], g_rows),
+        "## Runs",
+        "± is the run's own 95% CI over its evaluation episodes.",
+        markdown_table(["run", "group", "seed", "status", *metrics], run_rows),
+    ]) + "\n"
+
+
+def write_csvs(out: Path, runs: Sequence[Run], groups: Sequence[Group], metrics: Sequence[str]) -> None:
+    with open(out / "report_groups.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["group", "n", "failed", *(f"{m}{s}" for m in metrics for s in ("_mean", "_ci95"))])
+        for g in groups:
+            w.writerow([g.name, g.n, g.failed, *(v for m in metrics for v in g.stats[m])])
+    with open(out / "report_runs.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "group", "seed", "status", "error", *metrics])
+        for r in runs:
+            w.writerow([r.dir, r.group, r.seed, r.status, r.error, *(r.metrics.get(m, "") for m in metrics)])
+
+
+def plot(path: Path, groups: Sequence[Group], metric: str) -> None:
+    """One row per group: the mean with its 95% CI, and each seed as a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on clusters and CI
+    import matplotlib.pyplot as plt
+
+    shown = [g for g in groups if not math.isnan(g.stats[metric][0])]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(len(shown), 1)))
+    for y, g in enumerate(shown):
+        m, ci = g.stats[metric]
+        ax.errorbar([m], [y], xerr=[[0 if math.isnan(ci) else ci]], fmt="o", color="C0", capsize=4,
+                    label="mean ± 95% CI" if y == 0 else None)
+        seeds = [r.metrics[metric] for r in g.runs if r.status == "ok" and metric in r.metrics]
+        ax.scatter(seeds, [y] * len(seeds), s=12, color="C1", zorder=3, label="seed" if y == 0 else None)
+    ax.set_yticks(range(len(shown)), [textwrap.fill(g.name, 40) for g in shown], fontsize=8)
+    ax.invert_yaxis()  # best first, from the top
+    ax.set_xlabel(f"{metric} (mean ± 95% CI over seeds, Student's t)")
+    ax.grid(axis="x", alpha=0.3)
+    if shown:
+        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(root: str | Path, out: str | Path | None = None, metric: str | None = None) -> str:
+    """Build the report for ``root``; write it to ``out`` (default ``root``); return the markdown."""
+    root = Path(root)
+    runs = load_runs(root)
+    metrics = headline_metrics(runs)
+    if metric is not None and metric not in metrics:
+        raise ValueError(f"--metric {metric} is not among the runs' metrics: {', '.join(metrics) or 'none'}")
+    sort_by = metric or default_metric(metrics)
+    groups = group_runs(runs, metrics, sort_by)
+    text = render(root, runs, groups, metrics, sort_by)
+    out = Path(out) if out is not None else root
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(text)
+    write_csvs(out, runs, groups, metrics)
+    if sort_by:
+        plot(out / "report.png", groups, sort_by)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m metaft.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("path", help="a run directory, a sweep directory, or a folder above them")
+    p.add_argument("--metric", help="sort and plot by this metric (default: test/acc, test/mse, val/acc or val/mse)")
+    p.add_argument("--out", help="where to write report.md, the CSVs and report.png (default: PATH)")
+    args = p.parse_args(argv)
+    try:
+        print(report(args.path, args.out, args.metric), end="")
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
