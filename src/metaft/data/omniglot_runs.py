@@ -30,7 +30,7 @@ from torch import Tensor
 
 from metaft.data.datamodule import EpisodicDataModule
 from metaft.data.episode import Episode
-from metaft.data.omniglot import DRAWERS, preprocess
+from metaft.data.omniglot import DRAWERS, area_resize, ink_image
 
 RUNS, WAYS = 20, 20
 _LABEL_LINE = re.compile(r"^(run\d\d)/test/item(\d\d)\.png\s+(run\d\d)/training/class(\d\d)\.png$")
@@ -40,12 +40,12 @@ _EVAL_ONLY = (
 )
 
 
-def _load_png(path: Path, image_size: int) -> Tensor:
+def _load_png(path: Path) -> Tensor:
     try:
         with Image.open(path) as img:
-            return preprocess(img, image_size, ink_is_dark=None)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path} cannot be read as an image ({e}); rebuild or re-download the runs") from e
+            return ink_image(img, ink_is_dark=None)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise ValueError(f"{path} cannot be read as a 105x105 Omniglot image ({e}); rebuild or re-download the runs") from e
 
 
 def load_run(run_dir: Path, image_size: int) -> Episode:
@@ -63,14 +63,11 @@ def load_run(run_dir: Path, image_size: int) -> Episode:
         answers[int(m.group(2))] = int(m.group(4)) - 1
     if sorted(answers) != list(range(1, WAYS + 1)) or sorted(answers.values()) != list(range(WAYS)):
         raise ValueError(f"{labels_file} must map item01..item{WAYS} one-to-one onto class01..class{WAYS}")
-    support = torch.stack([_load_png(run_dir / "training" / f"class{k:02d}.png", image_size) for k in range(1, WAYS + 1)])
-    query = torch.stack([_load_png(run_dir / "test" / f"item{m:02d}.png", image_size) for m in range(1, WAYS + 1)])
-    return Episode(
-        support.float().div_(255).view(1, WAYS, 1, image_size, image_size),
-        torch.arange(WAYS).unsqueeze(0),
-        query.float().div_(255).view(1, WAYS, 1, image_size, image_size),
-        torch.tensor([answers[m] for m in range(1, WAYS + 1)]).unsqueeze(0),
-    )
+    files = [run_dir / "training" / f"class{k:02d}.png" for k in range(1, WAYS + 1)]
+    files += [run_dir / "test" / f"item{m:02d}.png" for m in range(1, WAYS + 1)]
+    x = area_resize(torch.stack([_load_png(f) for f in files]), image_size).float().div_(255)
+    x = x.view(2, 1, WAYS, 1, image_size, image_size)
+    return Episode(x[0], torch.arange(WAYS).unsqueeze(0), x[1], torch.tensor([[answers[m] for m in range(1, WAYS + 1)]]))
 
 
 class OmniglotRunsDataModule(EpisodicDataModule):
@@ -78,7 +75,7 @@ class OmniglotRunsDataModule(EpisodicDataModule):
 
     Args:
         data_dir: the runs directory (``run01`` .. ``run20``).
-        image_size: side of the images, as in meta-training (Box-filtered from 105).
+        image_size: side of the images, as in meta-training (area-averaged from 105).
         ways, shots: fixed by the benchmark (20, 1); present so model configs can read them.
         eval_batch_size, seed: as in ``EpisodicDataModule`` (the runs themselves are fixed).
     """
