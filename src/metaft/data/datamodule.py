@@ -92,6 +92,21 @@ class EpisodicDataModule(L.LightningDataModule):
         """Draw ``n`` tasks of ``split`` (``train``, ``val`` or ``test``) using ``generator`` only."""
         raise NotImplementedError
 
+    def labelled_batch(self, split: str, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` random examples of ``split`` with their global class index in ``[0, num_classes(split))``
+        (for supervised pretraining baselines)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no labelled_batch(): this dataset offers episodes only; use a dataset "
+            "with a global class list (e.g. dataset=omniglot) for supervised pretraining"
+        )
+
+    def num_classes(self, split: str) -> int:
+        """How many global classes ``split`` has (the range of ``labelled_batch`` labels)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no num_classes(): this dataset offers episodes only; use a dataset "
+            "with a global class list (e.g. dataset=omniglot) for supervised pretraining"
+        )
+
     def start_step(self) -> int:
         return self.trainer.global_step if self.trainer is not None else 0
 
