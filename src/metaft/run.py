@@ -103,7 +103,9 @@ def make_trainer(cfg: DictConfig, out: Path, monitor: str | None = None, mode: s
     devices = trainer_kwargs.get("devices")
     if trainer_kwargs.get("accelerator") == "cpu" and isinstance(devices, int) and devices > (os.cpu_count() or 1):
         raise ValueError(f"trainer.devices={devices} CPU processes is more than this machine's {os.cpu_count()} cores; lower trainer.devices")
-    return L.Trainer(**{"enable_progress_bar": bar, **trainer_kwargs}, default_root_dir=str(out), logger=logger,
+    if trainer_kwargs.get("enable_progress_bar") is None:
+        trainer_kwargs["enable_progress_bar"] = bar
+    return L.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=logger,
                      callbacks=callbacks)
 
 

@@ -11,7 +11,7 @@ from metaft.run import main
 
 STEPS = ["trainer.max_steps=8", "trainer.val_check_interval=4", "dataset.meta_batch_size=8",
          "dataset.val_episodes=30", "dataset.test_episodes=60", "dataset.eval_batch_size=20",
-         "trainer.enable_progress_bar=false", "seed=5"]
+         "progress=log", "seed=5"]
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "reptile"])

@@ -20,7 +20,7 @@ from tests.conftest import ROOT
 
 RUN = ["algorithm=metasgd", "trainer.max_steps=800", "trainer.val_check_interval=200",
        "checkpoint.every_n_train_steps=50", "dataset.val_episodes=50", "dataset.test_episodes=100",
-       "dataset.meta_batch_size=10", "trainer.enable_progress_bar=false", "seed=3"]
+       "dataset.meta_batch_size=10", "progress=log", "seed=3"]
 
 
 def train_py(*args: str, **kw) -> subprocess.Popen:
