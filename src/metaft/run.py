@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from metaft.algorithms.base import MetaLearner
+from metaft.callbacks import log_hparams, monitoring_callbacks
 from metaft.data.datamodule import EpisodicDataModule
 from metaft.utils.io import load_checkpoint, write_json
 
@@ -64,7 +65,7 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
 
 
 def make_trainer(cfg: DictConfig, out: Path, monitor: str | None = None, mode: str = "min") -> L.Trainer:
-    callbacks: list[Callback] = []
+    callbacks: list[Callback] = monitoring_callbacks(cfg)
     if monitor is not None:
         ckpt_dir = out / "checkpoints"
         callbacks += [
@@ -103,6 +104,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.test(learner, datamodule=dm, ckpt_path=ckpt, weights_only=True) if ckpt else trainer.test(learner, datamodule=dm)
         results.update(final_metrics(trainer, "test/"))
         results["ckpt"] = str(Path(ckpt).resolve()) if ckpt else None
+    log_hparams(trainer, cfg, results)
     return write_results(out, results)
 
 
@@ -139,7 +141,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     OmegaConf.save(run_cfg, out / "eval_config.yaml")
     trainer = make_trainer(run_cfg, out)
     trainer.test(learner, datamodule=dm)
-    return write_results(out, final_metrics(trainer, "test/"), ckpt=str(ckpt_path))
+    results = final_metrics(trainer, "test/")
+    log_hparams(trainer, run_cfg, results)
+    return write_results(out, results, ckpt=str(ckpt_path))
 
 
 def main(cfg: DictConfig) -> float | None:
