@@ -4,6 +4,17 @@ step sizes, images, and the hparams record that lets the HParams tab compare a s
 Scalars go through ``LightningModule.log`` like every other metric (so they share its steps and
 its ``log_every_n_steps`` gating); histograms and images, which ``log`` cannot carry, go to the
 run's ``TensorBoardLogger`` at the step Lightning gives the scalars.
+
+What a run's ``tensorboard/`` holds (``M`` is ``mse`` or ``acc``; step ``0`` is before adaptation):
+
+- ``train/loss`` (meta-loss), ``train/acc``; on logging steps only: ``train/M_step{i}``,
+  ``train/loss_step{i}`` (classification), ``train/grad_norm`` (before clipping) — the learner;
+  ``train/tasks_per_s``, ``inner_lr/{mean,min,max}`` (Meta-SGD) — here; ``lr-<Optimizer>`` —
+  Lightning's ``LearningRateMonitor``.
+- ``{val,test}/M``, ``/M_ci95``, ``/M_step{i}``, ``/loss``, ``/loss_step{i}`` (classification),
+  ``/episodes`` — the learner; at every validation the ``inner_lr/alpha`` histogram (Meta-SGD)
+  and the ``val/sinusoid_fit`` image; ``episode/{support,query}`` once (image datasets).
+- ``hp/{val,test}_M`` and the hparams session (``log_hparams``) when the run ends.
 """
 from __future__ import annotations
 
@@ -65,7 +76,9 @@ class MetaLearnerMonitor(Callback):
         self._window_start = None
         self._episode_logged = False
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self.images and not self._episode_logged and isinstance(batch, Episode):
             self._episode_logged = True
             if batch.support_x.dim() >= 5 and trainer.is_global_zero:  # [tasks, N, C, H, W]: images
@@ -73,7 +86,9 @@ class MetaLearnerMonitor(Callback):
         if self._window_start is None:
             self._window_start, self._window_tasks = time.perf_counter(), 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if isinstance(batch, Episode):
             self._window_tasks += batch.num_tasks * trainer.world_size  # each rank holds a share
         if not trainer._logger_connector.should_update_logs:
@@ -159,7 +174,8 @@ def sinusoid_fit(learner: MetaLearner, dm: SinusoidDataModule) -> dict[str, Any]
     grid = torch.linspace(*dm.x_range, _FIT_POINTS).view(1, -1, 1)
     probe = Episode(task.support_x, task.support_y, grid, torch.zeros_like(grid))
     dtype = next(learner.parameters()).dtype
-    out = learner.query_outputs(probe.to(learner.device, dtype), learner.eval_inner_steps, first_order=True, all_steps=True)
+    probe = probe.to(learner.device, dtype)
+    out = learner.query_outputs(probe, learner.eval_inner_steps, first_order=True, all_steps=True)
     out = out[0, :, :, 0].detach().cpu()  # [steps+1, points]
     return {
         "support_x": task.support_x[0, :, 0].numpy(),

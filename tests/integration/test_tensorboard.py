@@ -78,7 +78,8 @@ def test_sinusoid_metasgd_run(run_config):
     histograms = {e.step: e.histogram_value for e in ea.Histograms("inner_lr/alpha")}
     assert sorted(histograms) == sorted(scalars(ea, "val/mse")) == [9, 19]
     assert histograms[19].num == alphas.numel()
-    assert histograms[19].min == pytest.approx(alphas.min().item()) and histograms[19].max == pytest.approx(alphas.max().item())
+    assert histograms[19].min == pytest.approx(alphas.min().item())
+    assert histograms[19].max == pytest.approx(alphas.max().item())
 
     # Evaluation per inner step (regression: the loss is the metric, no separate loss_step tags).
     for stage in ("val", "test"):
@@ -114,7 +115,8 @@ def test_sinusoid_metasgd_run(run_config):
     ea = events(ev_out)
     assert scalars(ea, "hp/test_mse").popitem()[1] == pytest.approx(ev_results["test/mse"], rel=1e-7)
     assert "hp/val_mse" not in ea.Tags()["scalars"]
-    start = plugin_data_pb2.HParamsPluginData.FromString(ea.PluginTagToContent("hparams")["_hparams_/session_start_info"])
+    content = ea.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content)
     assert start.session_start_info.hparams["algorithm/eval_inner_steps"].number_value == 3
 
 

@@ -232,8 +232,10 @@ class MetaLearner(L.LightningModule):
             opt.zero_grad(set_to_none=True)
             self.log("train/skipped_steps", float(self.skipped_steps), on_step=True)
             return torch.tensor(math.nan)
+        # Lightning writes step metrics only when this (its own, also used by its
+        # LearningRateMonitor) says so; before clipping and the step, to see what the batch saw.
         if self._trainer is not None and self.trainer._logger_connector.should_update_logs:
-            self.log_training_details(episode)  # before clipping and the step: this batch's view
+            self.log_training_details(episode)
         if self.grad_clip and self.grad_clip > 0:
             self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
@@ -257,8 +259,8 @@ class MetaLearner(L.LightningModule):
 
     def log_training_details(self, episode: Episode) -> None:
         """The meta-batch's query metric (and loss) before and after each inner step, and the
-        meta-gradient's global norm before clipping. Called only on logging steps (every
-        ``log_every_n_steps``) because it runs the inner loop again."""
+        meta-gradient's global norm before clipping (Reptile: its pseudo-gradient's). Called only
+        on logging steps (every ``log_every_n_steps``) because it runs the inner loop again."""
         metric, loss = self.adaptation_curve(episode, self.inner_steps)
         self.log_per_step("train", metric.mean(0), loss.mean(0))
         norms = [torch.linalg.vector_norm(p.grad.detach()) for p in self.parameters() if p.grad is not None]
