@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from metaft.algorithms.base import MetaLearner, NonFiniteLossError
+from metaft.callbacks import log_hparams, monitoring_callbacks
 from metaft.data.datamodule import EpisodicDataModule
 from metaft.progress import progress_callbacks
 from metaft.utils.io import load_checkpoint, write_json
@@ -88,7 +89,7 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
 
 
 def make_trainer(cfg: DictConfig, out: Path, monitor: str | None = None, mode: str = "min") -> L.Trainer:
-    callbacks: list[Callback] = []
+    callbacks: list[Callback] = monitoring_callbacks(cfg)
     if monitor is not None:
         ckpt_dir = out / "checkpoints"
         callbacks += [
@@ -169,6 +170,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results.update(final_metrics(trainer, "test/"))
         results["ckpt"] = str(Path(best).resolve()) if best else None
         results["test_episodes_fingerprint"] = dm.fingerprint("test")
+    log_hparams(trainer, cfg, results)
     return write_results(out, results)
 
 
@@ -205,8 +207,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     OmegaConf.save(run_cfg, out / "eval_config.yaml")
     trainer = make_trainer(run_cfg, out)
     trainer.test(learner, datamodule=dm)
-    return write_results(out, final_metrics(trainer, "test/"), ckpt=str(ckpt_path),
-                         test_episodes_fingerprint=dm.fingerprint("test"))
+    results = final_metrics(trainer, "test/")
+    log_hparams(trainer, run_cfg, results)
+    return write_results(out, results, ckpt=str(ckpt_path), test_episodes_fingerprint=dm.fingerprint("test"))
 
 
 def main(cfg: DictConfig) -> float | None:

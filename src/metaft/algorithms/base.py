@@ -243,6 +243,10 @@ class MetaLearner(L.LightningModule):
             opt.zero_grad(set_to_none=True)
             self.log("train/skipped_steps", float(self.skipped_steps), on_step=True)
             return loss
+        # Lightning writes step metrics only when this (its own, also used by its
+        # LearningRateMonitor) says so; before clipping and the step, to see what the batch saw.
+        if self._trainer is not None and self.trainer._logger_connector.should_update_logs:
+            self.log_training_details(episode)
         if self.grad_clip and self.grad_clip > 0:
             self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
@@ -264,22 +268,40 @@ class MetaLearner(L.LightningModule):
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=opt), "interval": "step"}}
 
+    def log_training_details(self, episode: Episode) -> None:
+        """The meta-batch's query metric (and loss) before and after each inner step, and the
+        meta-gradient's global norm before clipping (Reptile: its pseudo-gradient's). Called only
+        on logging steps (every ``log_every_n_steps``) because it runs the inner loop again."""
+        metric, loss = self.adaptation_curve(episode, self.inner_steps)
+        self.log_per_step("train", metric.mean(0), loss.mean(0))
+        norms = [torch.linalg.vector_norm(p.grad.detach()) for p in self.parameters() if p.grad is not None]
+        if norms:
+            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)))
+
     # ----------------------------------------------------------------- validation and test
     def on_validation_epoch_start(self) -> None:
         self.eval_stats = EpisodeStats(self.eval_inner_steps + 1).to(self.device)
-        self.eval_loss = EpisodeStats(1).to(self.device)
+        self.eval_loss = EpisodeStats(self.eval_inner_steps + 1).to(self.device)
 
     on_test_epoch_start = on_validation_epoch_start
 
-    def evaluation_step(self, episode: Episode) -> None:
-        # Adaptation needs gradients even though Lightning disables them here. First order is
-        # exact for the adapted values; only the outer gradient would differ, and none is taken.
+    def adaptation_curve(self, episode: Episode, steps: int) -> tuple[Tensor, Tensor]:
+        """Query metric and loss per task and inner step (``[tasks, steps+1]``; column 0 is
+        before adaptation)."""
+        # Adaptation needs gradients even though Lightning disables them at evaluation. First
+        # order is exact for the adapted values; only the outer gradient would differ, and none
+        # is taken.
         with torch.enable_grad():
-            out = self.query_outputs(episode, self.eval_inner_steps, first_order=True, all_steps=True)
+            out = self.query_outputs(episode, steps, first_order=True, all_steps=True)
         out = out.detach()  # [tasks, steps+1, Q, C]
         y = episode.query_y.unsqueeze(1).expand(-1, out.shape[1], *episode.query_y.shape[1:])
-        self.eval_stats.update(self.per_task_metric(out, y))
-        self.eval_loss.update(self.per_task_loss(out[:, -1], episode.query_y).unsqueeze(-1))
+        loss = self.per_task_loss(out.flatten(0, 1), y.flatten(0, 1)).view(out.shape[:2])
+        return self.per_task_metric(out, y), loss
+
+    def evaluation_step(self, episode: Episode) -> None:
+        metric, loss = self.adaptation_curve(episode, self.eval_inner_steps)
+        self.eval_stats.update(metric)
+        self.eval_loss.update(loss)
 
     def validation_step(self, episode: Episode, batch_idx: int) -> None:
         self.evaluation_step(episode)
@@ -294,12 +316,19 @@ class MetaLearner(L.LightningModule):
         name = self.metric_name
         self.log(f"{stage}/{name}", mean[-1].float(), prog_bar=stage == "val")
         self.log(f"{stage}/{name}_ci95", ci95[-1].float())
-        self.log(f"{stage}/loss", loss_mean[0].float())
+        self.log(f"{stage}/loss", loss_mean[-1].float())
         self.log(f"{stage}/episodes", n[0].float())
-        for i in range(mean.shape[0]):
-            self.log(f"{stage}/{name}_step{i}", mean[i].float())
+        self.log_per_step(stage, mean, loss_mean)
         self.eval_stats.reset()
         self.eval_loss.reset()
+
+    def log_per_step(self, stage: str, metric: Tensor, loss: Tensor) -> None:
+        """``{stage}/{metric}_step{i}`` for every inner step ``i`` (0: before adaptation), and
+        ``{stage}/loss_step{i}`` where the loss is not the metric itself (classification)."""
+        for i in range(metric.shape[0]):
+            self.log(f"{stage}/{self.metric_name}_step{i}", metric[i].float())
+            if self.task == "classification":
+                self.log(f"{stage}/loss_step{i}", loss[i].float())
 
     def on_validation_epoch_end(self) -> None:
         self.log_evaluation("val")

@@ -1,0 +1,258 @@
+"""TensorBoard monitoring beyond the learner's own metrics: learning rates, throughput, Meta-SGD
+step sizes, images, and the hparams record that lets the HParams tab compare a sweep's runs.
+
+Scalars go through ``LightningModule.log`` like every other metric (so they share its steps and
+its ``log_every_n_steps`` gating); histograms and images, which ``log`` cannot carry, go to the
+run's ``TensorBoardLogger`` at the step Lightning gives the scalars.
+
+What a run's ``tensorboard/`` holds (``M`` is ``mse`` or ``acc``; step ``0`` is before adaptation):
+
+- ``train/loss`` (meta-loss), ``train/acc``; on logging steps only: ``train/M_step{i}``,
+  ``train/loss_step{i}`` (classification), ``train/grad_norm`` (before clipping) — the learner;
+  ``train/tasks_per_s``, ``inner_lr/{mean,min,max}`` (Meta-SGD) — here; ``lr-<Optimizer>`` —
+  Lightning's ``LearningRateMonitor``.
+- ``{val,test}/M``, ``/M_ci95``, ``/M_step{i}``, ``/loss``, ``/loss_step{i}`` (classification),
+  ``/episodes`` — the learner; at every validation the ``inner_lr/alpha`` histogram (Meta-SGD)
+  and the ``val/sinusoid_fit`` image; ``episode/{support,query}`` once (image datasets).
+- ``hp/{val,test}_M`` and the hparams session (``log_hparams``) when the run ends.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from metaft.algorithms.base import MetaLearner
+from metaft.data.datamodule import split_generator
+from metaft.data.episode import Episode
+from metaft.data.sinusoid import SinusoidDataModule
+
+__all__ = ["MetaLearnerMonitor", "episode_grid", "flat_hparams", "log_hparams", "monitoring_callbacks", "sinusoid_fit"]
+
+# The sinusoid task drawn in the fit figure: its own stream of the validation split, so it is
+# the same task in every run with the same seed, whatever the evaluation batch sizes.
+_FIT_TASK_INDEX = 1
+_FIT_POINTS = 200
+
+
+def monitoring_callbacks(cfg: DictConfig) -> list[Callback]:
+    """The callbacks ``make_trainer`` adds to every run."""
+    images = bool(OmegaConf.select(cfg, "logging.images", default=True))
+    return [LearningRateMonitor(logging_interval="step"), MetaLearnerMonitor(images=images)]
+
+
+def tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+def log_step(trainer: L.Trainer) -> int:
+    """The step Lightning gives the scalars logged now (the batch counter of the fit loop)."""
+    return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
+class MetaLearnerMonitor(Callback):
+    """Logs, every ``log_every_n_steps``: ``train/tasks_per_s`` and, for Meta-SGD, the learned
+    step sizes' ``inner_lr/{mean,min,max}``; at every validation the ``inner_lr/alpha``
+    histogram. With ``images``: ``episode/{support,query}`` (one task of the first training
+    meta-batch, for image datasets) and ``val/sinusoid_fit`` at every validation."""
+
+    def __init__(self, images: bool = True) -> None:
+        self.images = images
+        self._window_start: float | None = None
+        self._window_tasks = 0
+        self._episode_logged = False
+
+    # --------------------------------------------------------------------------- throughput
+    # tasks/s counts meta-training only: the window opens at a batch's start and is dropped
+    # when validation begins (which, with its images and checkpoints, would dilute the rate).
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._window_start = None
+        self._episode_logged = False
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.images and not self._episode_logged and isinstance(batch, Episode):
+            self._episode_logged = True
+            if batch.support_x.dim() >= 5 and trainer.is_global_zero:  # [tasks, N, C, H, W]: images
+                self.log_episode_images(trainer, batch)
+        if self._window_start is None:
+            self._window_start, self._window_tasks = time.perf_counter(), 0
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if isinstance(batch, Episode):
+            self._window_tasks += batch.num_tasks * trainer.world_size  # each rank holds a share
+        if not trainer._logger_connector.should_update_logs:
+            return
+        now = time.perf_counter()
+        if self._window_start is not None and now > self._window_start:
+            pl_module.log("train/tasks_per_s", self._window_tasks / (now - self._window_start))
+        self._window_start, self._window_tasks = now, 0
+        alphas = learned_step_sizes(pl_module)
+        if alphas is not None:
+            pl_module.log("inner_lr/mean", alphas.mean())
+            pl_module.log("inner_lr/min", alphas.min())
+            pl_module.log("inner_lr/max", alphas.max())
+
+    # ---------------------------------------------------------------------------- validation
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._window_start = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        tb = tensorboard(trainer)
+        if tb is None or not trainer.is_global_zero:
+            return
+        step = log_step(trainer)
+        alphas = learned_step_sizes(pl_module)
+        if alphas is not None:
+            tb.experiment.add_histogram("inner_lr/alpha", alphas.float().cpu(), step)
+        if self.images and isinstance(trainer.datamodule, SinusoidDataModule) and isinstance(pl_module, MetaLearner):
+            image = render(sinusoid_figure(**sinusoid_fit(pl_module, trainer.datamodule)))
+            tb.experiment.add_image("val/sinusoid_fit", image, step, dataformats="HWC")
+
+    # ------------------------------------------------------------------------------ images
+    def log_episode_images(self, trainer: L.Trainer, episode: Episode) -> None:
+        tb = tensorboard(trainer)
+        if tb is None:
+            return
+        step = log_step(trainer)
+        tb.experiment.add_image("episode/support", episode_grid(episode.support_x[0], episode.support_y[0]), step)
+        tb.experiment.add_image("episode/query", episode_grid(episode.query_x[0], episode.query_y[0]), step)
+
+
+def learned_step_sizes(module: L.LightningModule) -> Tensor | None:
+    """All of Meta-SGD's learned step sizes as one flat tensor (``None`` for other learners)."""
+    lrs = getattr(module, "inner_lrs", None)
+    if lrs is None:
+        return None
+    return torch.cat([p.detach().reshape(-1) for p in lrs.values()])
+
+
+def episode_grid(x: Tensor, y: Tensor, pad: int = 2) -> Tensor:
+    """One task's images ``[N, C, H, W]`` as one ``[C, H', W']`` image: a row per class (in
+    label order; examples keep their episode order), ``pad`` grey pixels between cells."""
+    x = x.detach().float().cpu()
+    if x.shape[1] not in (1, 3):  # TensorBoard shows grey or RGB only
+        x = x[:, :1]
+    lo, hi = x.min(), x.max()
+    if lo < 0 or hi > 1:  # normalised inputs: stretch to [0, 1] for display
+        x = (x - lo) / (hi - lo).clamp_min(1e-12)
+    labels = y.detach().cpu().reshape(len(x), -1)[:, 0]
+    if labels.is_floating_point():  # no classes to group by
+        labels = torch.zeros(len(x), dtype=torch.long)
+    rows = [x[labels == c] for c in labels.unique()]
+    _, c, h, w = x.shape
+    cols = max(len(r) for r in rows)
+    grid = torch.full((c, pad + len(rows) * (h + pad), pad + cols * (w + pad)), 0.5)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            top, left = pad + i * (h + pad), pad + j * (w + pad)
+            grid[:, top : top + h, left : left + w] = img
+    return grid
+
+
+@torch.no_grad()
+def sinusoid_fit(learner: MetaLearner, dm: SinusoidDataModule) -> dict[str, Any]:
+    """One fixed validation task: its support points, the ground truth on a grid over the input
+    range, and the learner's prediction there before and after ``eval_inner_steps`` steps."""
+    g = split_generator(dm.seed, "val", _FIT_TASK_INDEX)
+    task = dm.sample("val", 1, g)
+    # ``sample`` draws the task's function first, so the same stream gives its amplitude and
+    # phase (tests/integration/test_tensorboard.py checks the curve passes the support points).
+    amp, phase = dm.sample_functions(1, split_generator(dm.seed, "val", _FIT_TASK_INDEX))
+    grid = torch.linspace(*dm.x_range, _FIT_POINTS).view(1, -1, 1)
+    probe = Episode(task.support_x, task.support_y, grid, torch.zeros_like(grid))
+    dtype = next(learner.parameters()).dtype
+    probe = probe.to(learner.device, dtype)
+    out = learner.query_outputs(probe, learner.eval_inner_steps, first_order=True, all_steps=True)
+    out = out[0, :, :, 0].detach().cpu()  # [steps+1, points]
+    return {
+        "support_x": task.support_x[0, :, 0].numpy(),
+        "support_y": task.support_y[0, :, 0].numpy(),
+        "x": grid[0, :, 0].numpy(),
+        "truth": (amp * torch.sin(grid - phase))[0, :, 0].numpy(),
+        "before": out[0].numpy(),
+        "after": out[-1].numpy(),
+        "steps": learner.eval_inner_steps,
+    }
+
+
+def sinusoid_figure(support_x: np.ndarray, support_y: np.ndarray, x: np.ndarray, truth: np.ndarray,
+                    before: np.ndarray, after: np.ndarray, steps: int) -> Any:
+    from matplotlib.figure import Figure  # imported here: only runs that draw pay for it
+
+    fig = Figure(figsize=(5, 3.5), dpi=80)
+    ax = fig.add_subplot()
+    ax.plot(x, truth, color="black", lw=2, label="ground truth")
+    ax.plot(x, before, color="tab:blue", ls="--", label="before adaptation")
+    ax.plot(x, after, color="tab:red", label=f"after {steps} step{'s' * (steps != 1)}")
+    ax.scatter(support_x, support_y, color="tab:red", marker="^", zorder=3, label=f"support ({len(support_x)})")
+    ax.set_xlabel("x")
+    ax.legend(fontsize=7, loc="best", framealpha=0.7)
+    fig.tight_layout()
+    return fig
+
+
+def render(fig: Any) -> np.ndarray:
+    """A matplotlib figure as an ``[H, W, 3]`` uint8 array, without pyplot's global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, float | int | str]:
+    """The algorithm, dataset and model config flattened to ``group/key[/subkey]``, plus the seed.
+    Lists and booleans become strings (TensorBoard takes numbers and strings); nulls are left out,
+    so that a key set in some runs of a sweep keeps one type."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}/{k}", v)
+        elif node is not None:
+            flat[prefix] = node if isinstance(node, (int, float, str)) and not isinstance(node, bool) else str(node)
+
+    for group in ("algorithm", "dataset", "model"):
+        walk(group, OmegaConf.to_container(cfg[group], resolve=True))
+    flat["seed"] = int(cfg.seed)
+    return flat
+
+
+def log_hparams(trainer: L.Trainer, cfg: DictConfig, results: dict[str, Any]) -> None:
+    """Record the run for TensorBoard's HParams tab: its hyperparameters (``flat_hparams``) and
+    its final metric, ``hp/{val,test}_{mse|acc}`` (the values in results.json), as scalars.
+
+    Only the session records are written, not Lightning's per-run ``experiment`` record: the
+    HParams tab shows the first such record it finds for the whole log directory, which would
+    hide the keys and types of every other run in a sweep over algorithms, models or datasets.
+    Without one, TensorBoard builds the table from all runs' sessions and scalars."""
+    tb = tensorboard(trainer)
+    metric = getattr(trainer.lightning_module, "metric_name", None)
+    if tb is None or metric is None or not trainer.is_global_zero:
+        return
+    metrics = {f"hp/{stage}_{metric}": float(results[f"{stage}/{metric}"])
+               for stage in ("val", "test") if f"{stage}/{metric}" in results}
+    if not metrics:
+        return
+    from torch.utils.tensorboard.summary import hparams
+
+    tb.log_metrics(metrics, step=trainer.global_step)
+    _, session_start, session_end = hparams(flat_hparams(cfg), metrics)
+    writer = tb.experiment._get_file_writer()  # the trainer closed it after test; this reopens
+    writer.add_summary(session_start, trainer.global_step)
+    writer.add_summary(session_end, trainer.global_step)
+    tb.finalize("success")  # flush and close again
