@@ -134,13 +134,14 @@ class FineTuner(L.LightningModule):
 
 
 # -------------------------------------------------------------------------- initialisation
-def _shape_table(want: Mapping[str, Tensor], have: Mapping[str, Tensor]) -> list[str]:
+def _shape_table(want: Mapping[str, Tensor], have: Mapping[str, Tensor], prefix: str) -> list[str]:
+    """One line per entry whose shape differs (or that one side lacks)."""
     lines = []
     for k in sorted(set(want) | set(have)):
         a = tuple(want[k].shape) if k in want else "missing"
         b = tuple(have[k].shape) if k in have else "missing"
         if a != b:
-            lines.append(f"  {k}: model {a} vs checkpoint {b}")
+            lines.append(f"  {prefix}{k}: model {a} vs checkpoint {b}")
     return lines
 
 
@@ -152,7 +153,7 @@ def load_body(net: MetaNet, state_dict: Mapping[str, Tensor], ckpt_name: str, ck
         raise ValueError(f"{ckpt_name} has no 'net.body.*' weights: it is not a checkpoint of a MetaNet "
                          "learner (meta-training or the pretrain algorithm)")
     mine = net.body.state_dict()
-    diff = _shape_table(mine, body)
+    diff = _shape_table(mine, body, "body.")
     if diff:
         raise ValueError(
             f"{ckpt_name} is a checkpoint of another architecture: its body does not fit the fine-tuning model.\n"
@@ -189,14 +190,14 @@ def init_head(net: MetaNet, rule: str, state_dict: Mapping[str, Tensor] | None, 
     if rule not in HEAD_INITS:
         raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {rule!r}")
     head = {k[len("net.head."):]: v for k, v in (state_dict or {}).items() if k.startswith("net.head.")}
-    fits = bool(head) and not _shape_table(net.head.state_dict(), head)
+    fits = bool(head) and not _shape_table(net.head.state_dict(), head, "head.")
     if rule == "auto":
         rule = "keep" if fits else ("zero" if state_dict is not None else "random")
     if rule == "keep":
         if not fits:
             raise ValueError(
                 "head_init=keep: the checkpoint's head does not fit the target:\n"
-                + "\n".join(_shape_table(net.head.state_dict(), head) or ["  (no net.head.* weights)"])
+                + "\n".join(_shape_table(net.head.state_dict(), head, "head.") or ["  (no net.head.* weights)"])
                 + "\nThe target has another number of outputs; use head_init=zero|prototypes|random"
             )
         net.head.load_state_dict(head)

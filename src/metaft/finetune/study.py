@@ -62,8 +62,9 @@ def meta_train(init: str, overrides: Sequence[str], out: Path) -> Path:
 
 
 def study(target: str, ckpts: dict[str, str], out: Path, extra: Sequence[str] = (), inits: Sequence[str] | None = None,
-          shots: Sequence[str] | None = None, seeds: Sequence[str] | None = None) -> str:
-    """Run the whole study for ``target``; return the report's markdown."""
+          shots: Sequence[str] | None = None, seeds: Sequence[str] | None = None, meta_extra: Sequence[str] = ()) -> str:
+    """Run the whole study for ``target``; return the report's markdown. ``extra``: overrides of
+    every fine-tuning run; ``meta_extra``: of every meta-training run (after ``study.meta_train``)."""
     preset = CONF / "experiment" / f"finetune_study_{target}.yaml"
     if not preset.is_file():
         raise FileNotFoundError(f"no study preset {preset}; choose one of "
@@ -82,8 +83,9 @@ def study(target: str, ckpts: dict[str, str], out: Path, extra: Sequence[str] = 
             notes.append(f"{init}: skipped (no conf/algorithm/{algorithm_of(init)}.yaml and no --ckpt {init}=PATH)")
         else:
             t0 = time.time()
-            given[init] = str(meta_train(init, list(cfg.meta_train), out))
-            notes.append(f"{init}: meta-trained here in {time.time() - t0:.0f} s ({' '.join(cfg.meta_train)}, seed 0)")
+            meta_overrides = [*cfg.meta_train, *meta_extra]
+            given[init] = str(meta_train(init, meta_overrides, out))
+            notes.append(f"{init}: meta-trained here in {time.time() - t0:.0f} s ({' '.join(meta_overrides)}, seed 0)")
             run_inits.append(init)
     sweep = out / "sweep"
     cmd = [sys.executable, str(TRAIN), "--config-name", "finetune", "-m", f"experiment=finetune_study_{target}",
@@ -214,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--inits", help="comma-separated subset of study.inits")
     p.add_argument("--shots", help="comma-separated K values (default study.shots)")
     p.add_argument("--seeds", help="comma-separated seeds (default study.seeds)")
+    p.add_argument("--meta-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra override of every meta-training run (e.g. trainer.max_steps=200)")
     p.add_argument("--metric", default=None, help="report: the metric (default test/acc or test/mse as found)")
     p.add_argument("--out", help="output directory (default outputs/study/<target>/<date_time>)")
     args = p.parse_args(argv)
@@ -227,7 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ckpts = dict(c.split("=", 1) for c in args.ckpt)
         out = Path(args.out) if args.out else ROOT / "outputs" / "study" / args.target / time.strftime("%Y-%m-%d_%H-%M-%S")
         split = (lambda s: s.split(",") if s else None)
-        print(study(args.target, ckpts, out, extra, split(args.inits), split(args.shots), split(args.seeds)), end="")
+        print(study(args.target, ckpts, out, extra, split(args.inits), split(args.shots), split(args.seeds),
+                    args.meta_override), end="")
         print(f"\nwritten to {out}")
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
