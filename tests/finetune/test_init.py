@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from metaft.algorithms.base import NonFiniteLossError
 from metaft.finetune.module import FineTuner, init_head, metasgd_step_sizes
 from metaft.finetune.run import build
 from metaft.models import MLP, Conv4
@@ -100,6 +101,7 @@ def test_metasgd_step_sizes_are_the_learning_rates():
     torch.manual_seed(1)
     net = MLP()
     alphas = {f"inner_lrs.{k.replace('.', '__')}": torch.rand_like(p) for k, p in net.named_parameters()}
+    alphas["inner_lrs.body__0__bias"][:5] = -0.3  # learned gradient ascent: clamped to 0, those entries stay
     state = {**_ckpt_state(net), **alphas}
     scales = metasgd_step_sizes(net, state, "ckpt")
     assert set(scales) == {f"net.{k}" for k, _ in net.named_parameters()}
@@ -112,10 +114,27 @@ def test_metasgd_step_sizes_are_the_learning_rates():
     learner.on_after_backward()
     opt.step()
     for (k, p), g in zip(net.named_parameters(), grads):  # Meta-SGD's update theta - alpha * grad
-        torch.testing.assert_close(p.detach(), before[k] - alphas[f"inner_lrs.{k.replace('.', '__')}"] * g)
+        torch.testing.assert_close(p.detach(), before[k] - alphas[f"inner_lrs.{k.replace('.', '__')}"].clamp_min(0) * g)
+    assert torch.equal(net.body[0].bias[:5], before["body.0.bias"][:5])
     with pytest.raises(ValueError, match="not a Meta-SGD checkpoint"):
         metasgd_step_sizes(net, _ckpt_state(net), "ckpt")
     # A head of another shape takes the mean of its old step sizes.
     small = MLP(out_features=2)
     s = metasgd_step_sizes(small, state, "ckpt")
     assert torch.equal(s["net.head.weight"], torch.full((2, 40), float(alphas["inner_lrs.head__weight"].mean())))
+
+
+def test_a_model_that_cannot_read_the_target_says_so(run_config, conv_ckpt):
+    with pytest.raises(ValueError, match=r"cannot read the target's inputs \(shape \[1\], target=SinusoidTarget\)"):
+        build(run_config("finetune", [f"meta_ckpt={conv_ckpt}", "target=sinusoid"]))
+
+
+def test_diverging_fine_tuning_raises_a_clear_error():
+    net = MLP()
+    learner = FineTuner(net, "regression", optimizer=lambda params: torch.optim.SGD(params, lr=1.0),
+                        lr_scales={"net.head.bias": torch.ones(1)})
+    x = torch.rand(4, 1)
+    y = torch.full((4, 1), float("inf"))
+    learner.training_step((x, y, 4), 0).backward()
+    with pytest.raises(NonFiniteLossError, match="metasgd_lrs=true"):
+        learner.on_after_backward()

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metaft.algorithms.base import NonFiniteLossError
 from metaft.models.nets import MetaNet
 from metaft.utils.distributed import all_reduce_sum_
 from metaft.utils.metrics import EpisodeStats
@@ -78,6 +79,12 @@ class FineTuner(L.LightningModule):
         loss = self._train_loss.reshape(1).clone()
         if self._trainer is not None and self.trainer.world_size > 1:
             all_reduce_sum_([p.grad for p in params] + [loss])
+        if not torch.isfinite(loss).all():  # after the all-reduce: every rank raises together
+            hint = (" With metasgd_lrs=true the gradients are scaled by Meta-SGD's learned step sizes, which were "
+                    "tuned for a few inner steps (some are negative) and can diverge over many; lower the lr "
+                    "(e.g. 0.1) or the step count." if self.scaled else "")
+            raise NonFiniteLossError(f"non-finite fine-tuning loss ({loss.item()}) at step {self.global_step}; lower "
+                                     f"finetuner.optimizer.lr or set finetuner.grad_clip.{hint}")
         for name in self.scaled:
             self.net.get_parameter(name.removeprefix("net.")).grad.mul_(getattr(self, "lr_scale__" + name.replace(".", "__")))
         self.log("train/loss", loss[0], prog_bar=True, on_step=True)
@@ -216,7 +223,9 @@ def init_head(net: MetaNet, rule: str, state_dict: Mapping[str, Tensor] | None, 
 def metasgd_step_sizes(net: MetaNet, state_dict: Mapping[str, Tensor], ckpt_name: str) -> dict[str, Tensor]:
     """Meta-SGD's learned step sizes (``inner_lrs.*``) as per-parameter gradient multipliers,
     keyed by ``net.`` parameter name. A parameter without one (ANIL-style: body not adapted)
-    gets none; a re-initialised head of another shape gets the mean of its old step sizes."""
+    gets none; a re-initialised head of another shape gets the mean of its old step sizes.
+    Negative step sizes (gradient ascent, which Meta-SGD may learn for its few inner steps) are
+    clamped to 0: repeated over many fine-tuning steps they diverge, so those entries stay put."""
     alphas = {"net." + k[len("inner_lrs."):].replace("__", "."): v for k, v in state_dict.items()
               if k.startswith("inner_lrs.")}
     if not alphas:
@@ -227,5 +236,5 @@ def metasgd_step_sizes(net: MetaNet, state_dict: Mapping[str, Tensor], ckpt_name
         a = alphas.get(name)
         if a is None:
             continue
-        scales[name] = a if a.shape == p.shape else torch.full_like(p, float(a.mean()))
+        scales[name] = (a if a.shape == p.shape else torch.full_like(p, float(a.mean()))).clamp_min(0)
     return scales

@@ -7,6 +7,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig, OmegaConf
 
@@ -48,6 +49,22 @@ def _check_kind(kind: str, ckpt_cfg: dict[str, Any], path: str) -> None:
         raise ValueError(f"init=meta but meta_ckpt={path} is a supervised pre-training checkpoint; use init=pretrained")
 
 
+def check_inputs(net: torch.nn.Module, dm: SupervisedTarget, model_cfg: dict, meta_dataset: dict | None) -> None:
+    """One forward of the training inputs, so a model that cannot read the target's data fails
+    here with a message rather than deep inside the first training step."""
+    x = dm.splits["train"][0]
+    try:
+        with torch.no_grad():
+            net(x)
+    except RuntimeError as e:
+        raise ValueError(
+            f"the model {model_cfg.get('_target_')} cannot read the target's inputs (shape {list(x.shape[1:])}, "
+            f"target={type(dm).__name__}): {e}. Fine-tune on data like the meta-training data"
+            + (f" ({meta_dataset.get('_target_')})" if meta_dataset else "")
+            + ", or give a matching model (model=..., e.g. model.image_size / model.in_channels)"
+        ) from e
+
+
 def build(cfg: DictConfig) -> tuple[SupervisedTarget, FineTuner, dict[str, Any]]:
     """The target, the initialised fine-tuner and what was done (for results.json)."""
     dm: SupervisedTarget = hydra.utils.instantiate(cfg.target)
@@ -68,6 +85,7 @@ def build(cfg: DictConfig) -> tuple[SupervisedTarget, FineTuner, dict[str, Any]]
                          "whose architecture is then used)")
     model_cfg["out_features"] = dm.num_outputs
     net = hydra.utils.instantiate(model_cfg)
+    check_inputs(net, dm, model_cfg, ckpt_cfg.get("dataset"))
     state = ckpt["state_dict"] if (ckpt and path) else None
     if state is not None:
         load_body(net, state, f"meta_ckpt={path}", ckpt_cfg.get("model"), model_cfg)
