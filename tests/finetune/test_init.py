@@ -138,3 +138,21 @@ def test_diverging_fine_tuning_raises_a_clear_error():
     learner.training_step((x, y, 4), 0).backward()
     with pytest.raises(NonFiniteLossError, match="metasgd_lrs=true"):
         learner.on_after_backward()
+
+
+def test_resuming_a_fine_tuning_run_continues_it_exactly(run_config, mlp_ckpt):
+    from metaft.run import main
+
+    common = [f"meta_ckpt={mlp_ckpt}", "trainer.val_check_interval=3", "early_stopping.patience=0", "test=false",
+              "progress=log", "finetuner.optimizer.lr=0.01", "checkpoint.every_n_train_steps=3"]
+    full = run_config("finetune", [*common, "trainer.max_steps=6"], "full")
+    main(full)
+    part = run_config("finetune", [*common, "trainer.max_steps=3"], "part")
+    main(part)
+    part_dir = part.hydra.runtime.output_dir
+    main(run_config("finetune", [*common, "trainer.max_steps=6", f"ckpt_path={part_dir}"], "resumed"))
+    a = torch.load(f"{full.hydra.runtime.output_dir}/checkpoints/last.ckpt", weights_only=True)
+    b = torch.load(f"{part_dir}/checkpoints/last.ckpt", weights_only=True)  # the resumed run continues in its dir
+    assert a["global_step"] == b["global_step"] == 6
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=0, atol=1e-6)

@@ -84,7 +84,11 @@ def study(target: str, ckpts: dict[str, str], out: Path, extra: Sequence[str] = 
         else:
             t0 = time.time()
             meta_overrides = [*cfg.meta_train, *meta_extra]
-            given[init] = str(meta_train(init, meta_overrides, out))
+            try:
+                given[init] = str(meta_train(init, meta_overrides, out))
+            except RuntimeError as e:  # one learner's failure should not cost the others' results
+                notes.append(f"{init}: skipped, {e}")
+                continue
             notes.append(f"{init}: meta-trained here in {time.time() - t0:.0f} s ({' '.join(meta_overrides)}, seed 0)")
             run_inits.append(init)
     sweep = out / "sweep"
