@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -112,7 +113,10 @@ def main() -> int:
                 problems.append("exit 0")
             if not re.search(pattern, out, re.S):
                 problems.append(f"message lacks /{pattern}/")
-            if (run / "results.json").exists() or any((run / "checkpoints").glob("*.ckpt")):
+            # A failed run records itself (results.json with status "failed", error.txt), nothing more.
+            res = run / "results.json"
+            if (res.exists() and json.loads(res.read_text()).get("status") != "failed") or any(
+                    (run / "checkpoints").glob("*.ckpt")):
                 problems.append("wrote results or checkpoints")
             ok = not problems
             clean += ok

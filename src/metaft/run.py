@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import hydra
 import lightning as L
@@ -22,7 +22,7 @@ from metaft.utils.io import load_checkpoint, write_json
 
 log = logging.getLogger(__name__)
 
-_GROUPS = ("algorithm", "dataset", "model")
+_GROUPS = ("algorithm", "dataset", "model", "target")
 
 
 def ensure_finite_weights(trainer: L.Trainer) -> None:
@@ -88,8 +88,9 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
     return dm, learner
 
 
-def make_trainer(cfg: DictConfig, out: Path, monitor: str | None = None, mode: str = "min") -> L.Trainer:
-    callbacks: list[Callback] = monitoring_callbacks(cfg)
+def make_trainer(cfg: DictConfig, out: Path, monitor: str | None = None, mode: str = "min",
+                 callbacks: Sequence[Callback] = ()) -> L.Trainer:
+    callbacks = [*monitoring_callbacks(cfg), *callbacks]
     if monitor is not None:
         ckpt_dir = out / "checkpoints"
         callbacks += [
@@ -213,7 +214,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def main(cfg: DictConfig) -> float | None:
-    results = evaluate(cfg) if cfg.task_name == "eval" else train(cfg)
+    if cfg.task_name == "finetune":
+        from metaft.finetune.run import finetune  # stage 2 (conf/finetune.yaml)
+
+        results = finetune(cfg)
+    else:
+        results = evaluate(cfg) if cfg.task_name == "eval" else train(cfg)
     if cfg.get("optimized_metric"):
         if cfg.optimized_metric not in results:
             known = ", ".join(k for k in sorted(results) if k.startswith(("val/", "test/")) and "_step" not in k)

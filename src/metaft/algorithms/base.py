@@ -240,7 +240,10 @@ class MetaLearner(L.LightningModule):
             if self.nonfinite == "raise":
                 raise NonFiniteLossError(msg)
             self.skipped_steps += 1
+            # A step with no gradients leaves every parameter (and Adam's moments) untouched but
+            # still counts, so max_steps and the per-step episode stream move on.
             opt.zero_grad(set_to_none=True)
+            opt.step()
             self.log("train/skipped_steps", float(self.skipped_steps), on_step=True)
             return loss
         # Lightning writes step metrics only when this (its own, also used by its

@@ -1,6 +1,7 @@
 """Data parallelism for meta-learning: DDP's process group without DDP's module wrapper."""
 from __future__ import annotations
 
+import torch
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.strategies.ddp import _sync_module_states
 
@@ -21,3 +22,16 @@ class MetaDDPStrategy(DDPStrategy):
     def configure_ddp(self) -> None:
         # Same starting weights on every rank (what DDP's constructor would broadcast).
         _sync_module_states(self.model)
+
+
+def all_reduce_sum_(tensors: list[torch.Tensor]) -> None:
+    """Sum ``tensors`` over the ranks of the default process group, in place, with one flat
+    all-reduce (one collective instead of one per tensor)."""
+    if not tensors:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    torch.distributed.all_reduce(flat)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()

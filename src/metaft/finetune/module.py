@@ -1,0 +1,240 @@
+"""``FineTuner``: ordinary supervised mini-batch training of a ``MetaNet``, and how its weights
+are initialised from a meta-checkpoint (body, head rules, Meta-SGD step sizes)."""
+from __future__ import annotations
+
+from typing import Any, Callable, Literal, Mapping
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metaft.algorithms.base import NonFiniteLossError
+from metaft.models.nets import MetaNet
+from metaft.utils.distributed import all_reduce_sum_
+from metaft.utils.metrics import EpisodeStats
+
+HEAD_INITS = ("auto", "keep", "zero", "prototypes", "random")
+
+
+class FineTuner(L.LightningModule):
+    """Supervised fine-tuning: cross-entropy (accuracy in percent) or MSE.
+
+    Args:
+        net: the model, already initialised (see ``load_body`` / ``init_head``).
+        task: ``classification`` or ``regression``.
+        optimizer: optimizer factory (``params -> Optimizer``).
+        scheduler: optional LR scheduler factory, stepped every training step.
+        lr_scales: per-parameter-entry multipliers of the gradient (Meta-SGD's learned step
+            sizes); with plain SGD at ``lr=1`` the update is Meta-SGD's ``theta - alpha * grad``.
+        grad_clip: clip the gradient's global norm (``0`` disables).
+    """
+
+    def __init__(self, net: MetaNet, task: Literal["classification", "regression"],
+                 optimizer: Callable[..., torch.optim.Optimizer], scheduler: Callable[..., Any] | None = None,
+                 lr_scales: Mapping[str, Tensor] | None = None, grad_clip: float = 0.0) -> None:
+        super().__init__()
+        if task not in ("classification", "regression"):
+            raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+        self.net, self.task = net, task
+        self.optimizer_factory, self.scheduler_factory, self.grad_clip = optimizer, scheduler, grad_clip
+        self.scaled: list[str] = []
+        for name, scale in (lr_scales or {}).items():
+            # Buffers follow the module to its device; not persistent, so checkpoints hold the net only.
+            self.register_buffer("lr_scale__" + name.replace(".", "__"), scale.detach().clone(), persistent=False)
+            self.scaled.append(name)
+        self.run_config: dict | None = None  # the composed Hydra config, stored in checkpoints
+
+    @property
+    def metric_name(self) -> str:
+        return "mse" if self.task == "regression" else "acc"
+
+    def per_example_loss(self, out: Tensor, y: Tensor) -> Tensor:
+        if self.task == "regression":
+            return (out - y).pow(2).flatten(1).mean(1)
+        return F.cross_entropy(out, y, reduction="none")
+
+    def per_example_metric(self, out: Tensor, y: Tensor) -> Tensor:
+        if self.task == "regression":
+            return (out - y).pow(2).flatten(1).mean(1)
+        return (out.argmax(-1) == y).double() * 100.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    # ------------------------------------------------------------------------------ training
+    def training_step(self, batch: tuple[Tensor, Tensor, int], batch_idx: int) -> Tensor:
+        x, y, global_size = batch
+        # Sum over this rank's share / the global batch size: summed over ranks, the gradient is
+        # the one-process mean-loss gradient, whatever the shares (see finetune.data).
+        loss = self.per_example_loss(self(x), y).sum() / int(global_size)
+        self._train_loss = loss.detach()
+        return loss
+
+    def on_after_backward(self) -> None:
+        params = [p for p in self.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:  # every rank must contribute the same tensors to the all-reduce
+                p.grad = torch.zeros_like(p)
+        loss = self._train_loss.reshape(1).clone()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            all_reduce_sum_([p.grad for p in params] + [loss])
+        if not torch.isfinite(loss).all():  # after the all-reduce: every rank raises together
+            hint = (" With metasgd_lrs=true the gradients are scaled by Meta-SGD's learned step sizes, which were "
+                    "tuned for a few inner steps (some are negative) and can diverge over many; lower the lr "
+                    "(e.g. 0.1) or the step count." if self.scaled else "")
+            raise NonFiniteLossError(f"non-finite fine-tuning loss ({loss.item()}) at step {self.global_step}; lower "
+                                     f"finetuner.optimizer.lr or set finetuner.grad_clip.{hint}")
+        for name in self.scaled:
+            self.net.get_parameter(name.removeprefix("net.")).grad.mul_(getattr(self, "lr_scale__" + name.replace(".", "__")))
+        self.log("train/loss", loss[0], prog_bar=True, on_step=True)
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Any = None,
+                                    gradient_clip_algorithm: Any = None) -> None:
+        if self.grad_clip and self.grad_clip > 0:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+
+    def configure_optimizers(self) -> Any:
+        opt = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=opt), "interval": "step"}}
+
+    # ---------------------------------------------------------------------- validation, test
+    def on_validation_epoch_start(self) -> None:
+        # Per-example values through the stage-1 metric path: mean and 95% CI, summed over ranks.
+        self.eval_stats = EpisodeStats(1).to(self.device)
+        self.eval_loss = EpisodeStats(1).to(self.device)
+
+    on_test_epoch_start = on_validation_epoch_start
+
+    def evaluation_step(self, batch: tuple[Tensor, Tensor]) -> None:
+        x, y = batch
+        out = self(x)
+        self.eval_stats.update(self.per_example_metric(out, y).unsqueeze(-1))
+        self.eval_loss.update(self.per_example_loss(out, y).unsqueeze(-1))
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.evaluation_step(batch)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.evaluation_step(batch)
+
+    def log_evaluation(self, stage: str) -> None:
+        mean, ci95, n = (t.reshape(-1) for t in self.eval_stats.compute())
+        self.log(f"{stage}/{self.metric_name}", mean[0].float(), prog_bar=stage == "val")
+        self.log(f"{stage}/{self.metric_name}_ci95", ci95[0].float())
+        self.log(f"{stage}/loss", self.eval_loss.compute()[0].reshape(-1)[0].float())
+        self.log(f"{stage}/examples", n[0].float())
+        self.eval_stats.reset()
+        self.eval_loss.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_evaluation("val")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_evaluation("test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.run_config is not None:
+            checkpoint["metaft_config"] = self.run_config
+
+
+# -------------------------------------------------------------------------- initialisation
+def _shape_table(want: Mapping[str, Tensor], have: Mapping[str, Tensor], prefix: str) -> list[str]:
+    """One line per entry whose shape differs (or that one side lacks)."""
+    lines = []
+    for k in sorted(set(want) | set(have)):
+        a = tuple(want[k].shape) if k in want else "missing"
+        b = tuple(have[k].shape) if k in have else "missing"
+        if a != b:
+            lines.append(f"  {prefix}{k}: model {a} vs checkpoint {b}")
+    return lines
+
+
+def load_body(net: MetaNet, state_dict: Mapping[str, Tensor], ckpt_name: str, ckpt_model: Any, model: Any) -> None:
+    """Copy the checkpoint's ``net.body.*`` into ``net.body``; raise, naming the shapes that
+    differ and the model config to use, when the architectures do not match."""
+    body = {k[len("net.body."):]: v for k, v in state_dict.items() if k.startswith("net.body.")}
+    if not body:
+        raise ValueError(f"{ckpt_name} has no 'net.body.*' weights: it is not a checkpoint of a MetaNet "
+                         "learner (meta-training or the pretrain algorithm)")
+    mine = net.body.state_dict()
+    diff = _shape_table(mine, body, "body.")
+    if diff:
+        raise ValueError(
+            f"{ckpt_name} is a checkpoint of another architecture: its body does not fit the fine-tuning model.\n"
+            f"Shapes that differ:\n" + "\n".join(diff) + "\n"
+            f"fine-tuning model: {model}\ncheckpoint's model: {ckpt_model}\n"
+            "Use the checkpoint's model config: leave `model` unset (it is then read from the checkpoint) "
+            "or give model=<group> with the same settings."
+        )
+    net.body.load_state_dict(body)
+
+
+@torch.no_grad()
+def class_prototypes(net: MetaNet, x: Tensor, y: Tensor, ways: int) -> Tensor:
+    """Mean body feature of each class, ``[ways, feature_dim]``."""
+    feats = net.body(x).flatten(1)
+    counts = torch.bincount(y, minlength=ways)
+    if (counts == 0).any():
+        raise ValueError("head_init=prototypes needs at least one training example of every class")
+    return torch.zeros(ways, feats.shape[1], dtype=feats.dtype).index_add_(0, y, feats) / counts.unsqueeze(1)
+
+
+@torch.no_grad()
+def init_head(net: MetaNet, rule: str, state_dict: Mapping[str, Tensor] | None, task: str,
+              train: tuple[Tensor, Tensor] | None = None) -> str:
+    """Set ``net.head`` by ``rule``; return the rule applied.
+
+    auto: the checkpoint's head when it has the target's shape, else ``zero`` (random without a
+    checkpoint). keep: the checkpoint's head (shapes must match). zero: W = 0, b = 0 (the
+    logits start uniform and every class is treated alike). prototypes: the linear layer that
+    equals a nearest-prototype classifier (Triantafillou et al. 2020):
+    W_c = 2 mu_c, b_c = -|mu_c|^2, mu_c the mean body feature of class c's training examples.
+    random: the module's own initialisation.
+    """
+    if rule not in HEAD_INITS:
+        raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {rule!r}")
+    head = {k[len("net.head."):]: v for k, v in (state_dict or {}).items() if k.startswith("net.head.")}
+    fits = bool(head) and not _shape_table(net.head.state_dict(), head, "head.")
+    if rule == "auto":
+        rule = "keep" if fits else ("zero" if state_dict is not None else "random")
+    if rule == "keep":
+        if not fits:
+            raise ValueError(
+                "head_init=keep: the checkpoint's head does not fit the target:\n"
+                + "\n".join(_shape_table(net.head.state_dict(), head, "head.") or ["  (no net.head.* weights)"])
+                + "\nThe target has another number of outputs; use head_init=zero|prototypes|random"
+            )
+        net.head.load_state_dict(head)
+    elif rule == "zero":
+        net.head.weight.zero_()
+        net.head.bias.zero_()
+    elif rule == "prototypes":
+        if task != "classification" or train is None:
+            raise ValueError("head_init=prototypes applies to classification targets only; use zero or random")
+        mu = class_prototypes(net, *train, ways=net.head.out_features)
+        net.head.weight.copy_(2 * mu)
+        net.head.bias.copy_(-(mu * mu).sum(1))
+    return rule
+
+
+def metasgd_step_sizes(net: MetaNet, state_dict: Mapping[str, Tensor], ckpt_name: str) -> dict[str, Tensor]:
+    """Meta-SGD's learned step sizes (``inner_lrs.*``) as per-parameter gradient multipliers,
+    keyed by ``net.`` parameter name. A parameter without one (ANIL-style: body not adapted)
+    gets none; a re-initialised head of another shape gets the mean of its old step sizes.
+    Negative step sizes (gradient ascent, which Meta-SGD may learn for its few inner steps) are
+    clamped to 0: repeated over many fine-tuning steps they diverge, so those entries stay put."""
+    alphas = {"net." + k[len("inner_lrs."):].replace("__", "."): v for k, v in state_dict.items()
+              if k.startswith("inner_lrs.")}
+    if not alphas:
+        raise ValueError(f"metasgd_lrs=true but {ckpt_name} has no learned step sizes (inner_lrs.*): it is not a "
+                         "Meta-SGD checkpoint; set metasgd_lrs=false")
+    scales = {}
+    for name, p in net.named_parameters(prefix="net"):
+        a = alphas.get(name)
+        if a is None:
+            continue
+        scales[name] = (a if a.shape == p.shape else torch.full_like(p, float(a.mean()))).clamp_min(0)
+    return scales

@@ -1,0 +1,131 @@
+"""Stage 2 entry: ``python train.py --config-name finetune meta_ckpt=PATH target=... [init=...]``."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from omegaconf import DictConfig, OmegaConf
+
+from metaft.finetune.data import SupervisedTarget
+from metaft.finetune.module import FineTuner, init_head, load_body, metasgd_step_sizes
+from metaft.run import final_metrics, load_checkpoint, make_trainer, merged_config, resolve_resume, run_dir, write_results
+
+log = logging.getLogger(__name__)
+
+INIT_KINDS = ("random", "pretrained", "meta")
+
+
+def resolve_init(cfg: DictConfig) -> tuple[str, str | None]:
+    """(kind, checkpoint path) from ``init`` and ``meta_ckpt`` / ``checkpoints``.
+
+    ``init`` is ``random``, ``pretrained``, ``meta``, or a name in ``checkpoints`` (the study's
+    mapping init-name -> path; ``pretrained`` there is the pre-training baseline, any other name
+    a meta-learner). ``meta_ckpt`` wins over the mapping."""
+    name = str(cfg.init)
+    mapping = cfg.get("checkpoints") or {}
+    path = cfg.get("meta_ckpt") or mapping.get(name)
+    if name == "random":
+        return "random", None  # a meta_ckpt given here only supplies the architecture (see build)
+    if name not in INIT_KINDS and name not in mapping:
+        raise ValueError(f"init={name}: use random, pretrained, meta or a name in checkpoints "
+                         f"({', '.join(mapping) or 'empty'})")
+    if not path:
+        raise ValueError(f"init={name} needs a checkpoint: give meta_ckpt=PATH (or checkpoints.{name}=PATH)")
+    return ("pretrained" if name == "pretrained" else "meta"), str(path)
+
+
+def _check_kind(kind: str, ckpt_cfg: dict[str, Any], path: str) -> None:
+    algo = str((ckpt_cfg.get("algorithm") or {}).get("_target_", ""))
+    is_pretrain = "pretrain" in algo.lower()
+    if kind == "pretrained" and not is_pretrain:
+        raise ValueError(f"init=pretrained but meta_ckpt={path} was trained by {algo}; give a checkpoint of "
+                         "algorithm=pretrain, or use init=meta")
+    if kind == "meta" and is_pretrain:
+        raise ValueError(f"init=meta but meta_ckpt={path} is a supervised pre-training checkpoint; use init=pretrained")
+
+
+def check_inputs(net: torch.nn.Module, dm: SupervisedTarget, model_cfg: dict, meta_dataset: dict | None) -> None:
+    """One forward of the training inputs, so a model that cannot read the target's data fails
+    here with a message rather than deep inside the first training step."""
+    x = dm.splits["train"][0]
+    try:
+        with torch.no_grad():
+            net(x)
+    except RuntimeError as e:
+        raise ValueError(
+            f"the model {model_cfg.get('_target_')} cannot read the target's inputs (shape {list(x.shape[1:])}, "
+            f"target={type(dm).__name__}): {e}. Fine-tune on data like the meta-training data"
+            + (f" ({meta_dataset.get('_target_')})" if meta_dataset else "")
+            + ", or give a matching model (model=..., e.g. model.image_size / model.in_channels)"
+        ) from e
+
+
+def build(cfg: DictConfig) -> tuple[SupervisedTarget, FineTuner, dict[str, Any]]:
+    """The target, the initialised fine-tuner and what was done (for results.json)."""
+    dm: SupervisedTarget = hydra.utils.instantiate(cfg.target)
+    kind, path = resolve_init(cfg)
+    arch_path = path or cfg.get("meta_ckpt") or None
+    ckpt = load_checkpoint(hydra.utils.to_absolute_path(arch_path), what="meta_ckpt") if arch_path else None
+    ckpt_cfg = ckpt["metaft_config"] if ckpt else {}
+    if path:
+        _check_kind(kind, ckpt_cfg, path)
+        if hasattr(dm, "check_meta_dataset"):
+            dm.check_meta_dataset(ckpt_cfg.get("dataset"))
+    if cfg.get("model") is not None:
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    elif ckpt_cfg.get("model"):
+        model_cfg = dict(ckpt_cfg["model"])  # fine-tune the architecture that was meta-trained
+    else:
+        raise ValueError("init=random without a checkpoint needs a model: give model=mlp|conv4 (or meta_ckpt=PATH, "
+                         "whose architecture is then used)")
+    model_cfg["out_features"] = dm.num_outputs
+    net = hydra.utils.instantiate(model_cfg)
+    check_inputs(net, dm, model_cfg, ckpt_cfg.get("dataset"))
+    state = ckpt["state_dict"] if (ckpt and path) else None
+    if state is not None:
+        load_body(net, state, f"meta_ckpt={path}", ckpt_cfg.get("model"), model_cfg)
+    head_rule = init_head(net, str(cfg.head_init), state, dm.task, dm.splits["train"])
+    scales = None
+    if cfg.metasgd_lrs:
+        if state is None:
+            raise ValueError("metasgd_lrs=true needs a Meta-SGD checkpoint (init=meta meta_ckpt=PATH)")
+        scales = metasgd_step_sizes(net, state, f"meta_ckpt={path}")
+    ft = cfg.finetuner
+    learner = FineTuner(net, dm.task, hydra.utils.instantiate(ft.optimizer),
+                        hydra.utils.instantiate(ft.scheduler) if ft.get("scheduler") else None,
+                        lr_scales=scales, grad_clip=float(ft.grad_clip))
+    learner.run_config = OmegaConf.to_container(cfg, resolve=True)
+    info = {"init": str(cfg.init), "init_kind": kind, "meta_ckpt": path, "head_init": head_rule,
+            "meta_algorithm": (ckpt_cfg.get("algorithm") or {}).get("_target_") if path else None,
+            "shots": getattr(dm, "shots", None), **dm.describe()}
+    return dm, learner, info
+
+
+def finetune(cfg: DictConfig) -> dict[str, Any]:
+    """Fine-tune (or resume), early-stop on validation, test the best checkpoint, write results.json."""
+    out = run_dir()
+    resume, out = resolve_resume(cfg.ckpt_path, out)
+    if resume is not None:
+        cfg = merged_config(cfg, load_checkpoint(resume)["metaft_config"])
+        log.info("resuming %s in %s", resume, out)
+    L.seed_everything(int(cfg.seed), workers=True)
+    dm, learner, info = build(cfg)
+    monitor, mode = f"val/{learner.metric_name}", "min" if learner.task == "regression" else "max"
+    callbacks = []
+    if cfg.early_stopping.patience > 0:
+        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=int(cfg.early_stopping.patience),
+                                       min_delta=float(cfg.early_stopping.min_delta)))
+    trainer = make_trainer(cfg, out, monitor=monitor, mode=mode, callbacks=callbacks)
+    trainer.fit(learner, datamodule=dm, ckpt_path=resume, weights_only=True)
+    results: dict[str, Any] = {**final_metrics(trainer, "val/"), "steps": trainer.global_step}
+    if cfg.test:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(learner, datamodule=dm, ckpt_path=best or None, weights_only=True)
+        results.update(final_metrics(trainer, "test/"))
+        results["ckpt"] = str(Path(best).resolve()) if best else None
+    return write_results(out, results, **info)
