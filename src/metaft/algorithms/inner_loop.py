@@ -73,7 +73,9 @@ def adapt(
 
 def _gradient(loss: Callable[[Params, Tensor], Tensor], params: Params, x: Tensor, create_graph: bool) -> Params:
     """``d loss(params, x) / d params``, differentiable when ``create_graph``."""
-    if torch._C._functorch.peek_interpreter_stack() is not None:  # inside vmap/grad: autograd.grad is not allowed
+    # Inside vmap/grad autograd.grad is not allowed; under inference_mode (Lightning's test loop)
+    # it records nothing. torch.func.grad works in both.
+    if torch._C._functorch.peek_interpreter_stack() is not None or torch.is_inference_mode_enabled():
         return grad(loss)(params, x)
     # Like torch.func.grad, differentiate even under no_grad (Lightning's evaluation loop), and
     # give leaves that do not require grad (detached copies, frozen tensors) a gradient too.
