@@ -561,7 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--device cuda: CUDA is not available in this PyTorch build or machine")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if device.type == "cpu" and hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1):
+    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1)
+    if device.type == "cpu" and busy and torch.get_num_threads() > 1:
         print(f"note: the machine is busy ({load_summary()}, {os.cpu_count()} CPUs); with several threads per process "
               "a descheduled thread stalls the others, so consider --threads 1 for steadier figures")
     suite = SUITES[args.suite]
@@ -578,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dm, why = _datamodule(suite, args.data_root)
     pipeline = None
     if dm is not None:
-        eps = pipeline_rate(dm, device)
+        eps = pipeline_rate(dm, device, seconds=max(0.2, 5 * args.round_seconds))
         fastest = max(r.tasks_per_s / suite.meta_batch for r in rows if r.contender == "metaft")
         pipeline = eps / fastest
         print(f"data pipeline: {eps:.0f} meta-batches/s sampled vs {fastest:.1f} meta-steps/s consumed by the fastest metaft step")
