@@ -129,14 +129,9 @@ class MetaLearner(L.LightningModule):
         """Everything a task solution depends on, passed explicitly so vmap sees it."""
         return {"net": dict(self.net.named_parameters()), "lr": self.step_sizes()}
 
-    def features(self, net_params: Params, x: Tensor, batched: bool = False) -> Tensor:
+    def features(self, net_params: Params, x: Tensor) -> Tensor:
         body = {k[len("body."):]: v for k, v in net_params.items() if k.startswith("body.")}
-
-        def f(x: Tensor) -> Tensor:
-            return functional_call(self.net.body, body, (x,))
-
-        # vmap keeps batch statistics (BatchNorm) per task; the shared weights make it one big call.
-        return vmap(f)(x) if batched else f(x)
+        return functional_call(self.net.body, body, (x,))
 
     # ------------------------------------------------------------------- one task, all tasks
     def inner_problem(
@@ -150,7 +145,10 @@ class MetaLearner(L.LightningModule):
         if not self.adapt_head_only:
             module, start = self.net, net_params
         else:
-            sx, qx = self.features(net_params, sx, batched), self.features(net_params, qx, batched)
+            if batched:  # one vmap for both sets; BatchNorm statistics stay per task and per set
+                sx, qx = vmap(lambda s, q: (self.features(net_params, s), self.features(net_params, q)))(sx, qx)
+            else:
+                sx, qx = self.features(net_params, sx), self.features(net_params, qx)
             module = self.net.head
             start = {k[len("head."):]: v for k, v in net_params.items() if k.startswith("head.")}
             if isinstance(lr, dict):
