@@ -37,11 +37,11 @@ from metaft.data import Episode, SinusoidDataModule
 from metaft.models import MLP, Conv4
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile")
-CONTENDERS = ("metaft", "metaft-alt", "higher", "torchopt")
+CONTENDERS = ("metaft", "metaft-alt", "higher", "torchopt", "higher-nchw")
 # Second-order algorithms, where keeping the outer graph of every task costs memory.
 SECOND_ORDER = ("maml", "metasgd", "anil")
 TARGETS = {"sinusoid": 30.0, "omniglot": 1.3}  # metaft tasks/s over higher's, per the issue
-PIPELINE_TARGET = 10.0  # episodes sampled per second over meta-steps consumed per second
+PIPELINE_TARGET = 10.0  # meta-batches sampled per second over meta-steps consumed per second
 
 
 # --------------------------------------------------------------------------------- suites
@@ -106,10 +106,13 @@ def make_learner(suite: Suite, algorithm: str, vectorize: str = "auto", seed: in
 
 
 # ----------------------------------------------------------------------------- contenders
-# A contender turns (learner, episode) into ``step()``: form the meta-gradient of one meta-batch
-# in the ``.grad`` of the learner's parameters, as ``MetaLearner.meta_backward`` does. The
-# learner serves the others only as the container of the parameters (and step sizes) to use.
-Step = Callable[[], None]
+# A contender turns (learner, episode) into ``step()``, which does what
+# ``MetaLearner.meta_backward`` does: form the meta-gradient of one meta-batch in the ``.grad``
+# of the learner's parameters and return (meta-loss, detached query outputs), which a training
+# loop needs for its metrics. The others use the learner only as the container of the parameters
+# (and step sizes) and the model; they run the same module, so the comparison is of the
+# meta-learning machinery alone.
+Step = Callable[[], Any]
 
 
 def _loss(task: str) -> Callable[[Tensor, Tensor], Tensor]:
@@ -121,9 +124,9 @@ def metaft_step(learner: MetaLearner, episode: Episode, vectorize: str | None = 
     if vectorize is not None:
         learner.vectorize = vectorize
 
-    def step() -> None:
+    def step() -> tuple[Tensor, Tensor]:
         learner.zero_grad(set_to_none=True)
-        learner.meta_backward(episode)
+        return learner.meta_backward(episode)
 
     return step
 
@@ -133,14 +136,34 @@ def _accumulate(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:
         p.grad = g.detach().clone() if p.grad is None else p.grad + g
 
 
-def higher_step(learner: MetaLearner, episode: Episode, algorithm: str) -> Step:
+def _plain_twin(module: nn.Module) -> nn.Module:
+    """``module`` with metaft's channels_last convolutions swapped for plain ``nn.Conv2d`` (as
+    models are usually written), sharing the same parameter tensors."""
+    import copy
+
+    from metaft.models.conv4 import _Conv2d
+
+    twin = copy.deepcopy(module)
+    for (name, m), orig in zip(twin.named_modules(), module.modules()):
+        for k in list(m._parameters):
+            m._parameters[k] = orig._parameters[k]
+        if type(m) is _Conv2d:
+            m.__class__ = nn.Conv2d
+    return twin
+
+
+def higher_step(learner: MetaLearner, episode: Episode, algorithm: str, plain_model: bool = False) -> Step:
     """The meta-step as in higher's MAML example: ``innerloop_ctx`` per task, one backward per
-    task (so only one task's graph is alive at a time)."""
+    task (so only one task's graph is alive at a time). ``plain_model`` (``higher-nchw``): with
+    the model as usually written, without metaft's channels_last convolutions."""
     import higher
 
     spec = ALGOS[algorithm]
     loss_fn, T = _loss(learner.task), episode.num_tasks
     module = learner.adapted_module()
+    body = learner.net.body
+    if plain_model:
+        module, body = _plain_twin(module), _plain_twin(body)
     params = list(module.parameters())
     override = None
     if learner.inner_lrs is not None:  # Meta-SGD: one group per tensor, its learned lr as override
@@ -151,12 +174,13 @@ def higher_step(learner: MetaLearner, episode: Episode, algorithm: str) -> Step:
         opt = torch.optim.SGD(params, lr=learner.inner_lr)
     anil, reptile = learner.adapt_head_only, algorithm == "reptile"
 
-    def step() -> None:
+    def step() -> tuple[Tensor, Tensor]:
         learner.zero_grad(set_to_none=True)
+        outs, total = [], torch.zeros(())
         for t in range(T):
             sx, sy, qx, qy = episode.support_x[t], episode.support_y[t], episode.query_x[t], episode.query_y[t]
             if anil:
-                sx, qx = learner.net.body(sx), learner.net.body(qx)
+                sx, qx = body(sx), body(qx)
             with higher.innerloop_ctx(
                 module, opt, copy_initial_weights=False, track_higher_grads=not spec.first_order, override=override
             ) as (fnet, diffopt):
@@ -164,14 +188,19 @@ def higher_step(learner: MetaLearner, episode: Episode, algorithm: str) -> Step:
                     diffopt.step(loss_fn(fnet(sx), sy))
                 if reptile:
                     with torch.no_grad():
-                        loss_fn(fnet(qx), qy)  # the query loss metaft reports
+                        out = fnet(qx)
+                        qloss = loss_fn(out, qy) / T
                         _accumulate(params, [(p - phi) / T for p, phi in zip(params, fnet.parameters())])
-                    continue
-                qloss = loss_fn(fnet(qx), qy) / T
-                if spec.first_order:  # fast weights are detached leaves: gradient at phi
-                    _accumulate(params, torch.autograd.grad(qloss, list(fnet.parameters())))
                 else:
-                    qloss.backward()
+                    out = fnet(qx)
+                    qloss = loss_fn(out, qy) / T
+                    if spec.first_order:  # fast weights are detached leaves: gradient at phi
+                        _accumulate(params, torch.autograd.grad(qloss, list(fnet.parameters())))
+                    else:
+                        qloss.backward()
+                outs.append(out.detach())
+                total = total + qloss.detach()
+        return total, torch.stack(outs)
 
     return step
 
@@ -200,8 +229,9 @@ def torchopt_step(learner: MetaLearner, episode: Episode, algorithm: str) -> Ste
         impl = torchopt.sgd(lr=learner.inner_lr)
     anil, reptile = learner.adapt_head_only, algorithm == "reptile"
 
-    def step() -> None:
+    def step() -> tuple[Tensor, Tensor]:
         learner.zero_grad(set_to_none=True)
+        outs, total = [], torch.zeros(())
         for t in range(T):
             sx, sy, qx, qy = episode.support_x[t], episode.support_y[t], episode.query_x[t], episode.query_y[t]
             if anil:
@@ -216,10 +246,16 @@ def torchopt_step(learner: MetaLearner, episode: Episode, algorithm: str) -> Ste
                 fast = torchopt.apply_updates(fast, updates, inplace=False)
             if reptile:
                 with torch.no_grad():
-                    loss_fn(functional_call(module, dict(zip(names, fast)), (qx,)), qy)
+                    out = functional_call(module, dict(zip(names, fast)), (qx,))
+                    qloss = loss_fn(out, qy) / T
                     _accumulate(params, [(p - phi) / T for p, phi in zip(params, fast)])
-                continue
-            (loss_fn(functional_call(module, dict(zip(names, fast)), (qx,)), qy) / T).backward()
+            else:
+                out = functional_call(module, dict(zip(names, fast)), (qx,))
+                qloss = loss_fn(out, qy) / T
+                qloss.backward()
+            outs.append(out.detach())
+            total = total + qloss.detach()
+        return total, torch.stack(outs)
 
     return step
 
@@ -233,6 +269,8 @@ def build_step(contender: str, learner: MetaLearner, episode: Episode, algorithm
         return higher_step(learner, episode, algorithm)
     if contender == "torchopt":
         return torchopt_step(learner, episode, algorithm)
+    if contender == "higher-nchw":
+        return higher_step(learner, episode, algorithm, plain_model=True)
     raise ValueError(f"unknown contender {contender!r}; choose from {', '.join(CONTENDERS)}")
 
 
@@ -314,19 +352,22 @@ def step_flops(learner: MetaLearner, episode: Episode) -> float:
     return float(counter.get_total_flops()) * episode.num_tasks
 
 
-def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 5) -> float:
-    """The machine's practical limit: float32 matmul throughput (median of ``reps``)."""
+def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 5) -> tuple[float, float]:
+    """The machine's practical limit: float32 matmul throughput, per second of wall clock and per
+    second of this process's CPU time (medians of ``reps``)."""
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
     a @ b
-    times = []
+    wall, cpu = [], []
     for _ in range(reps):
         _sync(device)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         a @ b
         _sync(device)
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / statistics.median(times) / 1e9
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    flop = 2 * n**3 / 1e9
+    return flop / statistics.median(wall), flop / statistics.median(cpu)
 
 
 @dataclass
@@ -386,17 +427,23 @@ def _repo_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def _datamodule(suite: Suite, data_root: Path | None):
-    """The suite's real training data module, or ``(None, reason)`` when it is unavailable."""
+def _datamodule(suite: Suite, data_root: Path | None) -> tuple[Any, str]:
+    """The suite's real training data module, or ``(None, reason)`` when it is unavailable and
+    was not asked for (``--data-root``): the compute suites do not need it."""
     if suite.name == "sinusoid":
         return SinusoidDataModule(shots=10, queries=10, meta_batch_size=suite.meta_batch), ""
     try:
         from metaft.data.omniglot import OmniglotDataModule  # type: ignore[import-not-found]
     except ImportError as e:
+        if data_root is not None:
+            raise
         return None, f"metaft.data.omniglot is not available ({e})"
     root = data_root or (_repo_root() / ".." / "shared" / "data" / "omniglot")
     if not root.exists():
+        if data_root is not None:
+            raise FileNotFoundError(f"--data-root {root} does not exist")
         return None, f"no Omniglot data at {root} (give --data-root)"
+    # Pass the episode shape under whichever names the data module takes.
     wanted = {"root": root, "data_dir": root, "path": root, "ways": 5, "shots": 1, "queries": 15,
               "meta_batch_size": suite.meta_batch}
     accepted = inspect.signature(OmniglotDataModule).parameters
@@ -438,6 +485,7 @@ class Row:
     cpu_vs_higher: float | None
     cpu_vs_torchopt: float | None
     gflops: float | None
+    cpu_gflops: float | None
     device: str
     threads: int
 
@@ -471,7 +519,9 @@ def run_suite(
                 cpu_ms=statistics.median(timing[c].cpu) * 1e3, peak_mem_mb=mem[c],
                 vs_higher=ratio["higher"], vs_torchopt=ratio["torchopt"],
                 cpu_vs_higher=cpu_ratio["higher"], cpu_vs_torchopt=cpu_ratio["torchopt"],
-                gflops=flops / ms / 1e9 if flops else None, device=str(device), threads=torch.get_num_threads(),
+                gflops=flops / ms / 1e9 if flops else None,
+                cpu_gflops=flops / statistics.median(timing[c].cpu) / 1e9 if flops else None,
+                device=str(device), threads=torch.get_num_threads(),
             ))
         print(f"  {algorithm}: gate ok (max rel. diff {worst:.1e}), measured in {time.perf_counter() - t0:.0f} s", flush=True)
     return rows, info
@@ -484,12 +534,13 @@ def _fmt(v: float | None, spec: str) -> str:
 def print_table(rows: Sequence[Row]) -> None:
     conv = any(r.gflops for r in rows)
     print(f"{'algorithm':<9} {'contender':<11} {'path':<5} {'tasks/s':>8} {'ms/step':>9} {'noise':>6} {'cpu ms':>9} "
-          f"{'peak MB':>8} {'x higher':>8} {'x torchopt':>10} {'cpu x higher':>12}" + (f" {'GFLOP/s':>8}" if conv else ""))
+          f"{'peak MB':>8} {'x higher':>8} {'x torchopt':>10} {'cpu x higher':>12}" + (f" {'GFLOP/s':>8} {'cpu GFLOP/s':>11}" if conv else ""))
     for r in rows:
         print(
             f"{r.algorithm:<9} {r.contender:<11} {r.path:<5} {r.tasks_per_s:>8.1f} {r.step_ms:>9.2f} "
             f"{_fmt(r.noise_pct, '.0f') + '%':>6} {r.cpu_ms:>9.2f} {r.peak_mem_mb:>8.2f} {_fmt(r.vs_higher, '.2f'):>8} "
-            f"{_fmt(r.vs_torchopt, '.2f'):>10} {_fmt(r.cpu_vs_higher, '.2f'):>12}" + (f" {_fmt(r.gflops, '.1f'):>8}" if conv else "")
+            f"{_fmt(r.vs_torchopt, '.2f'):>10} {_fmt(r.cpu_vs_higher, '.2f'):>12}"
+            + (f" {_fmt(r.gflops, '.1f'):>8} {_fmt(r.cpu_gflops, '.1f'):>11}" if conv else "")
         )
 
 
@@ -530,8 +581,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--algorithms", default=",".join(ALGORITHMS), help=f"comma-separated subset of {','.join(ALGORITHMS)}")
     p.add_argument("--contenders", default=None,
                    help="comma-separated subset of metaft (vectorize=auto), metaft-alt (the other of vmap/loop), higher, "
-                        "torchopt; default: all on sinusoid, all but metaft-alt on omniglot (whose vmap path is 2-3x "
-                        "slower on a CPU, so it would double the run time)")
+                        "torchopt, higher-nchw (higher with plain nn.Conv2d instead of metaft's channels_last ones); "
+                        "default: the first four on sinusoid, metaft,higher,torchopt on omniglot (metaft-alt, its vmap "
+                        "path, is 2-3x slower on a CPU and would double the run time)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (default: 7 sinusoid, 3 omniglot)")
     p.add_argument("--round-seconds", type=float, default=0.3, help="target duration of one timed round")
@@ -546,7 +598,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
-    default = CONTENDERS if args.suite == "sinusoid" else tuple(c for c in CONTENDERS if c != "metaft-alt")
+    default = ("metaft", "metaft-alt", "higher", "torchopt") if args.suite == "sinusoid" else ("metaft", "higher", "torchopt")
     contenders = [c.strip() for c in (args.contenders or ",".join(default)).split(",") if c.strip()]
     for a in algorithms:
         if a not in ALGOS:
@@ -572,8 +624,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"metaft.bench  suite={suite.name}  meta-batch={suite.meta_batch}  device={device}  threads={torch.get_num_threads()}  "
           f"torch {torch.__version__}  python {platform.python_version()}  {load_summary()}")
-    limit = matmul_gflops(device)
-    print(f"machine: float32 matmul {limit:.1f} GFLOP/s (2048x2048, median of 5) - the practical limit", flush=True)
+    limit, cpu_limit = matmul_gflops(device)
+    print(f"machine: float32 matmul (2048x2048, median of 5) {limit:.1f} GFLOP/s of wall clock, {cpu_limit:.1f} "
+          "GFLOP per CPU-second - the practical limit", flush=True)
     rows, info = run_suite(suite, algorithms, contenders, device, rounds, args.round_seconds, args.gate_tasks)
 
     dm, why = _datamodule(suite, args.data_root)
@@ -590,13 +643,13 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"ratios: median over rounds of side-by-side ratios; {load_summary()}")
     print_table(rows)
     if suite.name == "omniglot":
-        print(f"GFLOP/s: useful work (one task's FLOPs counted by FlopCounterMode on the loop path, x meta-batch) "
-              f"per second; machine matmul limit {limit:.1f} GFLOP/s")
+        print(f"GFLOP/s: useful work (one task's FLOPs counted by FlopCounterMode on the loop path, x meta-batch) per "
+              f"second of wall clock / of CPU time; the machine's matmul limit: {limit:.1f} / {cpu_limit:.1f}")
     print("targets:")
     print_verdicts(rows, suite.name, pipeline)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        extra = {"matmul_gflops": limit, "pipeline_ratio": pipeline, **info}
+        extra = {"matmul_gflops": limit, "matmul_cpu_gflops": cpu_limit, "pipeline_ratio": pipeline, **info}
         args.json.write_text(json.dumps([{**asdict(r), **extra} for r in rows], indent=1))
         print(f"rows written to {args.json}")
     return 0

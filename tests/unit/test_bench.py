@@ -42,7 +42,8 @@ TINY = {
 @pytest.mark.parametrize("algorithm", bench.ALGORITHMS)
 def test_contenders_form_metafts_meta_gradient(suite, algorithm):
     """higher, torchopt and metaft's other path (vmap vs loop) agree with metaft in float64."""
-    worst = bench.check_gradients(TINY[suite], algorithm, ["metaft-alt", "higher", "torchopt"], torch.device("cpu"), tasks=2)
+    contenders = ["metaft-alt", "higher", "torchopt", "higher-nchw"]
+    worst = bench.check_gradients(TINY[suite], algorithm, contenders, torch.device("cpu"), tasks=2)
     assert worst < 1e-9
 
 
