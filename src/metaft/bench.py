@@ -556,6 +556,9 @@ def print_verdicts(rows: Sequence[Row], suite: str, pipeline: float | None) -> b
         line = (f"  {algorithm:<8} speed {m.vs_higher:6.2f}x higher's (CPU time: {m.cpu_vs_higher:.2f}x; "
                 f"target >= {TARGETS[suite]}x): {'PASS' if speed else 'FAIL'}")
         ok &= speed
+        plain = by.get((algorithm, "higher-nchw"))
+        if plain is not None:  # the same ratio against higher with the model as usually written
+            line += f" [vs higher-nchw: {plain.step_ms / m.step_ms:.2f}x, CPU time {plain.cpu_ms / m.cpu_ms:.2f}x]"
         if algorithm in SECOND_ORDER:
             mem = m.peak_mem_mb <= h.peak_mem_mb
             ok &= mem
