@@ -23,9 +23,9 @@ class Reptile(MetaLearner):
         super().__init__(first_order=True, **kwargs)
 
     def meta_backward(self, episode: Episode) -> tuple[Tensor, Tensor]:
-        def adapted(meta: dict[str, Any], sx: Tensor, sy: Tensor, qx: Tensor) -> tuple[dict, Tensor]:
-            forward, start, lr, sx, qx = self.inner_problem(meta, sx, qx)
-            phi = adapt(forward, start, sx, sy, self.loss_fn, self.inner_steps, lr, first_order=True)[-1]
+        def adapted(meta: dict[str, Any], sx: Tensor, sy: Tensor, qx: Tensor, batched: bool = False) -> tuple[dict, Tensor]:
+            forward, start, lr, sx, qx = self.inner_problem(meta, sx, qx, batched)
+            phi = adapt(forward, start, sx, sy, self.task_loss(batched), self.inner_steps, lr, first_order=True)[-1]
             return phi, forward(phi, qx)
 
         # No outer graph: Reptile's update needs only the adapted weights.

@@ -1,0 +1,107 @@
+"""The benchmark's correctness gate and output: every contender forms metaft's meta-gradient."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from metaft import bench
+from metaft.models import MLP, Conv4
+
+pytest.importorskip("higher")
+pytest.importorskip("torchopt")
+
+def _tiny_conv_episode(n: int, g: torch.Generator) -> bench.Episode:
+    ways, queries = 3, 2
+    sx = torch.rand(n, ways, 1, 16, 16, generator=g)
+    qx = torch.rand(n, ways * queries, 1, 16, 16, generator=g)
+    sy = torch.arange(ways).expand(n, -1).contiguous()
+    qy = torch.arange(ways).repeat_interleave(queries).expand(n, -1).contiguous()
+    return bench.Episode(sx, sy, qx, qy)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops gain nothing from threads, and on a busy machine an OpenMP thread that is not
+    scheduled stalls the others: a 20 ms step then takes seconds. (main() also sets threads.)"""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# The suites' shapes, shrunk so that float64 runs in well under a second.
+TINY = {
+    "sinusoid": bench.Suite("sinusoid", "regression", 3, 0.05, lambda: MLP(1, (8, 8), 1), bench._sinusoid_episode),
+    "omniglot": bench.Suite("omniglot", "classification", 2, 0.4, lambda: Conv4(1, 16, 4, 3), _tiny_conv_episode),
+}
+
+
+@pytest.mark.parametrize("suite", ["sinusoid", "omniglot"])
+@pytest.mark.parametrize("algorithm", bench.ALGORITHMS)
+def test_contenders_form_metafts_meta_gradient(suite, algorithm):
+    """higher, torchopt and metaft's other path (vmap vs loop) agree with metaft in float64."""
+    contenders = ["metaft-alt", "higher", "torchopt", "higher-nchw"]
+    worst = bench.check_gradients(TINY[suite], algorithm, contenders, torch.device("cpu"), tasks=2)
+    assert worst < 1e-9
+
+
+def test_gate_catches_a_different_gradient(monkeypatch):
+    """A contender that drops the second-order terms must fail the gate (it is not vacuous)."""
+    real = bench.build_step
+
+    def wrong(contender, learner, episode, algorithm):
+        if contender == "higher":
+            learner.first_order = True
+            return bench.metaft_step(learner, episode)
+        return real(contender, learner, episode, algorithm)
+
+    monkeypatch.setattr(bench, "build_step", wrong)
+    with pytest.raises(AssertionError, match="higher's meta-gradient"):
+        bench.check_gradients(TINY["sinusoid"], "maml", ["higher"], torch.device("cpu"), tasks=2)
+
+
+def test_peak_memory_sees_torch_allocations():
+    """The CPU method (profiler allocation events) sees a tensor allocated and freed in the step."""
+
+    def step() -> None:
+        x = torch.empty(4 * 2**20, dtype=torch.uint8)  # 4 MiB
+        x.fill_(1)
+        del x
+
+    assert 3.9 <= bench.peak_memory_mb(step, torch.device("cpu")) < 5.0
+
+
+def test_tiny_json_run_writes_well_formed_rows(tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    rc = bench.main(
+        ["--suite", "sinusoid", "--algorithms", "maml,reptile", "--meta-batch", "2", "--rounds", "2",
+         "--round-seconds", "0.01", "--threads", "1", "--json", str(out)]
+    )
+    assert rc == 0
+    rows = json.loads(out.read_text())
+    assert [(r["algorithm"], r["contender"]) for r in rows] == [
+        (a, c) for a in ("maml", "reptile") for c in ("metaft", "metaft-alt", "higher", "torchopt")
+    ]
+    for r in rows:
+        assert r["suite"] == "sinusoid"
+        assert r["tasks_per_s"] > 0 and r["peak_mem_mb"] >= 0 and r["cpu_ms"] >= 0
+        assert r["vs_higher"] > 0 and r["vs_torchopt"] > 0
+        assert r["path"] in ("vmap", "loop")
+    assert {r["path"] for r in rows if r["contender"] == "metaft"} == {"vmap"}  # auto: MLP vectorizes
+    printed = capsys.readouterr().out
+    assert "x higher" in printed and "data pipeline" in printed
+
+
+@pytest.mark.parametrize("vectorize", ["true", "false"])
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_evaluation_adapts_under_lightnings_grad_modes(sinusoid_episode, vectorize, mode):
+    """The inner loop's plain-autograd gradient falls back to torch.func.grad where autograd
+    records nothing (Lightning evaluates under inference_mode); the numbers do not change."""
+    learner = bench.make_learner(TINY["sinusoid"], "maml", vectorize=vectorize).double()
+    expected = learner.query_outputs(sinusoid_episode, 2, first_order=True, all_steps=True)
+    with getattr(torch, mode)():
+        got = learner.query_outputs(sinusoid_episode, 2, first_order=True, all_steps=True)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(expected[:, 0], expected[:, -1])  # adaptation did happen
