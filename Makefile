@@ -23,5 +23,9 @@ train: setup
 test: setup
 	$(BIN)/python -m pytest -q $(ARGS)
 
+# metaft vs higher vs torchopt, both suites (see benchmarks/README.md).
+bench: setup
+	PY=$(BIN)/python benchmarks/run.sh $(ARGS)
+
 clean:
 	rm -rf $(VENV) outputs/* multirun

@@ -1,11 +1,19 @@
 """Shared fixtures: small learners and episodes, and composing the real Hydra config."""
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 
-import pytest
-import torch
+# Tests run tiny tensors, often several processes at once (subprocess runs, 2-rank DDP): one
+# thread each avoids OpenMP threads stalling on a busy 2-core machine. Set before torch loads,
+# so subprocesses inherit it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 from metaft.data import SinusoidDataModule, split_generator
 
