@@ -32,14 +32,20 @@ class _TrainEpisodes(IterableDataset):
     def __init__(self, dm: "EpisodicDataModule") -> None:
         self.dm = dm
 
-    def __iter__(self) -> Iterator[Episode]:
+    def __iter__(self) -> Iterator[Episode | tuple[torch.Tensor, torch.Tensor]]:
         dm = self.dm
         step = dm.start_step()
         rank, world = dm.rank_and_world()
-        per_rank = dm.meta_batch_size // world
+        labelled = dm.labelled_batch_size
+        per_rank = (labelled or dm.meta_batch_size) // world
         while True:
-            episode = dm.sample("train", dm.meta_batch_size, split_generator(dm.seed, "train", step))
-            yield episode[rank * per_rank : (rank + 1) * per_rank]
+            g = split_generator(dm.seed, "train", step)
+            if labelled:  # supervised pre-training: (inputs, global labels) over all training classes
+                x, y = dm.labelled_batch("train", labelled, g)
+                yield x[rank * per_rank : (rank + 1) * per_rank], y[rank * per_rank : (rank + 1) * per_rank]
+            else:
+                episode = dm.sample("train", dm.meta_batch_size, g)
+                yield episode[rank * per_rank : (rank + 1) * per_rank]
             step += 1
 
 
@@ -86,10 +92,28 @@ class EpisodicDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.seed = int(seed)
         self._fixed: dict[str, list[Episode]] = {}
+        # Examples per training batch when the learner trains on labelled batches instead of
+        # episodes (supervised pre-training sets it in its setup); None: episodes.
+        self.labelled_batch_size: int | None = None
 
     def sample(self, split: str, n: int, generator: torch.Generator) -> Episode:
         """Draw ``n`` tasks of ``split`` (``train``, ``val`` or ``test``) using ``generator`` only."""
         raise NotImplementedError
+
+    def labelled_batch(self, split: str, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` random examples of ``split`` with their global class index in ``[0, num_classes(split))``
+        (for supervised pretraining baselines)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no labelled_batch(): this dataset offers episodes only; use a dataset "
+            "with a global class list (e.g. dataset=omniglot) for supervised pretraining"
+        )
+
+    def num_classes(self, split: str) -> int:
+        """How many global classes ``split`` has (the range of ``labelled_batch`` labels)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no num_classes(): this dataset offers episodes only; use a dataset "
+            "with a global class list (e.g. dataset=omniglot) for supervised pretraining"
+        )
 
     def start_step(self) -> int:
         return self.trainer.global_step if self.trainer is not None else 0
@@ -102,6 +126,11 @@ class EpisodicDataModule(L.LightningDataModule):
             raise ValueError(
                 f"dataset.meta_batch_size={self.meta_batch_size} must be divisible by the number of "
                 f"devices ({world}) so every rank gets the same share of each meta-batch"
+            )
+        if self.labelled_batch_size and self.labelled_batch_size % world:
+            raise ValueError(
+                f"algorithm.batch_size={self.labelled_batch_size} must be divisible by the number of "
+                f"devices ({world}) so every rank gets the same share of each batch"
             )
         return self.trainer.global_rank, world
 
