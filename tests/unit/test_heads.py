@@ -281,6 +281,8 @@ def test_bad_episodes_and_arguments_raise(episode):
     no_class_1 = Episode(episode.support_x, torch.where(sy == 1, 2, sy), episode.query_x, episode.query_y)
     with pytest.raises(ValueError, match="every class in every support set"):
         learner.query_outputs(no_class_1, 0, False)
+    with pytest.raises(ValueError, match="every class in every support set"):
+        make(ProtoNet, vectorize="false").meta_backward(no_class_1)
     negative = Episode(episode.support_x, episode.support_y - 1, episode.query_x, episode.query_y - 1)
     with pytest.raises(ValueError, match=r"labels in \[-1, 1\]"):
         learner.query_outputs(negative, 0, False)

@@ -66,6 +66,12 @@ class FeatureHeadLearner(MetaLearner):
         out = self.head_logits(meta, self.features(net, sx), sy, self.features(net, qx), ways, steps)
         return out if all_steps else out[-1]
 
+    def meta_backward(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        # Check the labels whatever route the outer step takes to the tasks: a missing class would
+        # otherwise surface as a NaN loss blamed on the step size.
+        self.episode_ways(episode)
+        return super().meta_backward(episode)
+
     def query_outputs(self, episode: Episode, steps: int, first_order: bool, all_steps: bool = False) -> Tensor:
         fn = partial(self.solve_task, steps=steps, first_order=first_order, all_steps=all_steps,
                      ways=self.episode_ways(episode))
