@@ -231,6 +231,21 @@ def test_pretrain_head_fit_is_gradient_descent_on_frozen_features(episode):
                 w, b = w - lr * err.T @ fs, b - lr * err.sum(0)
 
 
+def test_pretrain_training_is_plain_classification():
+    learner = make(Pretrain, eval_inner_steps=2)
+    learner.make_classifier(7)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(10, 6, generator=g, dtype=torch.float64), torch.randint(7, (10,), generator=g)
+    loss, out = learner.meta_backward(Episode(x[None, :0], y[None, :0], x[None], y[None]))
+    p = {k[len("net."):] if k.startswith("net.") else k: v for k, v in learner.named_parameters()}
+    ref = F.cross_entropy(F.linear(features_by_hand(p, x), p["classifier.weight"], p["classifier.bias"]), y)
+    torch.testing.assert_close(loss, ref, rtol=1e-12, atol=1e-12)
+    for (k, v), g_ref in zip(learner.named_parameters(), torch.autograd.grad(ref, list(p.values()), allow_unused=True)):
+        assert (v.grad is None) == (g_ref is None), k
+        if g_ref is not None:
+            torch.testing.assert_close(v.grad, g_ref, rtol=1e-10, atol=1e-12, msg=k)
+
+
 def test_pretrain_classifier_is_sized_from_the_checkpoint():
     trained = make(Pretrain, eval_inner_steps=2)
     trained.make_classifier(7)

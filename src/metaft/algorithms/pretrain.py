@@ -85,13 +85,21 @@ class Pretrain(FeatureHeadLearner):
         return super().training_step(Episode(x[None, :0], y[None, :0], x[None], y[None]), batch_idx)
 
     def meta_backward(self, episode: Episode) -> tuple[Tensor, Tensor]:
-        if self.classifier is None:
-            raise RuntimeError("Pretrain.setup('fit') has not run: the classifier's size is unknown")
-        out = self.classifier(self.net.body(episode.query_x[0])).unsqueeze(0)
+        out = self.query_outputs(episode, 0, False)
         loss = self.loss_fn(out, episode.query_y)
         self.check_finite(loss)
         self.manual_backward(loss) if self._trainer is not None else loss.backward()
         return loss, out
+
+    def query_outputs(self, episode: Episode, steps: int, first_order: bool, all_steps: bool = False) -> Tensor:
+        """Episodes with a support set: a new head per episode (below). A labelled training batch
+        (empty support set, see ``training_step``): the classifier over all training classes."""
+        if episode.support_x.shape[1] > 0:
+            return super().query_outputs(episode, steps, first_order, all_steps)
+        if self.classifier is None:
+            raise RuntimeError("Pretrain.setup('fit') has not run: the classifier's size is unknown")
+        out = self.classifier(self.net.body(episode.query_x.flatten(0, 1))).unflatten(0, episode.query_y.shape)
+        return out.unsqueeze(1) if all_steps else out
 
     # ---------------------------------------------------------------------------- evaluation
     def head_logits(self, meta: dict[str, Any], fs: Tensor, sy: Tensor, fq: Tensor, ways: int, steps: int) -> Tensor:
