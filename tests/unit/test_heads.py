@@ -268,8 +268,12 @@ LEARNERS = [(ProtoNet, {}), (MetaOptNet, {"head": "ridge"}), (MetaOptNet, {"head
 def test_vmap_and_loop_agree(episode, cls, kw):
     a, b = make(cls, "true", **kw), make(cls, "false", **kw)
     steps = a.eval_inner_steps
-    torch.testing.assert_close(a.query_outputs(episode, steps, True, all_steps=True),
-                               b.query_outputs(episode, steps, True, all_steps=True), rtol=1e-9, atol=1e-12)
+    out = a.query_outputs(episode, steps, True, all_steps=True)
+    torch.testing.assert_close(out, b.query_outputs(episode, steps, True, all_steps=True), rtol=1e-9, atol=1e-12)
+    # ...and both equal solve_task task by task, without vmap anywhere (the per-task route).
+    ep, meta = episode, a.meta_params()
+    per_task = [a.solve_task(meta, ep.support_x[i], ep.support_y[i], ep.query_x[i], steps, True, True) for i in range(3)]
+    torch.testing.assert_close(out, torch.stack(per_task), rtol=1e-9, atol=1e-12)
     if cls is Pretrain:  # its training step is plain classification, no map over tasks
         return
     for learner in (a, b):

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.func import vmap
 
 from metaft.algorithms.base import MetaLearner
 from metaft.data.episode import Episode
@@ -73,9 +74,19 @@ class FeatureHeadLearner(MetaLearner):
         return super().meta_backward(episode)
 
     def query_outputs(self, episode: Episode, steps: int, first_order: bool, all_steps: bool = False) -> Tensor:
-        fn = partial(self.solve_task, steps=steps, first_order=first_order, all_steps=all_steps,
-                     ways=self.episode_ways(episode))
-        return self.map_tasks(fn, self.meta_params(), episode)
+        """``solve_task`` for every task, in two stages: body features task by task (vmapped or
+        looped, as ``vectorize`` says), then the head for all tasks under vmap. The head has no
+        convolutions, and looping its many small operations (the SVM solver's iterations, the
+        pre-training head's steps) costs more than the body on a CPU (benchmarks/heads_timing.py)."""
+        ways, meta = self.episode_ways(episode), self.meta_params()
+
+        def features(m: dict[str, Any], sx: Tensor, sy: Tensor, qx: Tensor) -> tuple[Tensor, Tensor]:
+            return self.features(m["net"], sx), self.features(m["net"], qx)
+
+        fs, fq = self.map_tasks(features, meta, episode)
+        head = partial(self.head_logits, ways=ways, steps=steps)
+        out = vmap(head, in_dims=(None, 0, 0, 0))(meta, fs, episode.support_y, fq)
+        return out if all_steps else out[:, -1]
 
     @staticmethod
     def episode_ways(episode: Episode) -> int:
