@@ -284,6 +284,22 @@ def test_vmap_and_loop_agree(episode, cls, kw):
             torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-9, atol=1e-12, msg=k)
 
 
+@pytest.mark.parametrize("cls,kw", LEARNERS, ids=["protonet", "ridge", "svm", "pretrain"])
+@pytest.mark.parametrize("vectorize", ["true", "false"])
+def test_heads_run_in_float32_under_mixed_precision(episode, cls, kw, vectorize):
+    learner = make(cls, vectorize, **kw).float()
+    ep = Episode(episode.support_x.float(), episode.support_y, episode.query_x.float(), episode.query_y)
+    meta, steps = learner.meta_params(), learner.eval_inner_steps
+    ref = learner.query_outputs(ep, steps, True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the body runs in bfloat16, the head must not
+        outs = [learner.query_outputs(ep, steps, True),
+                learner.solve_task(meta, ep.support_x[0], ep.support_y[0], ep.query_x[0], steps, True, False)]
+    for out in outs:
+        assert out.dtype == torch.float32
+    torch.testing.assert_close(outs[0], ref, rtol=0.05, atol=0.05)  # only the body's rounding differs
+    torch.testing.assert_close(outs[1], ref[0], rtol=0.05, atol=0.05)
+
+
 def test_ways_follows_the_episode(episode):
     """Nothing is sized by the network's head: 2-way episodes through a 3-output MLP."""
     keep = lambda y: y < 2  # noqa: E731

@@ -7,7 +7,7 @@ adapting the network's weights. They are classification-only and have no inner l
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -64,8 +64,22 @@ class FeatureHeadLearner(MetaLearner):
         if ways is None:  # only outside vmap; query_outputs passes the checked value
             ways = int(sy.max()) + 1
         net = meta["net"]
-        out = self.head_logits(meta, self.features(net, sx), sy, self.features(net, qx), ways, steps)
+        out = self.precise_head(self.head_logits)(meta, self.features(net, sx), sy, self.features(net, qx), ways, steps)
         return out if all_steps else out[-1]
+
+    @staticmethod
+    def precise_head(head: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        """``head(meta, fs, sy, fq, ...)`` in at least float32 with autocast off: under mixed
+        precision the body may run in half precision, but linear solves have no half kernels and
+        bfloat16 distances or Gram matrices lose the differences that matter (cheap: the head is
+        tiny next to the body)."""
+
+        def run(meta: dict[str, Any], fs: Tensor, sy: Tensor, fq: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+            dtype = torch.promote_types(fs.dtype, torch.float32)
+            with torch.autocast(fs.device.type, enabled=False):
+                return head(meta, fs.to(dtype), sy, fq.to(dtype), *args, **kwargs)
+
+        return run
 
     def meta_backward(self, episode: Episode) -> tuple[Tensor, Tensor]:
         # Check the labels whatever route the outer step takes to the tasks: a missing class would
@@ -85,7 +99,7 @@ class FeatureHeadLearner(MetaLearner):
 
         fs, fq = self.map_tasks(features, meta, episode)
         head = partial(self.head_logits, ways=ways, steps=steps)
-        out = vmap(head, in_dims=(None, 0, 0, 0))(meta, fs, episode.support_y, fq)
+        out = self.precise_head(vmap(head, in_dims=(None, 0, 0, 0)))(meta, fs, episode.support_y, fq)
         return out if all_steps else out[:, -1]
 
     @staticmethod
