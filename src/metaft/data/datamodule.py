@@ -33,14 +33,20 @@ class _TrainEpisodes(IterableDataset):
     def __init__(self, dm: "EpisodicDataModule") -> None:
         self.dm = dm
 
-    def __iter__(self) -> Iterator[Episode]:
+    def __iter__(self) -> Iterator[Episode | tuple[torch.Tensor, torch.Tensor]]:
         dm = self.dm
         step = dm.start_step()
         rank, world = dm.rank_and_world()
-        per_rank = dm.meta_batch_size // world
+        labelled = dm.labelled_batch_size
+        per_rank = (labelled or dm.meta_batch_size) // world
         while True:
-            episode = dm.sample("train", dm.meta_batch_size, split_generator(dm.seed, "train", step))
-            yield episode[rank * per_rank : (rank + 1) * per_rank]
+            g = split_generator(dm.seed, "train", step)
+            if labelled:  # supervised pre-training: (inputs, global labels) over all training classes
+                x, y = dm.labelled_batch("train", labelled, g)
+                yield x[rank * per_rank : (rank + 1) * per_rank], y[rank * per_rank : (rank + 1) * per_rank]
+            else:
+                episode = dm.sample("train", dm.meta_batch_size, g)
+                yield episode[rank * per_rank : (rank + 1) * per_rank]
             step += 1
 
 
@@ -87,6 +93,9 @@ class EpisodicDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.seed = int(seed)
         self._fixed: dict[str, list[Episode]] = {}
+        # Examples per training batch when the learner trains on labelled batches instead of
+        # episodes (supervised pre-training sets it in its setup); None: episodes.
+        self.labelled_batch_size: int | None = None
 
     def sample(self, split: str, n: int, generator: torch.Generator) -> Episode:
         """Draw ``n`` tasks of ``split`` (``train``, ``val`` or ``test``) using ``generator`` only."""
@@ -118,6 +127,11 @@ class EpisodicDataModule(L.LightningDataModule):
             raise ValueError(
                 f"dataset.meta_batch_size={self.meta_batch_size} must be divisible by the number of "
                 f"devices ({world}) so every rank gets the same share of each meta-batch"
+            )
+        if self.labelled_batch_size and self.labelled_batch_size % world:
+            raise ValueError(
+                f"algorithm.batch_size={self.labelled_batch_size} must be divisible by the number of "
+                f"devices ({world}) so every rank gets the same share of each batch"
             )
         return self.trainer.global_rank, world
 

@@ -1,0 +1,120 @@
+"""``FeatureHeadLearner``: what ProtoNet, MetaOptNet and supervised pre-training share.
+
+Each classifies body features with a head built afresh for every episode from its support set
+(class means, a convex classifier, or a linear head fitted by the inner loop), instead of
+adapting the network's weights. They are classification-only and have no inner loop in training.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from metaft.algorithms.base import MetaLearner
+from metaft.data.episode import Episode
+from metaft.models.nets import MetaNet
+
+
+def one_hot(y: Tensor, ways: int, dtype: torch.dtype) -> Tensor:
+    """``[..., ways]`` indicator of ``y``. ``F.one_hot`` checks its input's range, which is
+    data-dependent control flow that vmap refuses; the range is checked before vmap instead."""
+    return (y.unsqueeze(-1) == torch.arange(ways, device=y.device)).to(dtype)
+
+
+class FeatureHeadLearner(MetaLearner):
+    """A learner whose per-episode head acts on body features (``net.head`` is not used).
+
+    ``ways`` is read off each meta-batch's labels before vmap, so inside it is a plain int; it
+    may differ between training and evaluation (e.g. ProtoNet's higher-way training).
+    Subclasses implement ``head_logits``. ``inner_steps`` must be 0 (no inner loop in training);
+    ``eval_inner_steps`` too unless the head is fitted by gradient steps (``fits_head_at_eval``).
+    """
+
+    fits_head_at_eval: bool = False
+
+    def __init__(self, net: MetaNet, task: str = "classification", inner_steps: int = 0,
+                 eval_inner_steps: int | None = None, **kwargs: Any) -> None:
+        name = type(self).__name__
+        if task != "classification":
+            raise ValueError(
+                f"algorithm {name} is for classification only, but the dataset is a {task} task: choose a "
+                "classification dataset (e.g. dataset=omniglot), or an algorithm that also regresses "
+                "(maml, fomaml, metasgd, anil, reptile)"
+            )
+        if inner_steps:
+            raise ValueError(f"algorithm {name} has no inner loop in training: set algorithm.inner_steps=0 (got {inner_steps})")
+        if eval_inner_steps and not self.fits_head_at_eval:
+            raise ValueError(
+                f"algorithm {name} has no inner loop at evaluation either: set algorithm.eval_inner_steps "
+                f"to 0 or null (got {eval_inner_steps})"
+            )
+        super().__init__(net=net, task=task, inner_steps=0, eval_inner_steps=eval_inner_steps, **kwargs)
+
+    def head_logits(self, meta: dict[str, Any], fs: Tensor, sy: Tensor, fq: Tensor, ways: int, steps: int) -> Tensor:
+        """Query logits ``[steps+1, Q, ways]`` (one entry per head-fitting step; ``[1, Q, ways]``
+        for closed-form heads) from support features ``fs [S, D]``, labels ``sy [S]`` and query
+        features ``fq [Q, D]``."""
+        raise NotImplementedError
+
+    def solve_task(self, meta: dict[str, Any], sx: Tensor, sy: Tensor, qx: Tensor, steps: int, first_order: bool,
+                   all_steps: bool, ways: int | None = None) -> Tensor:
+        if ways is None:  # only outside vmap; query_outputs passes the checked value
+            ways = int(sy.max()) + 1
+        net = meta["net"]
+        out = self.precise_head(self.head_logits)(meta, self.features(net, sx), sy, self.features(net, qx), ways, steps)
+        return out if all_steps else out[-1]
+
+    @staticmethod
+    def precise_head(head: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        """``head(meta, fs, sy, fq, ...)`` in at least float32 with autocast off: under mixed
+        precision the body may run in half precision, but linear solves have no half kernels and
+        bfloat16 distances or Gram matrices lose the differences that matter (cheap: the head is
+        tiny next to the body)."""
+
+        def run(meta: dict[str, Any], fs: Tensor, sy: Tensor, fq: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+            dtype = torch.promote_types(fs.dtype, torch.float32)
+            with torch.autocast(fs.device.type, enabled=False):
+                return head(meta, fs.to(dtype), sy, fq.to(dtype), *args, **kwargs)
+
+        return run
+
+    def meta_backward(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        # Check the labels whatever route the outer step takes to the tasks: a missing class would
+        # otherwise surface as a NaN loss blamed on the step size.
+        self.episode_ways(episode)
+        return super().meta_backward(episode)
+
+    def query_outputs(self, episode: Episode, steps: int, first_order: bool, all_steps: bool = False) -> Tensor:
+        """``solve_task`` for every task, in two stages: body features task by task (vmapped or
+        looped, as ``vectorize`` says), then the head for all tasks under vmap. The head has no
+        convolutions, and looping its many small operations (the SVM solver's iterations, the
+        pre-training head's steps) costs more than the body on a CPU (benchmarks/heads_timing.py)."""
+        ways, meta = self.episode_ways(episode), self.meta_params()
+
+        def features(m: dict[str, Any], sx: Tensor, sy: Tensor, qx: Tensor) -> tuple[Tensor, Tensor]:
+            return self.features(m["net"], sx), self.features(m["net"], qx)
+
+        fs, fq = self.map_tasks(features, meta, episode)
+        head = partial(self.head_logits, ways=ways, steps=steps)
+        out = self.precise_head(vmap(head, in_dims=(None, 0, 0, 0)))(meta, fs, episode.support_y, fq)
+        return out if all_steps else out[:, -1]
+
+    @staticmethod
+    def episode_ways(episode: Episode) -> int:
+        """The number of classes of a meta-batch, checked: labels in ``[0, ways)`` and every class
+        in every task's support set (an empty class has no prototype or support vector)."""
+        sy, qy = episode.support_y, episode.query_y
+        if sy.is_floating_point() or qy.is_floating_point():
+            raise ValueError("classification episodes need integer labels; got floating-point support_y/query_y")
+        lo, ways = int(torch.minimum(sy.min(), qy.min())), int(torch.maximum(sy.max(), qy.max())) + 1
+        present = one_hot(sy.clamp_min(0), ways, torch.bool).any(-2)  # [tasks, ways]
+        if lo < 0 or not bool(present.all()):
+            raise ValueError(
+                f"episode labels must be episode-local classes 0..ways-1 with every class in every support "
+                f"set; got labels in [{lo}, {ways - 1}] and {int((~present).sum())} (task, class) pairs with "
+                "no support example. Fix the dataset's sample()"
+            )
+        return ways
