@@ -19,6 +19,7 @@ from torch.utils._pytree import tree_map
 from metaft.algorithms.inner_loop import Params, adapt
 from metaft.data.episode import Episode
 from metaft.models.nets import MetaNet
+from metaft.utils.distributed import all_reduce_sum_
 from metaft.utils.metrics import EpisodeStats
 
 Task = Literal["regression", "classification"]
@@ -270,16 +271,12 @@ class MetaLearner(L.LightningModule):
         world = self.trainer.world_size if self._trainer is not None else 1
         if world == 1:
             return loss
-        params = [p for p in self.parameters() if p.grad is not None]
-        flat = torch.cat([p.grad.reshape(-1) for p in params] + [loss.detach().reshape(1)])
-        torch.distributed.all_reduce(flat)
-        flat /= world
-        offset = 0
-        for p in params:
-            n = p.grad.numel()
-            p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
-            offset += n
-        return flat[-1]
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        total = loss.detach().reshape(1).clone()
+        all_reduce_sum_([*grads, total])
+        for g in grads:
+            g /= world
+        return total[0] / world
 
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
         opt = self.optimizers()
