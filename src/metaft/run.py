@@ -143,6 +143,8 @@ def resolve_resume(ckpt_path: str | None, out: Path) -> tuple[Path | None, Path]
         if path.is_dir():
             path = path / "checkpoints" / "last.ckpt"
     run = path.parent.parent if path.parent.name == "checkpoints" else out
+    if run != out:  # Hydra's new directory for this command only points at the continued run
+        (out / "RESUMED_INTO.txt").write_text(f"{run}\n")
     return path, run
 
 
@@ -153,8 +155,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if resume is not None:
         # The interrupted run's own config is the base, so the continuation is the same run.
         cfg = merged_config(cfg, load_checkpoint(resume)["metaft_config"])
-        if out != run_dir():
-            (run_dir() / "RESUMED_INTO.txt").write_text(f"{out}\n")
         log.info("resuming %s in %s", resume, out)
     L.seed_everything(int(cfg.seed), workers=True)
     dm, learner = build(cfg)

@@ -42,11 +42,22 @@ def ckpt_step(path: Path) -> int:
         return -1
 
 
-def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    finish(train_py(*RUN, f"hydra.run.dir={full}"))
+FINETUNE = ["--config-name", "finetune", "target=sinusoid", "trainer.max_steps=800", "trainer.val_check_interval=200",
+            "checkpoint.every_n_train_steps=50", "early_stopping.patience=0", "progress=log", "seed=3"]
 
-    proc = train_py(*RUN, f"hydra.run.dir={killed}")
+
+@pytest.mark.parametrize("stage", ["meta-training", "fine-tuning"])
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path, stage):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    args = RUN
+    if stage == "fine-tuning":
+        meta = tmp_path / "meta"
+        finish(train_py(*RUN[:1], "trainer.max_steps=20", "trainer.val_check_interval=10", *RUN[3:],
+                        f"hydra.run.dir={meta}"))
+        args = [*FINETUNE, f"meta_ckpt={meta / 'checkpoints' / 'last.ckpt'}"]
+    finish(train_py(*args, f"hydra.run.dir={full}"))
+
+    proc = train_py(*args, f"hydra.run.dir={killed}")
     last = killed / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while ckpt_step(last) < 300 and proc.poll() is None and time.time() < deadline:
@@ -58,7 +69,8 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path):
     assert 300 <= killed_at < 800 and not (killed / "results.json").exists()
 
     # Resume by naming the run directory; Hydra's new directory only points at it.
-    finish(train_py(f"ckpt_path={killed}", f"hydra.run.dir={tmp_path / 'resume_cmd'}"))
+    resume = ["--config-name", "finetune"] if stage == "fine-tuning" else []
+    finish(train_py(*resume, f"ckpt_path={killed}", f"hydra.run.dir={tmp_path / 'resume_cmd'}"))
     assert (tmp_path / "resume_cmd" / "RESUMED_INTO.txt").read_text().strip() == str(killed)
 
     a = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
