@@ -148,15 +148,20 @@ def resolve_resume(ckpt_path: str | None, out: Path) -> tuple[Path | None, Path]
     return path, run
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Meta-train (or resume), test the best checkpoint, write ``results.json``."""
-    out = run_dir()
-    resume, out = resolve_resume(cfg.ckpt_path, out)
+def start_run(cfg: DictConfig) -> tuple[DictConfig, Path | None, Path]:
+    """(config, checkpoint to resume or None, run dir) for a training stage, seeded. On resume the
+    interrupted run's own config is the base, so the continuation is the same run."""
+    resume, out = resolve_resume(cfg.ckpt_path, run_dir())
     if resume is not None:
-        # The interrupted run's own config is the base, so the continuation is the same run.
         cfg = merged_config(cfg, load_checkpoint(resume)["metaft_config"])
         log.info("resuming %s in %s", resume, out)
     L.seed_everything(int(cfg.seed), workers=True)
+    return cfg, resume, out
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Meta-train (or resume), test the best checkpoint, write ``results.json``."""
+    cfg, resume, out = start_run(cfg)
     dm, learner = build(cfg)
     monitor_mode = "min" if learner.metric_name == "mse" else "max"
     trainer = make_trainer(cfg, out, monitor=f"val/{learner.metric_name}", mode=monitor_mode)

@@ -1,21 +1,18 @@
 """Stage 2 entry: ``python train.py --config-name finetune meta_ckpt=PATH target=... [init=...]``."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import hydra
-import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig, OmegaConf
 
 from metaft.finetune.data import SupervisedTarget
 from metaft.finetune.module import FineTuner, init_head, load_body, metasgd_step_sizes
-from metaft.run import final_metrics, load_checkpoint, make_trainer, merged_config, resolve_resume, run_dir, write_results
+from metaft.run import final_metrics, load_checkpoint, make_trainer, start_run, write_results
 
-log = logging.getLogger(__name__)
 
 INIT_KINDS = ("random", "pretrained", "meta")
 
@@ -108,12 +105,7 @@ def build(cfg: DictConfig) -> tuple[SupervisedTarget, FineTuner, dict[str, Any]]
 
 def finetune(cfg: DictConfig) -> dict[str, Any]:
     """Fine-tune (or resume), early-stop on validation, test the best checkpoint, write results.json."""
-    out = run_dir()
-    resume, out = resolve_resume(cfg.ckpt_path, out)
-    if resume is not None:
-        cfg = merged_config(cfg, load_checkpoint(resume)["metaft_config"])
-        log.info("resuming %s in %s", resume, out)
-    L.seed_everything(int(cfg.seed), workers=True)
+    cfg, resume, out = start_run(cfg)
     dm, learner, info = build(cfg)
     monitor, mode = f"val/{learner.metric_name}", "min" if learner.task == "regression" else "max"
     callbacks = []
