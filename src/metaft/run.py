@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from metaft.algorithms.base import MetaLearner, NonFiniteLossError
+from metaft.algorithms.feature_head import FeatureHeadLearner
 from metaft.callbacks import log_hparams, monitoring_callbacks
 from metaft.data.datamodule import EpisodicDataModule
 from metaft.progress import progress_callbacks
@@ -84,6 +85,13 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
     dm: EpisodicDataModule = hydra.utils.instantiate(cfg.dataset)
     net = hydra.utils.instantiate(cfg.model)
     learner: MetaLearner = hydra.utils.instantiate(cfg.algorithm, net=net, task=dm.task)
+    train_ways, ways = getattr(dm, "train_ways", None), getattr(dm, "ways", None)
+    if train_ways != ways and not isinstance(learner, FeatureHeadLearner):
+        raise ValueError(
+            f"dataset.train_ways={train_ways} differs from dataset.ways={ways}, but algorithm {type(learner).__name__} "
+            "classifies with the network's own head, sized for dataset.ways; drop dataset.train_ways or use a "
+            "learner that builds its head from each episode (protonet, metaoptnet, pretrain)"
+        )
     learner.run_config = OmegaConf.to_container(cfg, resolve=True)
     return dm, learner
 

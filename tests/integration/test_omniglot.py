@@ -281,6 +281,37 @@ def test_bad_arguments(cache_dir, kwargs, match):
         OmniglotDataModule(str(OMNI), cache_dir=str(cache_dir), **kwargs)
 
 
+def test_train_ways_and_within_alphabet_episodes(cache_dir):
+    """``train_ways`` sizes meta-training episodes only; ``within_alphabet`` draws every episode's
+    classes from one alphabet (checked by name), and both stay seeded."""
+    dm = OmniglotDataModule(str(OMNI), ways=5, shots=1, queries=2, train_ways=20, within_alphabet=True,
+                            cache_dir=str(cache_dir))
+    ep = dm.sample("train", 8, split_generator(0, "train", 0))
+    assert ep.support_x.shape == (8, 20, 1, 28, 28) and torch.equal(ep.support_y[0], torch.arange(20))
+    assert dm.sample("val", 3, split_generator(0, "val")).support_x.shape[1] == 5
+    names = dm.class_names("train")
+    picks, _ = dm.draw("train", 50, split_generator(1, "train", 0))
+    alphabets = [{names[c].split("/")[0] for c in row.tolist()} for row in picks]
+    assert all(len(a) == 1 for a in alphabets) and len(set.union(*alphabets)) > 5  # one each, many overall
+    assert len({c for row in picks.tolist() for c in row}) > 200
+    assert torch.equal(picks, dm.draw("train", 50, split_generator(1, "train", 0))[0])
+    # Without the option, episodes mix alphabets.
+    mixed = OmniglotDataModule(str(OMNI), ways=5, shots=1, queries=2, train_ways=20, cache_dir=str(cache_dir))
+    picks, _ = mixed.draw("train", 5, split_generator(1, "train", 0))
+    assert all(len({names[c].split("/")[0] for c in row.tolist()}) > 1 for row in picks)
+
+
+def test_within_alphabet_ways_larger_than_every_alphabet(cache_dir):
+    with zipfile.ZipFile(OMNI / "images_background.zip") as z:  # characters per training alphabet, from the zip
+        chars = {tuple(n.split("/")[1:3]) for n in z.namelist() if n.count("/") == 3 and n.endswith(".png")}
+    alphabets = sorted({a for a, _ in chars})[:-5]  # lake_val_alphabets=5 holds out the last five
+    largest = max(sum(a == b for b, _ in chars) for a in alphabets)
+    with pytest.raises(ValueError, match=rf"dataset.train_ways=60 but the largest alphabet of the train split of "
+                                         rf"dataset.split=lake has only {largest} classes; lower dataset.train_ways or "
+                                         r"set dataset.within_alphabet=false"):
+        OmniglotDataModule(str(OMNI), split="lake", train_ways=60, within_alphabet=True, cache_dir=str(cache_dir))
+
+
 def test_lake_ways_larger_than_a_split(cache_dir):
     with pytest.raises(ValueError, match="dataset.ways=200 but the val split of dataset.split=lake has only 151"):
         OmniglotDataModule(str(OMNI), split="lake", ways=200, cache_dir=str(cache_dir))
@@ -409,3 +440,26 @@ def test_experiment_configs_compose(run_config, experiment, ways, lr, steps, bat
     assert (cfg.dataset.ways, cfg.model.out_features, cfg.algorithm.inner_lr) == (ways, ways, lr)
     assert (cfg.algorithm.inner_steps, cfg.dataset.meta_batch_size, cfg.algorithm.vectorize) == (steps, batch, "auto")
     assert cfg.model.image_size == cfg.dataset.image_size == 28
+
+
+ALGORITHMS = ["maml", "fomaml", "metasgd", "anil", "reptile", "protonet", "metaoptnet", "pretrain"]
+
+
+@pytest.mark.parametrize("experiment", ["omniglot_cpu", "omniglot_paper", "omniglot_paper_20way"])
+def test_every_algorithm_gets_its_recipe(run_config, experiment):
+    """``experiment=E algorithm=A`` picks conf/recipe/E/A.yaml: every learner builds (feature-head
+    learners with no inner loop, the others with theirs) and episode sizes follow the recipe."""
+    import hydra
+
+    from metaft.algorithms.feature_head import FeatureHeadLearner
+
+    for algorithm in ALGORITHMS:
+        cfg = run_config("train", [f"experiment={experiment}", f"algorithm={algorithm}"], f"{experiment}_{algorithm}")
+        learner = hydra.utils.instantiate(cfg.algorithm, net=hydra.utils.instantiate(cfg.model), task="classification")
+        if isinstance(learner, FeatureHeadLearner):
+            assert learner.inner_steps == 0, algorithm
+        else:
+            assert learner.inner_steps >= 1 and cfg.dataset.get("train_ways") in (None, cfg.dataset.ways), algorithm
+    cpu = run_config("train", ["experiment=omniglot_cpu", "algorithm=protonet"], "cpu_protonet").dataset
+    paper = run_config("train", ["experiment=omniglot_paper", "algorithm=protonet"], "paper_protonet").dataset
+    assert (cpu.train_ways, cpu.meta_batch_size, paper.train_ways) == (20, 1, 60)

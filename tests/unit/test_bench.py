@@ -42,7 +42,7 @@ TINY = {
 @pytest.mark.parametrize("algorithm", bench.ALGORITHMS)
 def test_contenders_form_metafts_meta_gradient(suite, algorithm):
     """higher, torchopt and metaft's other path (vmap vs loop) agree with metaft in float64."""
-    contenders = ["metaft-alt", "higher", "torchopt", "higher-nchw"]
+    contenders = ["metaft-alt", "higher", "torchopt", "higher-same"]
     worst = bench.check_gradients(TINY[suite], algorithm, contenders, torch.device("cpu"), tasks=2)
     assert worst < 1e-9
 

@@ -182,3 +182,43 @@ def test_vmap_and_loop_agree(sinusoid_episode, cls, kw):
     a = make(cls, vectorize="true", **kw).query_outputs(sinusoid_episode, 3, True, all_steps=True)
     b = make(cls, vectorize="false", **kw).query_outputs(sinusoid_episode, 3, True, all_steps=True)
     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [MAML, ANIL, MetaSGD])
+@pytest.mark.parametrize("vectorize", ["true", "false"])
+def test_zero_head_is_the_learner_with_its_head_set_to_zero(sinusoid_episode, cls, vectorize):
+    """``zero_head`` equals the same learner whose head parameters hold zeros (float64): same
+    query outputs and body meta-gradients; the head, whose values are replaced, gets none."""
+    zeroed = make(cls, vectorize=vectorize, zero_head=True)
+    ref = make(cls, vectorize=vectorize)
+    with torch.no_grad():
+        ref.net.head.weight.zero_()
+        ref.net.head.bias.zero_()
+    torch.testing.assert_close(zeroed.query_outputs(sinusoid_episode, 3, False, all_steps=True),
+                               ref.query_outputs(sinusoid_episode, 3, False, all_steps=True), rtol=1e-10, atol=1e-12)
+    g, g_ref = meta_grads(zeroed, sinusoid_episode), meta_grads(ref, sinusoid_episode)
+    assert not any(k.startswith("net.head.") for k in g) and any(k.startswith("net.head.") for k in g_ref)
+    for k in g:
+        torch.testing.assert_close(g[k], g_ref[k], rtol=1e-10, atol=1e-12)
+    # The body's gradient is not zero: the test can tell a broken inner loop from this one.
+    assert g["net.body.0.weight"].abs().max() > 1e-8
+
+
+def test_batched_forward_equals_the_module_task_by_task():
+    """The bmm forward of Linear/ReLU models equals ``functional_call`` of each task's own
+    parameters (float64); modules with other layers get None (and vmap)."""
+    from torch.func import functional_call
+
+    from metaft.models import Conv4
+    from metaft.models.nets import batched_forward
+
+    torch.manual_seed(0)
+    for module in (MLP(3, (7, 5), 2).double(), torch.nn.Linear(4, 3).double(),
+                   torch.nn.Sequential(torch.nn.Linear(4, 3, bias=False), torch.nn.ReLU()).double()):
+        params = {k: v.detach() + 0.1 * torch.randn(4, *v.shape, dtype=v.dtype) for k, v in module.named_parameters()}
+        x = torch.randn(4, 6, next(module.parameters()).shape[-1], dtype=torch.float64)  # first layer's inputs
+        out = batched_forward(module)(params, x)
+        for t in range(4):
+            torch.testing.assert_close(out[t], functional_call(module, {k: v[t] for k, v in params.items()}, (x[t],)),
+                                       rtol=1e-12, atol=1e-12)
+    assert batched_forward(Conv4()) is None

@@ -102,6 +102,32 @@ def test_protonet_matches_handwritten_prototypes(episode):
     check_meta_gradient(learner, episode, protonet_by_hand)
 
 
+@pytest.mark.parametrize("vectorize", ["true", "false"])
+def test_joint_forward_uses_the_whole_episodes_batch_norm_statistics(vectorize):
+    """With batch norm, ``joint_forward`` prototypes are those of ``body(cat(support, query))``
+    split back (float64, by hand); one forward per set gives other numbers, so the test tells
+    the two apart."""
+    from metaft.models import Conv4
+
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    ep = Episode(torch.rand(2, 6, 1, 16, 16, generator=g, dtype=torch.float64), torch.arange(3).repeat(2).expand(2, 6),
+                 torch.rand(2, 9, 1, 16, 16, generator=g, dtype=torch.float64), torch.arange(3).repeat(3).expand(2, 9))
+    outs = {}
+    for joint in (True, False):
+        torch.manual_seed(0)
+        learner = ProtoNet(net=Conv4(1, 16, 4, WAYS).double(), task="classification", joint_forward=joint,
+                           vectorize=vectorize, optimizer=partial(torch.optim.SGD, lr=0.1)).double()
+        outs[joint] = learner.query_outputs(ep, 0, False)
+    for t in range(2):
+        f = learner.net.body(torch.cat([ep.support_x[t], ep.query_x[t]]))
+        ref = protonet_by_hand(f[:6], ep.support_y[t], f[6:])
+        torch.testing.assert_close(outs[True][t], ref, rtol=1e-10, atol=1e-10)
+        sep = protonet_by_hand(learner.net.body(ep.support_x[t]), ep.support_y[t], learner.net.body(ep.query_x[t]))
+        torch.testing.assert_close(outs[False][t], sep, rtol=1e-10, atol=1e-10)
+    assert (outs[True] - outs[False]).abs().max() > 1e-3
+
+
 # ------------------------------------------------------------------------------ MetaOptNet
 def ridge_primal(lam: float, scale: torch.Tensor):
     """W = (X^T X + lam I)^-1 X^T Y: the feature-space (primal) normal equations."""

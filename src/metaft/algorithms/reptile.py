@@ -30,7 +30,7 @@ class Reptile(MetaLearner):
 
         # No outer graph: Reptile's update needs only the adapted weights.
         meta = tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, self.meta_params())
-        phi, out = self.map_tasks(adapted, meta, episode)
+        phi, out = self.map_tasks(adapted, meta, episode, batches_itself=True)
         loss = self.loss_fn(out, episode.query_y)
         for name, p in self.adapted_module().named_parameters():
             p.grad = p.detach() - phi[name].mean(0)

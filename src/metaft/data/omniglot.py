@@ -243,6 +243,13 @@ class OmniglotDataModule(EpisodicDataModule):
         ways, shots: classes per task and support images per class.
         queries: query images per class in meta-training; ``eval_queries`` at validation and
             test (``None``: the same as ``queries``).
+        train_ways: classes per meta-training episode (``None``: ``ways``). Prototypical Networks
+            train with more ways than they test (60 for 5- and 20-way Omniglot): harder episodes,
+            more classes per step.
+        within_alphabet: draw every episode's classes from one alphabet (picked with probability
+            proportional to its classes), as in Lake's one-shot runs, instead of from the whole
+            split. Look-alike characters make these episodes harder; training on them teaches the
+            fine distinctions the runs test.
         split: ``vinyals`` (the class lists of Vinyals et al. 2016: characters of all 50
             alphabets, each rotation a class) or ``lake`` (background alphabets for training,
             the last ``lake_val_alphabets`` of them, in sorted order, held out for validation;
@@ -264,6 +271,8 @@ class OmniglotDataModule(EpisodicDataModule):
         shots: int = 1,
         queries: int = 15,
         eval_queries: int | None = None,
+        train_ways: int | None = None,
+        within_alphabet: bool = False,
         split: str = "vinyals",
         rotations: bool | None = None,
         lake_val_alphabets: int = 5,
@@ -274,8 +283,9 @@ class OmniglotDataModule(EpisodicDataModule):
     ) -> None:
         super().__init__(**common)
         eval_queries = queries if eval_queries is None else eval_queries
+        train_ways = ways if train_ways is None else train_ways
         for name, v in (("ways", ways), ("shots", shots), ("queries", queries), ("eval_queries", eval_queries),
-                        ("image_size", image_size)):
+                        ("train_ways", train_ways), ("image_size", image_size)):
             if v <= 0:
                 raise ValueError(f"dataset.{name} must be > 0, got {v}")
         if shots + max(queries, eval_queries) > DRAWERS:
@@ -289,6 +299,7 @@ class OmniglotDataModule(EpisodicDataModule):
             raise ValueError(f"dataset.lake_val_alphabets must be in 1..29 (of the 30 background alphabets), "
                              f"got {lake_val_alphabets}")
         self.ways, self.shots, self.queries, self.eval_queries = ways, shots, queries, eval_queries
+        self.train_ways, self.within_alphabet = train_ways, within_alphabet
         self.split, self.image_size = split, image_size
         self.data_dir = Path(data_dir).expanduser()
         cache = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
@@ -317,10 +328,21 @@ class OmniglotDataModule(EpisodicDataModule):
             turns = range(4) if rotations else range(1)
             self.classes = {s: torch.tensor([(i, k) for i in rows for k in turns]).view(-1, 2)
                             for s, rows in (("train", train), ("val", val), ("test", test))}
+        alphabet_id = {a: i for i, a in enumerate(sorted({c.split("/")[0] for c in chars}))}
+        char_alphabet = torch.tensor([alphabet_id[c.split("/")[0]] for c in chars])
+        # Per split, each class's alphabet and (for within_alphabet) which classes can head an
+        # episode: those whose alphabet has at least the episode's ways classes in the split.
+        self.alphabet = {s: char_alphabet[cls[:, 0]] for s, cls in self.classes.items()}
         for s, cls in self.classes.items():
-            if ways > len(cls):
-                raise ValueError(f"dataset.ways={ways} but the {s} split of dataset.split={split} has only "
-                                 f"{len(cls)} classes; lower dataset.ways")
+            n = self.split_ways(s)
+            most = int(self.alphabet[s].bincount().max()) if within_alphabet else len(cls)
+            if n > most:
+                key = "train_ways" if s == "train" and n != ways else "ways"
+                where = f"the {s} split of dataset.split={split}"
+                raise ValueError(
+                    f"dataset.{key}={n} but {'the largest alphabet of ' if within_alphabet else ''}{where} has only "
+                    f"{most} classes; lower dataset.{key}" + (" or set dataset.within_alphabet=false" if within_alphabet else "")
+                )
 
     # ---------------------------------------------------------------------------- files
     def _zip_paths(self, download: bool) -> dict[str, Path]:
@@ -392,27 +414,39 @@ class OmniglotDataModule(EpisodicDataModule):
         x = turns[turn.flatten(), torch.arange(len(x))].view(*rows.shape, size, size)
         return x.unsqueeze(-3).float().div_(255)
 
+    def split_ways(self, split: str) -> int:
+        """Classes per episode of ``split``: ``train_ways`` in meta-training, ``ways`` otherwise."""
+        return self.train_ways if split == "train" else self.ways
+
     def draw(self, split: str, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """The random part of ``sample``: per task ``ways`` distinct classes (indices into the
         split's class list, ``[n, ways]``) and ``shots + queries`` distinct drawers per class
         (``[n, ways, shots + queries]``)."""
-        table = self._classes(split)
+        table, ways = self._classes(split), self.split_ways(split)
         q = self.queries if split == "train" else self.eval_queries
         # The top ``ways`` of i.i.d. uniforms: a uniformly random ordered subset, O(classes).
-        picks = torch.rand(n, len(table), generator=generator).topk(self.ways, dim=-1).indices
-        drawers = torch.rand(n, self.ways, DRAWERS, generator=generator).argsort(-1)[..., : self.shots + q]
+        keys = torch.rand(n, len(table), generator=generator)
+        if self.within_alphabet:
+            # The alphabet of a uniformly drawn class (of one with enough siblings), then only its
+            # classes compete for the top ``ways``.
+            alpha = self.alphabet[split]
+            sizes = alpha.bincount()[alpha]
+            lead = torch.rand(n, len(table), generator=generator).masked_fill_(sizes < ways, -1).argmax(-1)
+            keys.masked_fill_(alpha != alpha[lead].unsqueeze(-1), -1.0)
+        picks = keys.topk(ways, dim=-1).indices
+        drawers = torch.rand(n, ways, DRAWERS, generator=generator).argsort(-1)[..., : self.shots + q]
         return picks, drawers
 
     def sample(self, split: str, n: int, generator: torch.Generator) -> Episode:
         picks, drawers = self.draw(split, n, generator)
         x = self.gather(self._classes(split)[picks], drawers)  # [n, ways, shots+q, 1, H, W]
-        s = self.shots
+        s, ways = self.shots, x.shape[1]
         q = x.shape[2] - s
-        labels = torch.arange(self.ways)
+        labels = torch.arange(ways)
         return Episode(
-            x[:, :, :s].reshape(n, self.ways * s, *x.shape[3:]),
+            x[:, :, :s].reshape(n, ways * s, *x.shape[3:]),
             labels.repeat_interleave(s).expand(n, -1).contiguous(),
-            x[:, :, s:].reshape(n, self.ways * q, *x.shape[3:]),
+            x[:, :, s:].reshape(n, ways * q, *x.shape[3:]),
             labels.repeat_interleave(q).expand(n, -1).contiguous(),
         )
 
