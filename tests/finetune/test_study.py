@@ -41,10 +41,11 @@ def test_report_table_by_hand(tmp_path):
 
 
 def test_tiny_sinusoid_study_end_to_end(tmp_path, mlp_ckpt):
+    # jobs=2: one sweep per init, side by side, reported together.
     text = study("sinusoid", {"maml": str(mlp_ckpt)}, tmp_path / "study", inits=["random", "maml"], shots=["1", "all"],
-                 seeds=["0", "1"], extra=["trainer.max_steps=4", "trainer.val_check_interval=2"])
-    runs = sorted((tmp_path / "study" / "sweep").glob("*/results.json"))
-    assert len(runs) == 8
+                 seeds=["0", "1"], extra=["trainer.max_steps=4", "trainer.val_check_interval=2"], jobs=2)
+    runs = sorted((tmp_path / "study" / "sweep").rglob("results.json"))
+    assert len(runs) == 8 and {f.parent.parent.name for f in runs} == {"part0", "part1"}
     # Each cell of the table is the mean of its two runs' test/mse.
     by_cell: dict[tuple[str, str], list[float]] = {}
     for f in runs:

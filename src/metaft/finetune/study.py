@@ -1,6 +1,6 @@
 """The data-efficiency study: test metric against K labelled examples, one line per initialisation.
 
-    python -m metaft.finetune.study sinusoid|omniglot [--ckpt NAME=PATH ...] [--out DIR] [-- OVERRIDES]
+    python -m metaft.finetune.study sinusoid|omniglot [--ckpt NAME=PATH ...] [--jobs N] [--out DIR] [-- OVERRIDES]
     python -m metaft.finetune.study report SWEEP_DIR [--metric test/mse]
 
 The preset ``conf/experiment/finetune_study_<target>.yaml`` holds the fine-tuning protocol (the
@@ -44,9 +44,17 @@ def _env() -> dict[str, str]:
 
 
 def _run(cmd: list[str], log_file: Path) -> int:
-    print("$", " ".join(cmd), flush=True)
-    with open(log_file, "w") as log:
-        return subprocess.run(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT).returncode
+    return _run_all([cmd], [log_file])
+
+
+def _run_all(cmds: Sequence[list[str]], log_files: Sequence[Path]) -> int:
+    """Run the commands side by side (each logging to its file); the worst exit status."""
+    procs = []
+    for cmd, log_file in zip(cmds, log_files):
+        print("$", " ".join(cmd), flush=True)
+        with open(log_file, "w") as log:
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT))
+    return max(p.wait() for p in procs)
 
 
 def meta_train(init: str, overrides: Sequence[str], out: Path) -> Path:
@@ -62,9 +70,14 @@ def meta_train(init: str, overrides: Sequence[str], out: Path) -> Path:
 
 
 def study(target: str, ckpts: dict[str, str], out: Path, extra: Sequence[str] = (), inits: Sequence[str] | None = None,
-          shots: Sequence[str] | None = None, seeds: Sequence[str] | None = None, meta_extra: Sequence[str] = ()) -> str:
+          shots: Sequence[str] | None = None, seeds: Sequence[str] | None = None, meta_extra: Sequence[str] = (),
+          jobs: int = 1) -> str:
     """Run the whole study for ``target``; return the report's markdown. ``extra``: overrides of
-    every fine-tuning run; ``meta_extra``: of every meta-training run (after ``study.meta_train``)."""
+    every fine-tuning run; ``meta_extra``: of every meta-training run (after ``study.meta_train``).
+    ``jobs``: fine-tuning sweeps run side by side, the inits dealt out among them (one process
+    each; the sweeps land in ``sweep/part<i>``)."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
     preset = CONF / "experiment" / f"finetune_study_{target}.yaml"
     if not preset.is_file():
         raise FileNotFoundError(f"no study preset {preset}; choose one of "
@@ -92,13 +105,20 @@ def study(target: str, ckpts: dict[str, str], out: Path, extra: Sequence[str] = 
             notes.append(f"{init}: meta-trained here in {time.time() - t0:.0f} s ({' '.join(meta_overrides)}, seed 0)")
             run_inits.append(init)
     sweep = out / "sweep"
-    cmd = [sys.executable, str(TRAIN), "--config-name", "finetune", "-m", f"experiment=finetune_study_{target}",
-           f"init={','.join(run_inits)}", f"target.shots={','.join(map(str, shots or cfg.shots))}",
-           f"seed={','.join(map(str, seeds or cfg.seeds))}", f"hydra.sweep.dir={sweep}",
-           *(f"++checkpoints.{k}={v}" for k, v in given.items() if k in run_inits), *extra]
+    groups = [g for g in (run_inits[i::jobs] for i in range(jobs)) if g]
+    cmds = [
+        [sys.executable, str(TRAIN), "--config-name", "finetune", "-m", f"experiment=finetune_study_{target}",
+         f"init={','.join(group)}", f"target.shots={','.join(map(str, shots or cfg.shots))}",
+         f"seed={','.join(map(str, seeds or cfg.seeds))}",
+         f"hydra.sweep.dir={sweep if len(groups) == 1 else sweep / f'part{i}'}",
+         *(f"++checkpoints.{k}={v}" for k, v in given.items() if k in group), *extra]
+        for i, group in enumerate(groups)
+    ]
     t0 = time.time()
-    rc = _run(cmd, out / "sweep.log")
-    notes.append(f"sweep: {time.time() - t0:.0f} s, exit {rc} (log: {out / 'sweep.log'})")
+    logs = [out / "sweep.log"] if len(cmds) == 1 else [out / f"sweep_part{i}.log" for i in range(len(cmds))]
+    rc = _run_all(cmds, logs)
+    notes.append(f"sweep: {time.time() - t0:.0f} s in {len(cmds)} process(es), exit {rc} "
+                 f"(log: {', '.join(str(p) for p in logs)})")
     (out / "study_notes.txt").write_text("\n".join(notes) + "\n")
     return report(sweep, out, metric=str(cfg.metric), notes=notes, order=run_inits)
 
@@ -222,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", help="comma-separated seeds (default study.seeds)")
     p.add_argument("--meta-override", action="append", default=[], metavar="KEY=VALUE",
                    help="an extra override of every meta-training run (e.g. trainer.max_steps=200)")
+    p.add_argument("--jobs", type=int, default=1, help="fine-tuning sweeps side by side, the inits dealt out among them")
     p.add_argument("--metric", default=None, help="report: the metric (default test/acc or test/mse as found)")
     p.add_argument("--out", help="output directory (default outputs/study/<target>/<date_time>)")
     args = p.parse_args(argv)
@@ -236,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out) if args.out else ROOT / "outputs" / "study" / args.target / time.strftime("%Y-%m-%d_%H-%M-%S")
         split = (lambda s: s.split(",") if s else None)
         print(study(args.target, ckpts, out, extra, split(args.inits), split(args.shots), split(args.seeds),
-                    args.meta_override), end="")
+                    args.meta_override, args.jobs), end="")
         print(f"\nwritten to {out}")
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
