@@ -330,8 +330,8 @@ class OmniglotDataModule(EpisodicDataModule):
                             for s, rows in (("train", train), ("val", val), ("test", test))}
         alphabet_id = {a: i for i, a in enumerate(sorted({c.split("/")[0] for c in chars}))}
         char_alphabet = torch.tensor([alphabet_id[c.split("/")[0]] for c in chars])
-        # Per split, each class's alphabet and (for within_alphabet) which classes can head an
-        # episode: those whose alphabet has at least the episode's ways classes in the split.
+        # Per split, each class's alphabet (for within_alphabet episodes), and a check that every
+        # split can fill its episodes: enough classes, or enough in at least one alphabet.
         self.alphabet = {s: char_alphabet[cls[:, 0]] for s, cls in self.classes.items()}
         for s, cls in self.classes.items():
             n = self.split_ways(s)
