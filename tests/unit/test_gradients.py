@@ -222,3 +222,31 @@ def test_batched_forward_equals_the_module_task_by_task():
             torch.testing.assert_close(out[t], functional_call(module, {k: v[t] for k, v in params.items()}, (x[t],)),
                                        rtol=1e-12, atol=1e-12)
     assert batched_forward(Conv4()) is None
+
+
+@pytest.mark.parametrize("vectorize", ["true", "false"])
+def test_anil_joint_forward_adapts_the_head_on_whole_episode_features(vectorize):
+    """ANIL with ``joint_forward``: the body sees support and query as one batch (batch norm over
+    the episode), then the head takes plain SGD steps on those support features (float64, by hand);
+    full MAML refuses the option, since its query pass needs the adapted body."""
+    from metaft.data import Episode
+    from metaft.models import Conv4
+
+    g = torch.Generator().manual_seed(1)
+    ep = Episode(torch.rand(2, 6, 1, 16, 16, generator=g, dtype=torch.float64), torch.arange(3).repeat(2).expand(2, 6),
+                 torch.rand(2, 9, 1, 16, 16, generator=g, dtype=torch.float64), torch.arange(3).repeat(3).expand(2, 9))
+    torch.manual_seed(0)
+    learner = ANIL(net=Conv4(1, 16, 4, 3).double(), task="classification", inner_lr=0.5, inner_steps=2,
+                   joint_forward=True, vectorize=vectorize, optimizer=sgd()).double()
+    out = learner.query_outputs(ep, 2, False)
+    body, head = learner.net.body, learner.net.head
+    for t in range(2):
+        f = body(torch.cat([ep.support_x[t], ep.query_x[t]]))
+        fs, fq = f[:6], f[6:]
+        w, b = head.weight, head.bias
+        for _ in range(2):
+            gw, gb = torch.autograd.grad(F.cross_entropy(F.linear(fs, w, b), ep.support_y[t]), [w, b], create_graph=True)
+            w, b = w - 0.5 * gw, b - 0.5 * gb
+        torch.testing.assert_close(out[t], F.linear(fq, w, b), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="joint_forward=true needs a body that stays fixed"):
+        MAML(net=MLP(), task="regression", joint_forward=True)

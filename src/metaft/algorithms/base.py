@@ -48,6 +48,12 @@ class MetaLearner(L.LightningModule):
         first_order: drop second-order terms of the meta-gradient.
         adapt_head_only: adapt only ``net.head``; body features are computed once per task.
         learn_inner_lr: learn one step size per parameter entry (Meta-SGD).
+        joint_forward: compute a task's support and query features in one body pass, so
+            batch-norm statistics are the whole episode's rather than each set's (the 5 images of a
+            5-way 1-shot support set make noisy statistics), in one pass instead of two. Only for
+            learners whose body is fixed while a task is solved (ANIL, ProtoNet, MetaOptNet,
+            pre-training); MAML-style learners adapt the body, so their query pass needs the
+            adapted weights.
         zero_head: start every task's inner loop from a zero head instead of the meta-learned one
             (the "zeroing trick" of Kao et al. 2022). Episode labels are shuffled, so a learned
             head init can only be a class-symmetric guess; zero is that guess without its noise,
@@ -72,6 +78,7 @@ class MetaLearner(L.LightningModule):
         adapt_head_only: bool = False,
         learn_inner_lr: bool = False,
         zero_head: bool = False,
+        joint_forward: bool = False,
         vectorize: Literal["auto", True, False] | str | bool = "auto",
         optimizer: OptimizerFactory | None = None,
         scheduler: Callable[..., Any] | None = None,
@@ -99,6 +106,12 @@ class MetaLearner(L.LightningModule):
         self.first_order = first_order
         self.adapt_head_only = adapt_head_only
         self.zero_head = zero_head
+        self.joint_forward = joint_forward
+        if joint_forward and not self.body_fixed_per_task:
+            raise ValueError(
+                f"algorithm.joint_forward=true needs a body that stays fixed while a task is solved, but "
+                f"{type(self).__name__} adapts the whole network; use it with anil, protonet, metaoptnet or pretrain"
+            )
         self.vectorize = str(vectorize).lower()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -134,9 +147,22 @@ class MetaLearner(L.LightningModule):
         """Everything a task solution depends on, passed explicitly so vmap sees it."""
         return {"net": dict(self.net.named_parameters()), "lr": self.step_sizes()}
 
+    @property
+    def body_fixed_per_task(self) -> bool:
+        """Whether solving a task leaves the body as it is (then both sets' features are the same
+        function of the input, and ``joint_forward`` is allowed)."""
+        return self.adapt_head_only
+
     def features(self, net_params: Params, x: Tensor) -> Tensor:
         body = {k[len("body."):]: v for k, v in net_params.items() if k.startswith("body.")}
         return functional_call(self.net.body, body, (x,))
+
+    def episode_features(self, net_params: Params, sx: Tensor, qx: Tensor) -> tuple[Tensor, Tensor]:
+        """Body features of one task's support and query inputs (see ``joint_forward``)."""
+        if not self.joint_forward:
+            return self.features(net_params, sx), self.features(net_params, qx)
+        f = self.features(net_params, torch.cat([sx, qx]))
+        return f[: sx.shape[0]], f[sx.shape[0]:]
 
     # ------------------------------------------------------------------- one task, all tasks
     def inner_problem(
@@ -151,10 +177,10 @@ class MetaLearner(L.LightningModule):
         if not self.adapt_head_only:
             module, start = self.net, net_params
         else:
-            if batched:  # one vmap for both sets; BatchNorm statistics stay per task and per set
-                sx, qx = vmap(lambda s, q: (self.features(net_params, s), self.features(net_params, q)))(sx, qx)
+            if batched:  # one vmap for both sets; BatchNorm statistics stay per task (and per set)
+                sx, qx = vmap(partial(self.episode_features, net_params))(sx, qx)
             else:
-                sx, qx = self.features(net_params, sx), self.features(net_params, qx)
+                sx, qx = self.episode_features(net_params, sx, qx)
             module = self.net.head
             start = {k[len("head."):]: v for k, v in net_params.items() if k.startswith("head.")}
             if isinstance(lr, dict):

@@ -31,16 +31,14 @@ class FeatureHeadLearner(MetaLearner):
     may differ between training and evaluation (e.g. ProtoNet's higher-way training).
     Subclasses implement ``head_logits``. ``inner_steps`` must be 0 (no inner loop in training);
     ``eval_inner_steps`` too unless the head is fitted by gradient steps (``fits_head_at_eval``).
-    ``joint_forward``: a task's support and query images go through the body in one batch, so
-    batch-norm statistics are the whole episode's (as in the Prototypical Networks reference code)
-    rather than each set's (MAML's; the 5 images of a 5-way 1-shot support set make noisy
-    statistics), and there is one pass instead of two. ``False``: one forward per set.
+    ``joint_forward`` (``MetaLearner``'s; true in their configs): a task's support and query
+    images go through the body in one batch, as in the Prototypical Networks reference code.
     """
 
     fits_head_at_eval: bool = False
 
     def __init__(self, net: MetaNet, task: str = "classification", inner_steps: int = 0,
-                 eval_inner_steps: int | None = None, joint_forward: bool = True, **kwargs: Any) -> None:
+                 eval_inner_steps: int | None = None, **kwargs: Any) -> None:
         name = type(self).__name__
         if task != "classification":
             raise ValueError(
@@ -56,14 +54,10 @@ class FeatureHeadLearner(MetaLearner):
                 f"to 0 or null (got {eval_inner_steps})"
             )
         super().__init__(net=net, task=task, inner_steps=0, eval_inner_steps=eval_inner_steps, **kwargs)
-        self.joint_forward = joint_forward
 
-    def episode_features(self, net_params: dict[str, Tensor], sx: Tensor, qx: Tensor) -> tuple[Tensor, Tensor]:
-        """Body features of one task's support and query images (see ``joint_forward``)."""
-        if not self.joint_forward:
-            return self.features(net_params, sx), self.features(net_params, qx)
-        f = self.features(net_params, torch.cat([sx, qx]))
-        return f[: sx.shape[0]], f[sx.shape[0]:]
+    @property
+    def body_fixed_per_task(self) -> bool:
+        return True
 
     def head_logits(self, meta: dict[str, Any], fs: Tensor, sy: Tensor, fq: Tensor, ways: int, steps: int) -> Tensor:
         """Query logits ``[steps+1, Q, ways]`` (one entry per head-fitting step; ``[1, Q, ways]``
