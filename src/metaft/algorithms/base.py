@@ -17,7 +17,7 @@ from torch.utils._pytree import tree_map
 
 from metaft.algorithms.inner_loop import Params, adapt
 from metaft.data.episode import Episode
-from metaft.models.nets import MetaNet, batched_forward
+from metaft.models.nets import MetaNet, batched_forward, per_example
 from metaft.utils.distributed import all_reduce_sum_
 from metaft.utils.metrics import EpisodeStats
 
@@ -177,7 +177,11 @@ class MetaLearner(L.LightningModule):
         if not self.adapt_head_only:
             module, start = self.net, net_params
         else:
-            if batched:  # one vmap for both sets; BatchNorm statistics stay per task (and per set)
+            if batched and per_example(self.net.body):  # all tasks' examples in one plain pass
+                n_support = sx.shape[1]
+                f = self.features(net_params, torch.cat([sx, qx], 1).flatten(0, 1)).unflatten(0, (sx.shape[0], -1))
+                sx, qx = f[:, :n_support], f[:, n_support:]
+            elif batched:  # one vmap for both sets; BatchNorm statistics stay per task (and per set)
                 sx, qx = vmap(partial(self.episode_features, net_params))(sx, qx)
             else:
                 sx, qx = self.episode_features(net_params, sx, qx)

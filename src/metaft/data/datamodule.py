@@ -6,7 +6,7 @@ of task it is (``task``); batching, seeding, resumption and device sharding live
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import lightning as L
 import torch
@@ -23,6 +23,10 @@ def split_generator(seed: int, split: str, index: int = 0) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed((int(seed) * 7_919 + _SPLIT_OFFSET[split] + index * 104_729) % (2**63 - 1))
     return g
+
+
+def _as_is(batch: Any) -> Any:
+    return batch
 
 
 class _TrainEpisodes(IterableDataset):
@@ -46,7 +50,7 @@ class _TrainEpisodes(IterableDataset):
                 yield x[rank * per_rank : (rank + 1) * per_rank], y[rank * per_rank : (rank + 1) * per_rank]
             else:
                 episode = dm.sample("train", dm.meta_batch_size, g)
-                yield episode[rank * per_rank : (rank + 1) * per_rank]
+                yield episode if world == 1 else episode[rank * per_rank : (rank + 1) * per_rank]
             step += 1
 
 
@@ -157,13 +161,15 @@ class EpisodicDataModule(L.LightningDataModule):
         return h.hexdigest()[:16]
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_TrainEpisodes(self), batch_size=None, num_workers=0)
+        # The batches are made whole by sample(): no collation (default_convert walks every field).
+        return DataLoader(_TrainEpisodes(self), batch_size=None, num_workers=0, collate_fn=_as_is)
 
     def _eval_loader(self, split: str) -> DataLoader:
         # Rank r evaluates batches r, r+world, ...: every episode exactly once (a distributed
         # sampler would pad with duplicates), and EpisodeStats sums the ranks' shares.
         rank, world = self.rank_and_world()
-        return DataLoader(_FixedEpisodes(self.fixed_episodes(split)[rank::world]), batch_size=None, shuffle=False)
+        return DataLoader(_FixedEpisodes(self.fixed_episodes(split)[rank::world]), batch_size=None, shuffle=False,
+                          collate_fn=_as_is)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

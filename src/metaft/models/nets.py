@@ -42,6 +42,18 @@ class MLP(MetaNet):
         self.head = nn.Linear(width, out_features)
 
 
+# Layers whose output for an example depends on that example alone (no batch statistics).
+_PER_EXAMPLE = (nn.Linear, nn.modules.conv._ConvNd, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Tanh, nn.Sigmoid,
+                nn.Flatten, nn.Identity, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
+                nn.LayerNorm, nn.GroupNorm, nn.Sequential)
+
+
+def per_example(module: nn.Module) -> bool:
+    """Whether ``module`` maps every example independently (only known per-example layers, no
+    batch norm), so a batch of many tasks' examples can go through it in one plain call."""
+    return all(isinstance(m, _PER_EXAMPLE) for m in module.modules())
+
+
 def _linear_layers(module: nn.Module, prefix: str = "") -> list[tuple[str, bool]] | None:
     """``(parameter prefix, is_linear)`` of ``module``'s layers in execution order when it is built
     only of ``nn.Linear`` and ``nn.ReLU`` (through ``nn.Sequential`` and ``MetaNet``'s
