@@ -85,7 +85,8 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
     dm: EpisodicDataModule = hydra.utils.instantiate(cfg.dataset)
     net = hydra.utils.instantiate(cfg.model)
     learner: MetaLearner = hydra.utils.instantiate(cfg.algorithm, net=net, task=dm.task)
-    train_ways, ways = getattr(dm, "train_ways", None), getattr(dm, "ways", None)
+    ways = getattr(dm, "ways", None)
+    train_ways = getattr(dm, "train_ways", ways)  # datasets without the option train on `ways`
     if train_ways != ways and not isinstance(learner, FeatureHeadLearner):
         raise ValueError(
             f"dataset.train_ways={train_ways} differs from dataset.ways={ways}, but algorithm {type(learner).__name__} "

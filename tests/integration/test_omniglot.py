@@ -463,3 +463,12 @@ def test_every_algorithm_gets_its_recipe(run_config, experiment):
     cpu = run_config("train", ["experiment=omniglot_cpu", "algorithm=protonet"], "cpu_protonet").dataset
     paper = run_config("train", ["experiment=omniglot_paper", "algorithm=protonet"], "paper_protonet").dataset
     assert (cpu.train_ways, cpu.meta_batch_size, paper.train_ways) == (20, 1, 60)
+
+
+def test_train_ways_needs_a_learner_that_builds_its_head(run_config, cache_dir):
+    from metaft.run import build
+
+    cfg = run_config("train", ["dataset=omniglot", "model=conv4", "algorithm=maml", "dataset.train_ways=20",
+                               f"paths.cache_dir={cache_dir}"])
+    with pytest.raises(ValueError, match="dataset.train_ways=20 differs from dataset.ways=5, but algorithm MAML"):
+        build(cfg)
