@@ -5,8 +5,9 @@ how the meta-gradient is formed (``meta_backward``).
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import lightning as L
 import torch
@@ -23,6 +24,19 @@ from metaft.utils.metrics import EpisodeStats
 
 Task = Literal["regression", "classification"]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """``requires_grad=False`` on ``module``'s parameters for the block, then as they were."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -390,8 +404,9 @@ class MetaLearner(L.LightningModule):
         before adaptation)."""
         # Adaptation needs gradients even though Lightning disables them at evaluation. First
         # order is exact for the adapted values; only the outer gradient would differ, and none
-        # is taken.
-        with torch.enable_grad():
+        # is taken. The meta-parameters are frozen meanwhile: otherwise every query output would
+        # keep an outer graph (all steps, all tasks of the batch: gigabytes for Conv4).
+        with torch.enable_grad(), frozen(self):
             out = self.query_outputs(episode, steps, first_order=True, all_steps=True)
         out = out.detach()  # [tasks, steps+1, Q, C]
         y = episode.query_y.unsqueeze(1).expand(-1, out.shape[1], *episode.query_y.shape[1:])
