@@ -63,8 +63,8 @@ def adapt(
             grads = _gradient(support_loss, {k: p.detach() for k, p in params.items()}, x.detach(), create_graph=False)
         else:
             grads = _gradient(support_loss, params, x, create_graph=True)
-        if isinstance(lr, Mapping):
-            params = {k: p - lr[k] * grads[k] for k, p in params.items()}
+        if isinstance(lr, Mapping):  # p - lr * g in one op (and one node of the outer graph)
+            params = {k: torch.addcmul(p, lr[k], grads[k], value=-1) for k, p in params.items()}
         else:  # one fused op per parameter (also in the outer graph) instead of a mul and a sub
             params = {k: torch.add(p, grads[k], alpha=-lr) for k, p in params.items()}
         trajectory.append(params)

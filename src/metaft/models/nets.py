@@ -48,10 +48,16 @@ _PER_EXAMPLE = (nn.Linear, nn.modules.conv._ConvNd, nn.ReLU, nn.LeakyReLU, nn.EL
                 nn.LayerNorm, nn.GroupNorm, nn.Sequential)
 
 
+_PER_EXAMPLE_CACHE: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
 def per_example(module: nn.Module) -> bool:
     """Whether ``module`` maps every example independently (only known per-example layers, no
-    batch norm), so a batch of many tasks' examples can go through it in one plain call."""
-    return all(isinstance(m, _PER_EXAMPLE) for m in module.modules())
+    batch norm), so a batch of many tasks' examples can go through it in one plain call.
+    Answered once per module: the inner loop asks every meta-step."""
+    if module not in _PER_EXAMPLE_CACHE:
+        _PER_EXAMPLE_CACHE[module] = all(isinstance(m, _PER_EXAMPLE) for m in module.modules())
+    return _PER_EXAMPLE_CACHE[module]
 
 
 def _linear_layers(module: nn.Module, prefix: str = "") -> list[tuple[str, bool]] | None:
