@@ -31,8 +31,10 @@ class FeatureHeadLearner(MetaLearner):
     may differ between training and evaluation (e.g. ProtoNet's higher-way training).
     Subclasses implement ``head_logits``. ``inner_steps`` must be 0 (no inner loop in training);
     ``eval_inner_steps`` too unless the head is fitted by gradient steps (``fits_head_at_eval``).
-    ``joint_forward`` (``MetaLearner``'s; true in their configs): a task's support and query
-    images go through the body in one batch, as in the Prototypical Networks reference code.
+    ``joint_forward`` (``MetaLearner``'s) passes a task's support and query images through the
+    body in one batch, as the Prototypical Networks reference code does; the ProtoNet and
+    MetaOptNet configs leave it off (it tested worse with transductive batch norm), pre-training's
+    turns it on for evaluation.
     """
 
     fits_head_at_eval: bool = False

@@ -104,6 +104,8 @@ def study(target: str, ckpts: dict[str, str], out: Path, extra: Sequence[str] = 
                 continue
             notes.append(f"{init}: meta-trained here in {time.time() - t0:.0f} s ({' '.join(meta_overrides)}, seed 0)")
             run_inits.append(init)
+    if not run_inits:
+        raise RuntimeError("no initialisation left to fine-tune: " + "; ".join(notes))
     sweep = out / "sweep"
     groups = [g for g in (run_inits[i::jobs] for i in range(jobs)) if g]
     cmds = [
