@@ -25,15 +25,6 @@ DATASET = {"_target_": "tests.gaussian_clusters.GaussianClusters", "ways": 5, "s
            "meta_batch_size": 8, "val_episodes": 50, "test_episodes": 200, "eval_batch_size": 100, "seed": 0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention (tens of times slower on a busy CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gaussian_config(run_config, algorithm: str, overrides: list[str], steps: int):
     cfg = run_config("train", [
         f"algorithm={algorithm}", "model=mlp", "model.in_features=16", "model.hidden=[32,32]", "model.out_features=5",

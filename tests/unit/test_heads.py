@@ -21,15 +21,6 @@ from tests.unit.test_gradients import finite_difference
 WAYS, SHOTS, QUERIES = 3, 2, 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only add contention (tens of times slower on a busy CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def episode() -> Episode:
     """3 tasks, 3-way 2-shot, 4 queries per class; float64 inputs, integer labels."""
