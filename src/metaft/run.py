@@ -87,11 +87,14 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
     learner: MetaLearner = hydra.utils.instantiate(cfg.algorithm, net=net, task=dm.task)
     ways = getattr(dm, "ways", None)
     train_ways = getattr(dm, "train_ways", ways)  # datasets without the option train on `ways`
-    if train_ways != ways and not isinstance(learner, FeatureHeadLearner):
+    # A zero head takes each episode's size; a learned head (or Meta-SGD's step sizes for it) has one.
+    sized_per_episode = isinstance(learner, FeatureHeadLearner) or (learner.zero_head and learner.inner_lrs is None)
+    if train_ways != ways and not sized_per_episode:
         raise ValueError(
             f"dataset.train_ways={train_ways} differs from dataset.ways={ways}, but algorithm {type(learner).__name__} "
-            "classifies with the network's own head, sized for dataset.ways; drop dataset.train_ways or use a "
-            "learner that builds its head from each episode (protonet, metaoptnet, pretrain)"
+            "classifies with the network's own head, sized for dataset.ways; drop dataset.train_ways, or use a "
+            "learner that builds its head from each episode (protonet, metaoptnet, pretrain, or maml, fomaml, "
+            "anil, reptile with algorithm.zero_head=true)"
         )
     learner.run_config = OmegaConf.to_container(cfg, resolve=True)
     return dm, learner

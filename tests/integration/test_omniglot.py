@@ -472,3 +472,10 @@ def test_train_ways_needs_a_learner_that_builds_its_head(run_config, cache_dir):
                                f"paths.cache_dir={cache_dir}"])
     with pytest.raises(ValueError, match="dataset.train_ways=20 differs from dataset.ways=5, but algorithm MAML"):
         build(cfg)
+    # A zero head is sized by each episode, so MAML may then train on more ways; Meta-SGD may not:
+    # its learned step sizes for the head have the head's size.
+    common = ["dataset=omniglot", "model=conv4", "dataset.train_ways=20", "algorithm.zero_head=true",
+              f"paths.cache_dir={cache_dir}"]
+    assert build(run_config("train", ["algorithm=maml", *common], "zero"))[0].train_ways == 20
+    with pytest.raises(ValueError, match="but algorithm MetaSGD"):
+        build(run_config("train", ["algorithm=metasgd", *common], "zero_metasgd"))

@@ -204,6 +204,36 @@ def test_zero_head_is_the_learner_with_its_head_set_to_zero(sinusoid_episode, cl
     assert g["net.body.0.weight"].abs().max() > 1e-8
 
 
+@pytest.mark.parametrize("cls", [MAML, ANIL, Reptile])
+@pytest.mark.parametrize("vectorize", ["true", "false"])
+def test_zero_head_takes_each_episodes_ways(cls, vectorize):
+    """A zero head is sized by the episode, not the network: a learner whose head has 5 outputs
+    gives a 7-way episode the outputs and body meta-gradients of the same learner built with a
+    7-output head (float64), so it can meta-train on more ways than it is tested on."""
+    from metaft.data.episode import Episode
+
+    def build(out: int):
+        torch.manual_seed(0)
+        net = MLP(4, (6, 5), 8).double()  # the same body for both; heads cut to `out` rows below
+        net.head = torch.nn.Linear(5, out).double()
+        return cls(net=net, task="classification", inner_lr=0.3, inner_steps=STEPS, optimizer=sgd(),
+                   vectorize=vectorize, zero_head=True).double()
+
+    g = torch.Generator().manual_seed(1)
+    labels = torch.arange(7).repeat(3, 2)  # 3 tasks, 2 shots of 7 classes
+    episode = Episode(torch.randn(3, 14, 4, generator=g, dtype=torch.float64), labels,
+                      torch.randn(3, 14, 4, generator=g, dtype=torch.float64), labels.flip(-1))
+    small, exact = build(5), build(7)
+    out = small.query_outputs(episode, 3, False, all_steps=True)
+    assert out.shape[-1] == 7
+    torch.testing.assert_close(out, exact.query_outputs(episode, 3, False, all_steps=True), rtol=1e-10, atol=1e-12)
+    g_small, g_exact = meta_grads(small, episode), meta_grads(exact, episode)
+    assert set(g_small) == set(g_exact) and not any(k.startswith("net.head.") for k in g_small)
+    for k in g_small:
+        torch.testing.assert_close(g_small[k], g_exact[k], rtol=1e-10, atol=1e-12)
+    assert g_small["net.body.0.weight"].abs().max() > 1e-8
+
+
 def test_batched_forward_equals_the_module_task_by_task():
     """The bmm forward of Linear/ReLU models equals ``functional_call`` of each task's own
     parameters (float64); modules with other layers get None (and vmap)."""

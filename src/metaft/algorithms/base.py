@@ -186,10 +186,12 @@ class MetaLearner(L.LightningModule):
 
     # ------------------------------------------------------------------- one task, all tasks
     def inner_problem(
-        self, meta: dict[str, Any], sx: Tensor, qx: Tensor, batched: bool = False
+        self, meta: dict[str, Any], sx: Tensor, qx: Tensor, batched: bool = False, ways: int | None = None
     ) -> tuple[Callable, Params, Any, Tensor, Tensor]:
         """What the inner loop adapts for one task: (forward, start params, step sizes, support
         inputs, query inputs). With ``adapt_head_only`` the inputs become body features.
+        ``ways``: with ``zero_head``, the zero head gets this many outputs (the episode's classes,
+        which may differ from the network's head: training on more ways than the test).
         ``batched``: the inputs hold all tasks (leading dimension); the start parameters get one
         copy per task (an ``expand``, no memory) and ``forward`` maps all tasks at once (batched matrix
         products for Linear/ReLU modules, else vmap)."""
@@ -212,7 +214,8 @@ class MetaLearner(L.LightningModule):
 
         if self.zero_head:  # the head's values are replaced, so it gets no meta-gradient
             prefix = "" if self.adapt_head_only else "head."
-            start = {k: torch.zeros_like(v) if k.startswith(prefix) else v for k, v in start.items()}
+            start = {k: v.new_zeros(v.shape if ways is None else (ways, *v.shape[1:])) if k.startswith(prefix) else v
+                     for k, v in start.items()}
 
         def forward(p: Params, x: Tensor) -> Tensor:
             return functional_call(module, p, (x,))
@@ -223,6 +226,11 @@ class MetaLearner(L.LightningModule):
             fast = batched_forward(module) if sx.dim() == 3 else None
             forward = fast or vmap(forward)
         return forward, start, lr, sx, qx
+
+    def zero_head_ways(self, sy: Tensor) -> int | None:
+        """Outputs of a zero head for support labels ``sy`` (episode-local classes 0..ways-1):
+        a zero head has no values to keep, so it takes each episode's own size (None: the head's)."""
+        return int(sy.max()) + 1 if self.zero_head and self.task == "classification" else None
 
     def task_loss(self, batched: bool) -> Callable[[Tensor, Tensor], Tensor]:
         """The inner loss: one task's mean loss, or over a batch of tasks the sum of their mean
@@ -247,7 +255,7 @@ class MetaLearner(L.LightningModule):
         """Adapt on one task's support set; return query outputs (``[steps+1, Q, out]`` when
         ``all_steps``, else ``[Q, out]`` after the last step). ``batched``: all tasks at once,
         with a leading task dimension on inputs and outputs."""
-        forward, start, lr, sx, qx = self.inner_problem(meta, sx, qx, batched)
+        forward, start, lr, sx, qx = self.inner_problem(meta, sx, qx, batched, self.zero_head_ways(sy))
         trajectory = adapt(forward, start, sx, sy, self.task_loss(batched), steps, lr, first_order)
         if all_steps:
             return torch.stack([forward(p, qx) for p in trajectory], dim=int(batched))

@@ -24,7 +24,7 @@ class Reptile(MetaLearner):
 
     def meta_backward(self, episode: Episode) -> tuple[Tensor, Tensor]:
         def adapted(meta: dict[str, Any], sx: Tensor, sy: Tensor, qx: Tensor, batched: bool = False) -> tuple[dict, Tensor]:
-            forward, start, lr, sx, qx = self.inner_problem(meta, sx, qx, batched)
+            forward, start, lr, sx, qx = self.inner_problem(meta, sx, qx, batched, self.zero_head_ways(sy))
             phi = adapt(forward, start, sx, sy, self.task_loss(batched), self.inner_steps, lr, first_order=True)[-1]
             return phi, forward(phi, qx)
 
@@ -33,5 +33,7 @@ class Reptile(MetaLearner):
         phi, out = self.map_tasks(adapted, meta, episode, batches_itself=True)
         loss = self.loss_fn(out, episode.query_y)
         for name, p in self.adapted_module().named_parameters():
+            if self.zero_head and name.startswith("head."):  # replaced by zeros per task: no update
+                continue
             p.grad = p.detach() - phi[name].mean(0)
         return loss, out
