@@ -300,3 +300,19 @@ def test_anil_per_example_body_one_pass_equals_loop():
             grads.append(meta_grads(learner, ep))
         for k in grads[0]:
             torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-9, atol=1e-12, msg=f"{bn} {k}")
+
+
+@pytest.mark.parametrize("vectorize", ["true", "false"])
+def test_eval_inner_lr_applies_at_evaluation_only(sinusoid_episode, vectorize):
+    """``eval_inner_lr`` is the step size in eval mode (validation, test) and ``inner_lr`` in
+    training: each mode's outputs equal a learner built with that step size alone (float64)."""
+    both = make(MAML, vectorize=vectorize, eval_inner_lr=0.2)
+    train_ref, eval_ref = make(MAML, vectorize=vectorize), make(MAML, vectorize=vectorize)
+    eval_ref.inner_lr = eval_ref.eval_inner_lr = 0.2
+    for mode, ref in ((True, train_ref), (False, eval_ref)):
+        both.train(mode), ref.train(mode)
+        torch.testing.assert_close(both.query_outputs(sinusoid_episode, 2, True, all_steps=True),
+                                   ref.query_outputs(sinusoid_episode, 2, True, all_steps=True), rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(train_ref.query_outputs(sinusoid_episode, 2, True), eval_ref.query_outputs(sinusoid_episode, 2, True))
+    with pytest.raises(ValueError, match="Meta-SGD learns its step sizes"):
+        make(MetaSGD, eval_inner_lr=0.2)

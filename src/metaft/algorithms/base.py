@@ -59,6 +59,10 @@ class MetaLearner(L.LightningModule):
         inner_lr: inner-loop step size (Meta-SGD: the initial value of every learned alpha).
         inner_steps: inner steps in meta-training.
         eval_inner_steps: inner steps at validation and test (default: ``inner_steps``).
+        eval_inner_lr: step size at validation and test (default: ``inner_lr``). With the mean
+            loss over the support set, a step's change per class scales as 1 / (ways * shots), so a
+            model meta-trained on more ways than it is tested on (``dataset.train_ways``) keeps its
+            per-class step with ``inner_lr = eval_inner_lr * train_ways / ways``.
         first_order: drop second-order terms of the meta-gradient.
         adapt_head_only: adapt only ``net.head``; body features are computed once per task.
         learn_inner_lr: learn one step size per parameter entry (Meta-SGD).
@@ -88,6 +92,7 @@ class MetaLearner(L.LightningModule):
         inner_lr: float = 0.01,
         inner_steps: int = 1,
         eval_inner_steps: int | None = None,
+        eval_inner_lr: float | None = None,
         first_order: bool = False,
         adapt_head_only: bool = False,
         learn_inner_lr: bool = False,
@@ -106,6 +111,11 @@ class MetaLearner(L.LightningModule):
             raise ValueError("algorithm.inner_steps and algorithm.eval_inner_steps must be >= 0")
         if inner_steps or eval_inner_steps:
             _check_positive(inner_lr=inner_lr)
+        if eval_inner_lr is not None:
+            _check_positive(eval_inner_lr=eval_inner_lr)
+            if learn_inner_lr:
+                raise ValueError("algorithm.eval_inner_lr is for a fixed step size; Meta-SGD learns its step sizes "
+                                 "(set algorithm.eval_inner_lr=null)")
         if str(vectorize).lower() not in ("auto", "true", "false"):
             raise ValueError(f"algorithm.vectorize must be auto, true or false, got {vectorize!r}")
         if nonfinite not in ("raise", "skip"):
@@ -115,6 +125,7 @@ class MetaLearner(L.LightningModule):
         self.net = net
         self.task = task
         self.inner_lr = inner_lr
+        self.eval_inner_lr = inner_lr if eval_inner_lr is None else eval_inner_lr
         self.inner_steps = inner_steps
         self.eval_inner_steps = inner_steps if eval_inner_steps is None else eval_inner_steps
         self.first_order = first_order
@@ -155,8 +166,8 @@ class MetaLearner(L.LightningModule):
         return dict(self.adapted_module().named_parameters())
 
     def step_sizes(self) -> float | dict[str, Tensor]:
-        if self.inner_lrs is None:
-            return self.inner_lr
+        if self.inner_lrs is None:  # Lightning puts the module in eval mode for validation and test
+            return self.inner_lr if self.training else self.eval_inner_lr
         return {k.replace("__", "."): v for k, v in self.inner_lrs.items()}
 
     def meta_params(self) -> dict[str, Any]:
