@@ -456,6 +456,7 @@ def test_every_algorithm_gets_its_recipe(run_config, experiment):
     for algorithm in ALGORITHMS:
         cfg = run_config("train", [f"experiment={experiment}", f"algorithm={algorithm}"], f"{experiment}_{algorithm}")
         learner = hydra.utils.instantiate(cfg.algorithm, net=hydra.utils.instantiate(cfg.model), task="classification")
+        learner.configure_optimizers()  # the recipe's optimizer takes its keys (no SGD key left on Adam)
         if isinstance(learner, FeatureHeadLearner):
             assert learner.inner_steps == 0, algorithm
         else:
