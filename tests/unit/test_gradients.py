@@ -214,8 +214,8 @@ def test_zero_head_takes_each_episodes_ways(cls, vectorize):
 
     def build(out: int):
         torch.manual_seed(0)
-        net = MLP(4, (6, 5), 8).double()  # the same body for both; heads cut to `out` rows below
-        net.head = torch.nn.Linear(5, out).double()
+        net = MLP(4, (6, 5), 8).double()  # the same body for both (same seed)
+        net.head = torch.nn.Linear(5, out).double()  # `out` outputs; a zero head never reads its values
         return cls(net=net, task="classification", inner_lr=0.3, inner_steps=STEPS, optimizer=sgd(),
                    vectorize=vectorize, zero_head=True).double()
 
