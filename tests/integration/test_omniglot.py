@@ -432,12 +432,14 @@ def test_train_maml_conv4_then_eval_on_runs(run_config, cache_dir, runs_dir):
     assert runs["test/episodes"] == 20 and abs(runs["test/acc"] * 4 - round(runs["test/acc"] * 4)) < 1e-3
 
 
-@pytest.mark.parametrize("experiment, ways, lr, steps, batch", [
-    ("omniglot_cpu", 5, 0.4, 1, 8), ("omniglot_paper", 5, 0.4, 1, 32), ("omniglot_paper_20way", 20, 0.1, 5, 16)])
-def test_experiment_configs_compose(run_config, experiment, ways, lr, steps, batch):
+@pytest.mark.parametrize("experiment, ways, lr, eval_lr, steps, batch", [
+    ("omniglot_cpu", 5, 1.6, 0.4, 1, 1),  # 20-way training episodes, the step scaled by 20/5
+    ("omniglot_paper", 5, 0.4, None, 1, 32), ("omniglot_paper_20way", 20, 0.1, None, 5, 16)])
+def test_experiment_configs_compose(run_config, experiment, ways, lr, eval_lr, steps, batch):
     cfg = run_config("train", [f"experiment={experiment}"])
     assert cfg.dataset._target_ == "metaft.data.OmniglotDataModule" and cfg.model._target_ == "metaft.models.Conv4"
     assert (cfg.dataset.ways, cfg.model.out_features, cfg.algorithm.inner_lr) == (ways, ways, lr)
+    assert cfg.algorithm.eval_inner_lr == eval_lr
     assert (cfg.algorithm.inner_steps, cfg.dataset.meta_batch_size, cfg.algorithm.vectorize) == (steps, batch, "auto")
     assert cfg.model.image_size == cfg.dataset.image_size == 28
 
