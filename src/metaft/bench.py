@@ -117,6 +117,13 @@ def make_learner(suite: Suite, algorithm: str, vectorize: str = "auto", seed: in
 Step = Callable[[], Any]
 
 
+def _zero_grad(params: Sequence[Tensor]) -> None:
+    """What ``optimizer.zero_grad()`` does in training, over a list made once (``Module.zero_grad``
+    walks the module tree every call)."""
+    for p in params:
+        p.grad = None
+
+
 def _loss(task: str) -> Callable[[Tensor, Tensor], Tensor]:
     return F.mse_loss if task == "regression" else F.cross_entropy
 
@@ -126,8 +133,10 @@ def metaft_step(learner: MetaLearner, episode: Episode, vectorize: str | None = 
     if vectorize is not None:
         learner.vectorize = vectorize
 
+    all_params = list(learner.parameters())
+
     def step() -> tuple[Tensor, Tensor]:
-        learner.zero_grad(set_to_none=True)
+        _zero_grad(all_params)
         return learner.meta_backward(episode)
 
     return step
@@ -176,8 +185,10 @@ def higher_step(learner: MetaLearner, episode: Episode, algorithm: str, plain_mo
         opt = torch.optim.SGD(params, lr=learner.inner_lr)
     anil, reptile = learner.adapt_head_only, algorithm == "reptile"
 
+    all_params = list(learner.parameters())
+
     def step() -> tuple[Tensor, Tensor]:
-        learner.zero_grad(set_to_none=True)
+        _zero_grad(all_params)
         outs, total = [], torch.zeros(())
         for t in range(T):
             sx, sy, qx, qy = episode.support_x[t], episode.support_y[t], episode.query_x[t], episode.query_y[t]
@@ -231,8 +242,10 @@ def torchopt_step(learner: MetaLearner, episode: Episode, algorithm: str) -> Ste
         impl = torchopt.sgd(lr=learner.inner_lr)
     anil, reptile = learner.adapt_head_only, algorithm == "reptile"
 
+    all_params = list(learner.parameters())
+
     def step() -> tuple[Tensor, Tensor]:
-        learner.zero_grad(set_to_none=True)
+        _zero_grad(all_params)
         outs, total = [], torch.zeros(())
         for t in range(T):
             sx, sy, qx, qy = episode.support_x[t], episode.support_y[t], episode.query_x[t], episode.query_y[t]

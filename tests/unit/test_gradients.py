@@ -167,6 +167,8 @@ def test_reptile_update_is_the_formula(sinusoid_episode):
     for k, v in learner.net.named_parameters():
         mean_phi = torch.stack([p[k].detach() for p in phis]).mean(0)
         torch.testing.assert_close(v.detach(), theta[k] + eps * (mean_phi - theta[k]), rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="algorithm.inner_steps must be >= 1, got 0"):
+        Reptile(net=MLP(1, (6, 5), 1), task="regression", inner_lr=INNER_LR, inner_steps=0, optimizer=sgd())
 
 
 @pytest.mark.parametrize(
@@ -236,7 +238,8 @@ def test_zero_head_takes_each_episodes_ways(cls, vectorize):
 
 def test_batched_forward_equals_the_module_task_by_task():
     """The bmm forward of Linear/ReLU models equals ``functional_call`` of each task's own
-    parameters (float64); modules with other layers get None (and vmap)."""
+    parameters, or of the parameters shared by all tasks (float64); modules with other layers get
+    None (and vmap)."""
     from torch.func import functional_call
 
     from metaft.models import Conv4
@@ -251,7 +254,50 @@ def test_batched_forward_equals_the_module_task_by_task():
         for t in range(4):
             torch.testing.assert_close(out[t], functional_call(module, {k: v[t] for k, v in params.items()}, (x[t],)),
                                        rtol=1e-12, atol=1e-12)
+        shared = {k: v[0] for k, v in params.items()}
+        torch.testing.assert_close(batched_forward(module)(shared, x), functional_call(module, shared, (x,)), rtol=1e-12, atol=1e-12)
     assert batched_forward(Conv4()) is None
+
+
+@pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_batched_gradient_equals_autograd_to_second_order(loss, shared):
+    """The written-out backpropagation of Linear/ReLU models gives autograd's gradient of the
+    summed per-task mean loss, and its own gradient (a Hessian-vector product, what MAML's outer
+    pass takes) equals autograd's double backward (float64). ``shared``: the start point, one
+    parameter set for all tasks (no task dimension)."""
+    from metaft.models import Conv4
+    from metaft.models.nets import batched_forward, batched_gradient
+
+    torch.manual_seed(0)
+    tasks, n = 4, 6
+    for module in (MLP(3, (7, 5), 2).double(), torch.nn.Linear(4, 3).double(),
+                   torch.nn.Sequential(torch.nn.Linear(4, 5, bias=False), torch.nn.ReLU(), torch.nn.Linear(5, 3)).double()):
+        params = {k: (v.detach() if shared else v.detach() + 0.1 * torch.randn(tasks, *v.shape, dtype=v.dtype)).requires_grad_()
+                  for k, v in module.named_parameters()}
+        x = torch.randn(tasks, n, next(module.parameters()).shape[-1], dtype=torch.float64)
+        out = batched_forward(module)(params, x)
+        if loss == "mse":
+            y = torch.randn_like(out)
+            value = sum(F.mse_loss(out[t], y[t]) for t in range(tasks))
+        else:
+            y = torch.randint(0, out.shape[-1], (tasks, n))
+            value = sum(F.cross_entropy(out[t], y[t]) for t in range(tasks))
+        keys = list(params)
+        ref = torch.autograd.grad(value, [params[k] for k in keys], create_graph=True)
+        mine = batched_gradient(module, loss)(params, x, y)
+        assert set(mine) == set(keys)
+        for k, r in zip(keys, ref):
+            # Shared parameters: one gradient per task, whose sum is autograd's.
+            torch.testing.assert_close(mine[k].sum(0) if shared else mine[k], r, rtol=1e-10, atol=1e-12)
+        vs = {k: torch.randn_like(r) for k, r in zip(keys, ref)}
+        hvp_ref = torch.autograd.grad(sum((r * vs[k]).sum() for k, r in zip(keys, ref)), [params[k] for k in keys])
+        hvp = torch.autograd.grad(sum(((mine[k].sum(0) if shared else mine[k]) * vs[k]).sum() for k in keys),
+                                  [params[k] for k in keys])
+        assert any(h.abs().max() > 1e-6 for h in hvp_ref)
+        for a, b in zip(hvp, hvp_ref):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert batched_gradient(Conv4(), "mse") is None
 
 
 @pytest.mark.parametrize("vectorize", ["true", "false"])

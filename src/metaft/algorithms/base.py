@@ -16,9 +16,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_map
 
-from metaft.algorithms.inner_loop import Params, adapt
+from metaft.algorithms.inner_loop import Gradient, Params, adapt
 from metaft.data.episode import Episode
-from metaft.models.nets import MetaNet, batched_forward, per_example
+from metaft.models.nets import MetaNet, batched_forward, batched_gradient, per_example
 from metaft.utils.distributed import all_reduce_sum_
 from metaft.utils.metrics import EpisodeStats
 
@@ -133,6 +133,7 @@ class MetaLearner(L.LightningModule):
         self.zero_head = zero_head
         self._has_conv: bool | None = None
         self._body_params: list[tuple[str, Tensor]] | None = None
+        self._param_slots: list[tuple[str, nn.Module, str]] | None = None
         self.joint_forward = joint_forward
         if joint_forward and not self.body_fixed_per_task:
             raise ValueError(
@@ -172,7 +173,16 @@ class MetaLearner(L.LightningModule):
 
     def meta_params(self) -> dict[str, Any]:
         """Everything a task solution depends on, passed explicitly so vmap sees it."""
-        return {"net": dict(self.net.named_parameters()), "lr": self.step_sizes()}
+        return {"net": self.net_params(), "lr": self.step_sizes()}
+
+    def net_params(self) -> Params:
+        """``dict(net.named_parameters())``, read from where each parameter is stored: walking the
+        module tree every meta-step costs more than a small MLP's whole forward pass. The tree is
+        fixed once built; the parameters are read afresh, so replacing one is seen."""
+        if self._param_slots is None:
+            slots = [name.rpartition(".") for name in dict(self.net.named_parameters())]
+            self._param_slots = [(f"{m}.{p}" if m else p, self.net.get_submodule(m), p) for m, _, p in slots]
+        return {name: module._parameters[attr] for name, module, attr in self._param_slots}
 
     @property
     def body_fixed_per_task(self) -> bool:
@@ -184,6 +194,9 @@ class MetaLearner(L.LightningModule):
         body = {k[len("body."):]: v for k, v in net_params.items() if k.startswith("body.")}
         if self._body_params is None:
             self._body_params = list(self.net.body.named_parameters())
+        fast = batched_forward(self.net.body)
+        if fast is not None:  # Linear/ReLU bodies as plain functional products, no module calls
+            return fast(body, x)
         if len(body) == len(self._body_params) and all(body.get(k) is p for k, p in self._body_params):
             return self.net.body(x)  # the module's own weights: no functional_call swap (Python-heavy)
         return functional_call(self.net.body, body, (x,))
@@ -198,22 +211,27 @@ class MetaLearner(L.LightningModule):
     # ------------------------------------------------------------------- one task, all tasks
     def inner_problem(
         self, meta: dict[str, Any], sx: Tensor, qx: Tensor, batched: bool = False, ways: int | None = None
-    ) -> tuple[Callable, Params, Any, Tensor, Tensor]:
+    ) -> tuple[Callable, Params, Any, Tensor, Tensor, Gradient | None]:
         """What the inner loop adapts for one task: (forward, start params, step sizes, support
-        inputs, query inputs). With ``adapt_head_only`` the inputs become body features.
+        inputs, query inputs, the support loss's gradient written out or ``None`` for autograd).
+        With ``adapt_head_only`` the inputs become body features.
         ``ways``: with ``zero_head``, the zero head gets this many outputs (the episode's classes,
         which may differ from the network's head: training on more ways than the test).
-        ``batched``: the inputs hold all tasks (leading dimension); the start parameters get one
-        copy per task (an ``expand``, no memory) and ``forward`` maps all tasks at once (batched matrix
-        products for Linear/ReLU modules, else vmap)."""
+        ``batched``: the inputs hold all tasks (leading dimension) and ``forward`` maps all tasks at
+        once: for Linear/ReLU modules as matrix products, with their backpropagation written out
+        (the start parameters stay shared until the first step makes them per task); else by vmap,
+        the start parameters getting one copy per task (an ``expand``, no memory)."""
         net_params, lr = meta["net"], meta["lr"]
         if not self.adapt_head_only:
             module, start = self.net, net_params
         else:
             if batched and per_example(self.net.body):  # all tasks' examples in one plain pass
-                n_support = sx.shape[1]
-                f = self.features(net_params, torch.cat([sx, qx], 1).flatten(0, 1)).unflatten(0, (sx.shape[0], -1))
-                sx, qx = f[:, :n_support], f[:, n_support:]
+                # Support rows first, then query rows: each set's features come back contiguous
+                # (the head's flat product needs no copy) and the backward joins them with one cat.
+                n_support = sx.shape[0] * sx.shape[1]
+                f = self.features(net_params, torch.cat([sx.flatten(0, 1), qx.flatten(0, 1)]))
+                fs, fq = f.split([n_support, f.shape[0] - n_support])
+                sx, qx = fs.unflatten(0, sx.shape[:2]), fq.unflatten(0, qx.shape[:2])
             elif batched:  # one vmap for both sets; BatchNorm statistics stay per task (and per set)
                 sx, qx = vmap(partial(self.episode_features, net_params))(sx, qx)
             else:
@@ -231,12 +249,17 @@ class MetaLearner(L.LightningModule):
         def forward(p: Params, x: Tensor) -> Tensor:
             return functional_call(module, p, (x,))
 
+        gradient = None
         if batched:
-            start = {k: v.expand(sx.shape[0], *v.shape) for k, v in start.items()}
             # Linear/ReLU models (the sinusoid MLP, ANIL's head) as batched matrix products, others vmapped.
             fast = batched_forward(module) if sx.dim() == 3 else None
-            forward = fast or vmap(forward)
-        return forward, start, lr, sx, qx
+            if fast is not None:  # takes the start point as it is, shared by all tasks
+                forward = fast
+                gradient = batched_gradient(module, "mse" if self.task == "regression" else "cross_entropy")
+            else:
+                forward = vmap(forward)
+                start = {k: v.expand(sx.shape[0], *v.shape) for k, v in start.items()}
+        return forward, start, lr, sx, qx, gradient
 
     def zero_head_ways(self, sy: Tensor) -> int | None:
         """Outputs of a zero head for support labels ``sy`` (episode-local classes 0..ways-1):
@@ -266,8 +289,8 @@ class MetaLearner(L.LightningModule):
         """Adapt on one task's support set; return query outputs (``[steps+1, Q, out]`` when
         ``all_steps``, else ``[Q, out]`` after the last step). ``batched``: all tasks at once,
         with a leading task dimension on inputs and outputs."""
-        forward, start, lr, sx, qx = self.inner_problem(meta, sx, qx, batched, self.zero_head_ways(sy))
-        trajectory = adapt(forward, start, sx, sy, self.task_loss(batched), steps, lr, first_order)
+        forward, start, lr, sx, qx, gradient = self.inner_problem(meta, sx, qx, batched, self.zero_head_ways(sy))
+        trajectory = adapt(forward, start, sx, sy, self.task_loss(batched), steps, lr, first_order, gradient)
         if all_steps:
             return torch.stack([forward(p, qx) for p in trajectory], dim=int(batched))
         return forward(trajectory[-1], qx)

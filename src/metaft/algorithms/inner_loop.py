@@ -22,6 +22,7 @@ from torch.func import grad
 Params = dict[str, Tensor]
 Forward = Callable[[Params, Tensor], Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
+Gradient = Callable[[Params, Tensor, Tensor], Params]
 
 
 def adapt(
@@ -33,6 +34,7 @@ def adapt(
     steps: int,
     lr: float | Mapping[str, Tensor],
     first_order: bool = False,
+    gradient: Gradient | None = None,
 ) -> list[Params]:
     """Run ``steps`` gradient steps of ``loss_fn(forward(params, x), y)`` from ``params``.
 
@@ -46,6 +48,8 @@ def adapt(
             broadcast against the gradient and receive outer gradients).
         first_order: drop the second-order terms (FOMAML, Reptile). The gradient is detached,
             so the adapted parameters depend on the start point through the identity only.
+        gradient: ``gradient(params, x, y)``, the support loss's gradient written out (see
+            ``metaft.models.nets.batched_gradient``); default: autograd through ``loss_fn``.
 
     Returns:
         The trajectory ``[params_0, params_1, ..., params_steps]``; the last entry is the
@@ -57,7 +61,13 @@ def adapt(
 
     trajectory = [params]
     for _ in range(steps):
-        if first_order:
+        if gradient is not None:
+            if first_order:  # no outer graph at all
+                with torch.no_grad():
+                    grads = gradient(params, x, y)
+            else:
+                grads = gradient(params, x, y)
+        elif first_order:
             # The gradient is a constant of the outer problem: take it at detached copies, so the
             # support pass records no outer graph at all (less work and memory than detaching after).
             grads = _gradient(support_loss, {k: p.detach() for k, p in params.items()}, x.detach(), create_graph=False)

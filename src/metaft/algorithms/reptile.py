@@ -20,12 +20,15 @@ class Reptile(MetaLearner):
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.pop("first_order", None)
+        if kwargs.get("inner_steps", 1) < 1:  # zero steps: phi = theta, an update of nothing
+            raise ValueError(f"Reptile moves towards the adapted weights: algorithm.inner_steps must be >= 1, "
+                             f"got {kwargs['inner_steps']}")
         super().__init__(first_order=True, **kwargs)
 
     def meta_backward(self, episode: Episode) -> tuple[Tensor, Tensor]:
         def adapted(meta: dict[str, Any], sx: Tensor, sy: Tensor, qx: Tensor, batched: bool = False) -> tuple[dict, Tensor]:
-            forward, start, lr, sx, qx = self.inner_problem(meta, sx, qx, batched, self.zero_head_ways(sy))
-            phi = adapt(forward, start, sx, sy, self.task_loss(batched), self.inner_steps, lr, first_order=True)[-1]
+            forward, start, lr, sx, qx, grad = self.inner_problem(meta, sx, qx, batched, self.zero_head_ways(sy))
+            phi = adapt(forward, start, sx, sy, self.task_loss(batched), self.inner_steps, lr, True, grad)[-1]
             return phi, forward(phi, qx)
 
         # No outer graph: Reptile's update needs only the adapted weights.

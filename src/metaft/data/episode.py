@@ -21,24 +21,30 @@ class Episode:
 
     def __post_init__(self) -> None:
         n = self.support_x.shape[0]
-        for f in fields(self):
-            t = getattr(self, f.name)
+        for name in _FIELDS[1:]:  # not dataclasses.fields(): an episode is made every meta-step
+            t = getattr(self, name)
             if t.shape[0] != n:
-                raise ValueError(f"Episode.{f.name} has {t.shape[0]} tasks, support_x has {n}")
+                raise ValueError(f"Episode.{name} has {t.shape[0]} tasks, support_x has {n}")
 
     @property
     def num_tasks(self) -> int:
         return self.support_x.shape[0]
 
     def to(self, *args, **kwargs) -> "Episode":
-        return Episode(*(getattr(self, f.name).to(*args, **kwargs) for f in fields(self)))
+        moved = [getattr(self, name).to(*args, **kwargs) for name in _FIELDS]
+        if all(m is getattr(self, name) for m, name in zip(moved, _FIELDS)):
+            return self  # already there (a CPU run): no new episode
+        return Episode(*moved)
 
     def __getitem__(self, idx: int | slice) -> "Episode":
         """Select tasks; an int keeps the task dimension (size 1)."""
         if isinstance(idx, int):
             idx = slice(idx, idx + 1)
-        return Episode(*(getattr(self, f.name)[idx] for f in fields(self)))
+        return Episode(*(getattr(self, name)[idx] for name in _FIELDS))
 
     @staticmethod
     def cat(episodes: list["Episode"]) -> "Episode":
-        return Episode(*(torch.cat([getattr(e, f.name) for e in episodes]) for f in fields(Episode)))
+        return Episode(*(torch.cat([getattr(e, name) for e in episodes]) for name in _FIELDS))
+
+
+_FIELDS = tuple(f.name for f in fields(Episode))

@@ -34,15 +34,20 @@ class SinusoidDataModule(EpisodicDataModule):
                 raise ValueError(f"dataset.{name} must be > 0, got {v}")
         self.shots, self.queries, self.eval_queries = shots, queries, eval_queries
         self.amp_range, self.phase_range, self.x_range = tuple(amp_range), tuple(phase_range), tuple(x_range)
+        self._scale: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def sample_functions(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Amplitudes and phases of ``n`` tasks, shape ``[n, 1, 1]`` each."""
-        # In place on the uniforms (the same numbers as lo + span * u): sampling is a handful of
-        # tiny operations, and it must stay far cheaper than a meta-step.
+        # In place on the uniforms (the same numbers as lo + span * u), amplitude and phase in one
+        # operator each: sampling is a handful of tiny operations, and it must stay far cheaper
+        # than a meta-step.
         u = torch.rand(2, n, 1, 1, generator=generator)
-        amp = u[0].mul_(self.amp_range[1] - self.amp_range[0]).add_(self.amp_range[0])
-        phase = u[1].mul_(self.phase_range[1] - self.phase_range[0]).add_(self.phase_range[0])
-        return amp, phase
+        if self._scale is None or self._scale[0].dtype != u.dtype:  # both spans and starts, made once
+            ranges = torch.tensor([self.amp_range, self.phase_range], dtype=torch.float64)
+            span, start = ranges[:, 1] - ranges[:, 0], ranges[:, 0]
+            self._scale = (span.to(u.dtype).view(2, 1, 1, 1), start.to(u.dtype).view(2, 1, 1, 1))
+        u.mul_(self._scale[0]).add_(self._scale[1])
+        return u[0], u[1]
 
     def sample(self, split: str, n: int, generator: torch.Generator) -> Episode:
         q = self.queries if split == "train" else self.eval_queries

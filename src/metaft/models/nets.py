@@ -11,6 +11,7 @@ from functools import partial
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -75,30 +76,78 @@ def _linear_layers(module: nn.Module, prefix: str = "") -> list[tuple[str, bool]
     return None if any(c is None for c in children) else [layer for c in children for layer in c]  # type: ignore[union-attr]
 
 
-# module -> its batched forward (or None), built once: inner_problem asks every meta-step. The
-# forward holds parameter names only, so the cache never keeps a module alive.
-_BATCHED: "weakref.WeakKeyDictionary[nn.Module, Callable | None]" = weakref.WeakKeyDictionary()
+# module -> its layers as (weight name, bias name) per Linear and None per ReLU, or None when it
+# has other layers; built once (inner_problem asks every meta-step). Names only, so the cache
+# never keeps a module alive.
+_LAYERS: "weakref.WeakKeyDictionary[nn.Module, tuple | None]" = weakref.WeakKeyDictionary()
+Layers = tuple[tuple[str, str] | None, ...]
+
+
+def _layers(module: nn.Module) -> Layers | None:
+    if module not in _LAYERS:
+        layers = _linear_layers(module)
+        _LAYERS[module] = None if layers is None else tuple((f"{p}weight", f"{p}bias") if lin else None for p, lin in layers)
+    return _LAYERS[module]
 
 
 def batched_forward(module: nn.Module) -> Callable[[dict[str, Tensor], Tensor], Tensor] | None:
-    """``forward(params, x)`` of ``module`` for a whole meta-batch at once: every parameter with a
-    leading task dimension, ``x`` as ``[tasks, N, features]``. Built from batched matrix products
-    (``baddbmm``) for modules of Linear and ReLU layers only (MLPs, linear heads), where it does the
-    same arithmetic as ``vmap(functional_call)`` in about half the time on a CPU, whose per-operator
-    batching overhead dominates such small layers (``metaft.bench``). ``None`` for other modules."""
-    if module in _BATCHED:
-        return _BATCHED[module]
-    layers = _linear_layers(module)
-    forward = None if layers is None else partial(_batched_call, layers)
-    _BATCHED[module] = forward
-    return forward
+    """``forward(params, x)`` of ``module`` for a whole meta-batch at once: ``x`` as
+    ``[tasks, N, features]``, every parameter either with a leading task dimension or shared by
+    all tasks (then any leading dimensions). Built from (batched) matrix products for modules of
+    Linear and ReLU layers only (MLPs, linear heads), where it does the same arithmetic as
+    ``vmap(functional_call)`` in about half the time on a CPU, whose per-operator batching
+    overhead dominates such small layers (``metaft.bench``). ``None`` for other modules."""
+    layers = _layers(module)
+    return None if layers is None else partial(_batched_call, layers)
 
 
-def _batched_call(layers: list[tuple[str, bool]], params: dict[str, Tensor], x: Tensor) -> Tensor:
-    for name, linear in layers:
-        if not linear:
+def _batched_call(layers: Layers, params: dict[str, Tensor], x: Tensor, keep: list | None = None) -> Tensor:
+    """The batched forward; ``keep`` collects every layer's input (the backward pass needs them)."""
+    for layer in layers:
+        if keep is not None:
+            keep.append(x)
+        if layer is None:
             x = torch.relu(x)
             continue
-        weight, bias = params[f"{name}weight"].transpose(-1, -2), params.get(f"{name}bias")
-        x = torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(-2), x, weight)
+        weight, bias = params[layer[0]], params.get(layer[1])
+        if weight.dim() == 2:  # shared by all tasks (the start point): one flat product for all
+            x = F.linear(x, weight, bias)
+        else:
+            weight = weight.transpose(-1, -2)
+            x = torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(-2), x, weight)
     return x
+
+
+def batched_gradient(module: nn.Module, loss: str) -> Callable[[dict[str, Tensor], Tensor, Tensor], dict[str, Tensor]] | None:
+    """``gradient(params, x, y)``: the gradient of the summed per-task mean ``loss`` (``mse`` or
+    ``cross_entropy``) of ``batched_forward(module)`` with respect to every parameter, written out
+    as backpropagation through the Linear and ReLU layers (``None`` for other modules). The same
+    numbers as ``torch.autograd.grad`` with ``create_graph=True``, and differentiable the same way,
+    but built from plain forward operators: on a CPU the inner loop of a small MLP or linear head
+    otherwise spends much of its time in the autograd engine's double-backward bookkeeping
+    (``metaft.bench``), and it also works under inference mode and ``torch.func`` transforms."""
+    layers = _layers(module)
+    return None if layers is None else partial(_batched_gradient, layers, loss)
+
+
+def _batched_gradient(layers: Layers, loss: str, params: dict[str, Tensor], x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    inputs: list[Tensor] = []
+    out = _batched_call(layers, params, x, keep=inputs)
+    if loss == "mse":  # d/d out of sum_tasks mean((out - y)^2)
+        delta = (out - y) * (2.0 / out[0].numel())
+    else:  # d/d logits of sum_tasks mean_examples cross_entropy: (softmax - one-hot) / examples
+        delta = (torch.softmax(out, -1) - F.one_hot(y, out.shape[-1]).to(out.dtype)) / out.shape[1]
+    grads: dict[str, Tensor] = {}
+    for i in range(len(layers) - 1, -1, -1):
+        layer = layers[i]
+        if layer is None:  # ReLU: pass where its output is positive (the layer after's input, or out)
+            delta = torch.ops.aten.threshold_backward(delta, inputs[i + 1] if i + 1 < len(layers) else out, 0)
+            continue
+        # As autograd lays it out (W^T's gradient, transposed): the products of the outer backward
+        # then get layouts that CPU bmm handles fast (up to 2x faster than bmm(delta^T, input)).
+        grads[layer[0]] = torch.bmm(inputs[i].transpose(-1, -2), delta).transpose(-1, -2)
+        if layer[1] in params:
+            grads[layer[1]] = delta.sum(-2)
+        if i > 0:  # the input's gradient, for the layers below
+            delta = torch.matmul(delta, params[layer[0]])
+    return grads
