@@ -192,11 +192,11 @@ class MetaLearner(L.LightningModule):
 
     def features(self, net_params: Params, x: Tensor) -> Tensor:
         body = {k[len("body."):]: v for k, v in net_params.items() if k.startswith("body.")}
-        if self._body_params is None:
-            self._body_params = list(self.net.body.named_parameters())
         fast = batched_forward(self.net.body)
         if fast is not None:  # Linear/ReLU bodies as plain functional products, no module calls
             return fast(body, x)
+        if self._body_params is None:
+            self._body_params = list(self.net.body.named_parameters())
         if len(body) == len(self._body_params) and all(body.get(k) is p for k, p in self._body_params):
             return self.net.body(x)  # the module's own weights: no functional_call swap (Python-heavy)
         return functional_call(self.net.body, body, (x,))

@@ -61,32 +61,34 @@ def per_example(module: nn.Module) -> bool:
     return _PER_EXAMPLE_CACHE[module]
 
 
-def _linear_layers(module: nn.Module, prefix: str = "") -> list[tuple[str, bool]] | None:
-    """``(parameter prefix, is_linear)`` of ``module``'s layers in execution order when it is built
-    only of ``nn.Linear`` and ``nn.ReLU`` (through ``nn.Sequential`` and ``MetaNet``'s
-    body-then-head), else ``None``."""
-    if isinstance(module, (nn.Linear, nn.ReLU)):
-        return [(prefix, isinstance(module, nn.Linear))]
+# A Linear layer as its parameters' names (weight, bias); a ReLU as None.
+Layers = tuple[tuple[str, str] | None, ...]
+
+
+def _linear_layers(module: nn.Module, prefix: str = "") -> Layers | None:
+    """``module``'s layers in execution order when it is built only of ``nn.Linear`` and
+    ``nn.ReLU`` (through ``nn.Sequential`` and ``MetaNet``'s body-then-head), else ``None``."""
+    if isinstance(module, nn.Linear):
+        return ((f"{prefix}weight", f"{prefix}bias"),)
+    if isinstance(module, nn.ReLU):
+        return (None,)
     if isinstance(module, nn.Sequential):
         children = [_linear_layers(m, f"{prefix}{n}.") for n, m in module.named_children()]
     elif isinstance(module, MetaNet) and type(module).forward is MetaNet.forward:
         children = [_linear_layers(module.body, f"{prefix}body."), _linear_layers(module.head, f"{prefix}head.")]
     else:
         return None
-    return None if any(c is None for c in children) else [layer for c in children for layer in c]  # type: ignore[union-attr]
+    return None if any(c is None for c in children) else tuple(layer for c in children for layer in c)  # type: ignore[union-attr]
 
 
-# module -> its layers as (weight name, bias name) per Linear and None per ReLU, or None when it
-# has other layers; built once (inner_problem asks every meta-step). Names only, so the cache
-# never keeps a module alive.
-_LAYERS: "weakref.WeakKeyDictionary[nn.Module, tuple | None]" = weakref.WeakKeyDictionary()
-Layers = tuple[tuple[str, str] | None, ...]
+# module -> its layers (or None), built once: inner_problem asks every meta-step. Names only, so
+# the cache never keeps a module alive.
+_LAYERS: "weakref.WeakKeyDictionary[nn.Module, Layers | None]" = weakref.WeakKeyDictionary()
 
 
 def _layers(module: nn.Module) -> Layers | None:
     if module not in _LAYERS:
-        layers = _linear_layers(module)
-        _LAYERS[module] = None if layers is None else tuple((f"{p}weight", f"{p}bias") if lin else None for p, lin in layers)
+        _LAYERS[module] = _linear_layers(module)
     return _LAYERS[module]
 
 
