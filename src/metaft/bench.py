@@ -35,6 +35,7 @@ from torch.func import functional_call
 from metaft.algorithms import ANIL, MAML, MetaLearner, MetaSGD, Reptile
 from metaft.data import Episode, SinusoidDataModule
 from metaft.models import MLP, Conv4
+from metaft.models.nets import batched_forward
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile")
 CONTENDERS = ("metaft", "metaft-alt", "higher", "torchopt", "higher-same")
@@ -96,12 +97,15 @@ ALGOS = {
 }
 
 
-def make_learner(suite: Suite, algorithm: str, vectorize: str = "auto", seed: int = 0) -> MetaLearner:
+def make_learner(
+    suite: Suite, algorithm: str, vectorize: str = "auto", seed: int = 0, task_chunk: int | None = None
+) -> MetaLearner:
     spec = ALGOS[algorithm]
     torch.manual_seed(seed)
     kw: dict[str, Any] = {} if spec.cls is not MAML else {"first_order": spec.first_order}
     return spec.cls(
-        net=suite.make_net(), task=suite.task, inner_lr=suite.inner_lr, inner_steps=spec.steps, vectorize=vectorize, **kw
+        net=suite.make_net(), task=suite.task, inner_lr=suite.inner_lr, inner_steps=spec.steps, vectorize=vectorize,
+        task_chunk=task_chunk, **kw
     )
 
 
@@ -296,20 +300,21 @@ def meta_gradient(learner: MetaLearner, step: Step) -> dict[str, Tensor]:
 
 # ------------------------------------------------------------------------------ the gate
 def check_gradients(
-    suite: Suite, algorithm: str, contenders: Sequence[str], device: torch.device, tasks: int = 2, seed: int = 0
+    suite: Suite, algorithm: str, contenders: Sequence[str], device: torch.device, tasks: int = 2, seed: int = 0,
+    task_chunk: int | None = None,
 ) -> float:
     """Raise unless every contender's meta-gradient equals metaft's (float64, ``tasks`` tasks of
     the suite's shape). Returns the largest difference seen, relative to the largest entry."""
     episode = suite.make_episode(tasks, torch.Generator().manual_seed(seed + 1))
     episode = Episode(*(t.to(device, torch.float64) if t.is_floating_point() else t.to(device) for t in episode.__dict__.values()))
-    ref_learner = make_learner(suite, algorithm, seed=seed).double().to(device)
+    ref_learner = make_learner(suite, algorithm, seed=seed, task_chunk=task_chunk).double().to(device)
     ref = meta_gradient(ref_learner, metaft_step(ref_learner, episode))
     # Relative to the largest gradient entry: some true gradients are zero up to rounding (a
     # convolution bias before BatchNorm), where an entry-wise relative error means nothing.
     scale = max(g.abs().max().item() for g in ref.values()) or 1.0
     worst = 0.0
     for c in contenders:
-        learner = make_learner(suite, algorithm, seed=seed).double().to(device)
+        learner = make_learner(suite, algorithm, seed=seed, task_chunk=task_chunk).double().to(device)
         got = meta_gradient(learner, build_step(c, learner, episode, algorithm))
         if got.keys() != ref.keys():
             raise AssertionError(f"{algorithm}/{c}: gradients for {sorted(got)} but metaft has {sorted(ref)}")
@@ -505,20 +510,32 @@ class Row:
     threads: int
 
 
+def _path(learner: MetaLearner) -> str:
+    """How metaft runs the tasks: ``loop``, ``vmap`` or ``batched`` (Linear/ReLU models as batched
+    matrix products with the gradient written out), with ``/k`` for chunks of k tasks."""
+    if not learner.use_vmap():
+        return "loop"
+    path = "batched" if batched_forward(learner.adapted_module()) is not None else "vmap"
+    return path if learner.task_chunk is None else f"{path}/{learner.task_chunk}"
+
+
 def run_suite(
     suite: Suite, algorithms: Sequence[str], contenders: Sequence[str], device: torch.device, rounds: int, round_s: float,
-    gate_tasks: int, seed: int = 0,
+    gate_tasks: int, seed: int = 0, task_chunk: int | None = None,
 ) -> tuple[list[Row], dict[str, Any]]:
+    """Gate, memory and alternating timing of every contender for every algorithm. ``task_chunk``:
+    metaft's ``algorithm.task_chunk`` (the other contenders' steps never read it)."""
     rows: list[Row] = []
     info: dict[str, Any] = {}
     episode = suite.make_episode(suite.meta_batch, torch.Generator().manual_seed(seed)).to(device)
     for algorithm in algorithms:
         t0 = time.perf_counter()
-        worst = check_gradients(suite, algorithm, [c for c in contenders if c != "metaft"], device, gate_tasks, seed)
+        worst = check_gradients(suite, algorithm, [c for c in contenders if c != "metaft"], device, gate_tasks, seed,
+                                task_chunk)
         info[f"gate_{algorithm}"] = worst
-        learners = {c: make_learner(suite, algorithm, seed=seed).to(device) for c in contenders}
+        learners = {c: make_learner(suite, algorithm, seed=seed, task_chunk=task_chunk).to(device) for c in contenders}
         steps = {c: build_step(c, learners[c], episode, algorithm) for c in contenders}
-        paths = {c: "vmap" if learners[c].use_vmap() else "loop" for c in contenders if c.startswith("metaft")}
+        paths = {c: _path(learners[c]) for c in contenders if c.startswith("metaft")}
         for s in steps.values():  # warm-up: lazy initialisation, oneDNN primitive caches
             s()
         mem = {c: peak_memory_mb(steps[c], device) for c in contenders}
@@ -548,12 +565,12 @@ def _fmt(v: float | None, spec: str) -> str:
 
 def print_table(rows: Sequence[Row]) -> None:
     conv = any(r.gflops for r in rows)
-    print(f"{'algorithm':<9} {'contender':<11} {'path':<5} {'tasks/s':>8} {'ms/step':>9} {'noise':>6} {'cpu ms':>9} "
+    print(f"{'algorithm':<9} {'contender':<11} {'path':<10} {'tasks/s':>8} {'ms/step':>9} {'noise':>6} {'cpu ms':>9} "
           f"{'peak MB':>8} {'x higher':>8} {'x torchopt':>10} {'cpu x higher':>12}" + (f" {'GFLOP/s':>8} {'cpu GFLOP/s':>11}" if conv else ""))
     for r in rows:
         print(
-            f"{r.algorithm:<9} {r.contender:<11} {r.path:<5} {r.tasks_per_s:>8.1f} {r.step_ms:>9.2f} "
-            f"{_fmt(r.noise_pct, '.0f') + '%':>6} {r.cpu_ms:>9.2f} {r.peak_mem_mb:>8.2f} {_fmt(r.vs_higher, '.2f'):>8} "
+            f"{r.algorithm:<9} {r.contender:<11} {r.path:<10} {r.tasks_per_s:>8.1f} {r.step_ms:>9.2f} "
+            f"{_fmt(r.noise_pct, '.0f') + '%':>6} {r.cpu_ms:>9.2f} {r.peak_mem_mb:>8.3f} {_fmt(r.vs_higher, '.2f'):>8} "
             f"{_fmt(r.vs_torchopt, '.2f'):>10} {_fmt(r.cpu_vs_higher, '.2f'):>12}"
             + (f" {_fmt(r.gflops, '.1f'):>8} {_fmt(r.cpu_gflops, '.1f'):>11}" if conv else "")
         )
@@ -577,7 +594,7 @@ def print_verdicts(rows: Sequence[Row], suite: str, pipeline: float | None) -> b
         if algorithm in SECOND_ORDER:
             mem = m.peak_mem_mb <= h.peak_mem_mb
             ok &= mem
-            line += f";  peak memory {m.peak_mem_mb:.2f} MB vs higher {h.peak_mem_mb:.2f} MB (target <=): {'PASS' if mem else 'FAIL'}"
+            line += f";  peak memory {m.peak_mem_mb:.3f} MB vs higher {h.peak_mem_mb:.3f} MB (target <=): {'PASS' if mem else 'FAIL'}"
         print(line)
     if pipeline is not None:
         print(f"  data pipeline: {pipeline:.0f}x faster than the fastest metaft meta-step (target >= {PIPELINE_TARGET:.0f}x): "
@@ -610,6 +627,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--meta-batch", type=int, default=None, help="override the suite's meta-batch (smoke tests)")
     p.add_argument("--data-root", type=Path, default=None, help="Omniglot data (default: ../shared/data/omniglot)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--task-chunk", type=int, default=None,
+                   help="metaft's algorithm.task_chunk: tasks per backward on its vectorized path (less memory)")
     p.add_argument("--json", type=Path, default=None, help="write the rows here as a JSON list")
     return p.parse_args(argv)
 
@@ -632,6 +651,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("--device cuda: CUDA is not available in this PyTorch build or machine")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.task_chunk is not None and args.task_chunk < 1:
+        raise SystemExit("--task-chunk: a number of tasks >= 1")
     busy = hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1)
     if device.type == "cpu" and busy and torch.get_num_threads() > 1:
         print(f"note: the machine is busy ({load_summary()}, {os.cpu_count()} CPUs); with several threads per process "
@@ -646,7 +667,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit, cpu_limit = matmul_gflops(device)
     print(f"machine: float32 matmul (2048x2048, median of 5) {limit:.1f} GFLOP/s of wall clock, {cpu_limit:.1f} "
           "GFLOP per CPU-second - the practical limit", flush=True)
-    rows, info = run_suite(suite, algorithms, contenders, device, rounds, args.round_seconds, args.gate_tasks)
+    rows, info = run_suite(suite, algorithms, contenders, device, rounds, args.round_seconds, args.gate_tasks,
+                           task_chunk=args.task_chunk)
 
     dm, why = _datamodule(suite, args.data_root)
     pipeline = None

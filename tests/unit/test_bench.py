@@ -88,8 +88,8 @@ def test_tiny_json_run_writes_well_formed_rows(tmp_path, capsys):
         assert r["suite"] == "sinusoid"
         assert r["tasks_per_s"] > 0 and r["peak_mem_mb"] >= 0 and r["cpu_ms"] >= 0
         assert r["vs_higher"] > 0 and r["vs_torchopt"] > 0
-        assert r["path"] in ("vmap", "loop")
-    assert {r["path"] for r in rows if r["contender"] == "metaft"} == {"vmap"}  # auto: MLP vectorizes
+        assert r["path"] in ("batched", "loop")
+    assert {r["path"] for r in rows if r["contender"] == "metaft"} == {"batched"}  # auto: MLP vectorizes
     printed = capsys.readouterr().out
     assert "x higher" in printed and "data pipeline" in printed
 

@@ -186,6 +186,30 @@ def test_vmap_and_loop_agree(sinusoid_episode, cls, kw):
     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("cls,kw", [(MAML, {}), (MAML, {"first_order": True}), (MetaSGD, {}), (ANIL, {})])
+def test_task_chunks_form_the_whole_meta_batchs_gradient(sinusoid_episode, cls, kw):
+    """``task_chunk``: chunks of tasks with one backward each (the last one shorter: 4 tasks in
+    chunks of 3) give the hand-written loop's meta-gradient and the whole batch's loss and outputs."""
+    params = {k: v.detach().requires_grad_() for k, v in make(cls, **kw).net.named_parameters()}
+    lrs = None
+    if cls is MetaSGD:  # alphas start at INNER_LR: the reference's scalar step
+        lrs = {k: torch.full_like(v, INNER_LR) for k, v in params.items()}
+    keys = [k for k in params if k.startswith("head.")] if cls is ANIL else None
+    reference_meta_loss(params, sinusoid_episode, lrs, keys, first_order=kw.get("first_order", False)).backward()
+    whole = make(cls, vectorize="true", **kw)
+    whole_loss, whole_out = whole.meta_backward(sinusoid_episode)
+    for chunk in (1, 3):
+        learner = make(cls, vectorize="true", task_chunk=chunk, **kw)
+        learner.zero_grad(set_to_none=True)
+        loss, out = learner.meta_backward(sinusoid_episode)
+        torch.testing.assert_close(loss, whole_loss, rtol=1e-12, atol=0)
+        torch.testing.assert_close(out, whole_out, rtol=1e-12, atol=0)
+        for k, p in learner.net.named_parameters():
+            torch.testing.assert_close(p.grad, params[k].grad, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="algorithm.task_chunk must be a number of tasks >= 1"):
+        make(cls, task_chunk=0, **kw)
+
+
 @pytest.mark.parametrize("cls", [MAML, ANIL, MetaSGD])
 @pytest.mark.parametrize("vectorize", ["true", "false"])
 def test_zero_head_is_the_learner_with_its_head_set_to_zero(sinusoid_episode, cls, vectorize):

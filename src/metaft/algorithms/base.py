@@ -79,6 +79,11 @@ class MetaLearner(L.LightningModule):
         vectorize: ``true`` vmaps over the tasks of a meta-batch, ``false`` loops over them,
             ``auto`` vmaps on accelerators and for convolution-free models (on a CPU, vmap over
             convolutions is slower than a loop).
+        task_chunk: on the vectorized path, solve the meta-batch this many tasks at a time, each
+            chunk's graph freed by its backward before the next is built (the same meta-gradient).
+            Peak memory then scales with the chunk instead of the meta-batch, at the cost of
+            per-chunk overhead; ``None``: all tasks at once. (The loop path already frees each
+            task's graph; Reptile keeps no outer graph.)
         optimizer: outer optimizer factory (``params -> Optimizer``).
         scheduler: optional LR scheduler factory (stepped every meta-step).
         grad_clip: clip the meta-gradient's global norm (``0`` disables).
@@ -99,6 +104,7 @@ class MetaLearner(L.LightningModule):
         zero_head: bool = False,
         joint_forward: bool = False,
         vectorize: Literal["auto", True, False] | str | bool = "auto",
+        task_chunk: int | None = None,
         optimizer: OptimizerFactory | None = None,
         scheduler: Callable[..., Any] | None = None,
         grad_clip: float = 0.0,
@@ -118,6 +124,8 @@ class MetaLearner(L.LightningModule):
                                  "(set algorithm.eval_inner_lr=null)")
         if str(vectorize).lower() not in ("auto", "true", "false"):
             raise ValueError(f"algorithm.vectorize must be auto, true or false, got {vectorize!r}")
+        if task_chunk is not None and (isinstance(task_chunk, bool) or not isinstance(task_chunk, int) or task_chunk < 1):
+            raise ValueError(f"algorithm.task_chunk must be a number of tasks >= 1 or null (all at once), got {task_chunk!r}")
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"algorithm.nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
@@ -141,6 +149,7 @@ class MetaLearner(L.LightningModule):
                 f"{type(self).__name__} adapts the whole network; use it with anil, protonet, metaoptnet or pretrain"
             )
         self.vectorize = str(vectorize).lower()
+        self.task_chunk = task_chunk
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.grad_clip = grad_clip
@@ -344,10 +353,22 @@ class MetaLearner(L.LightningModule):
         """Form the meta-gradient in ``.grad``; return (meta-loss, query outputs)."""
         if not self.use_vmap():
             return self.meta_backward_per_task(episode)
-        out = self.query_outputs(episode, self.inner_steps, self.first_order)
-        loss = self.loss_fn(out, episode.query_y)
-        self.backward_(loss)
-        return loss, out
+        n = episode.num_tasks
+        if self.task_chunk is None or self.task_chunk >= n:
+            out = self.query_outputs(episode, self.inner_steps, self.first_order)
+            loss = self.loss_fn(out, episode.query_y)
+            self.backward_(loss)
+            return loss, out
+        outs, total = [], torch.zeros((), device=episode.query_x.device)
+        for i in range(0, n, self.task_chunk):
+            part = episode[i : i + self.task_chunk]
+            out = self.query_outputs(part, self.inner_steps, self.first_order)
+            # Every task has as many queries: the chunk's mean loss, weighted by its share of the tasks.
+            loss = self.loss_fn(out, part.query_y) * (part.num_tasks / n)
+            self.backward_(loss)
+            outs.append(out.detach())
+            total = total + loss.detach()
+        return total, torch.cat(outs)
 
     def meta_backward_per_task(self, episode: Episode) -> tuple[Tensor, Tensor]:
         """The looped meta-step with one backward per task: each task's graph is freed before the
