@@ -225,6 +225,42 @@ def test_episodes_are_deterministic_by_seed(vinyals, cache_dir):
     assert not torch.equal(v1[0].query_x, other[0].query_x)
 
 
+def test_affine_distort_against_pixel_references():
+    """``affine_distort`` moves pixels as the map says: identity, a one-pixel shift, a quarter turn."""
+    x = torch.rand(3, 1, 1, 8, 8)
+    eye = torch.tensor([[1.0, 0, 0], [0, 1, 0]]).repeat(3, 1, 1)
+    torch.testing.assert_close(om.affine_distort(x, eye), x, rtol=0, atol=1e-6)
+    shift = eye.clone()
+    shift[:, 0, 2] = 2 / 8  # sample one pixel to the right: the image moves left, zeros come in
+    expected = torch.cat([x[..., 1:], torch.zeros_like(x[..., :1])], -1)
+    torch.testing.assert_close(om.affine_distort(x, shift), expected, rtol=0, atol=1e-6)
+    turn = torch.tensor([[0.0, -1, 0], [1, 0, 0]]).repeat(3, 1, 1)
+    torch.testing.assert_close(om.affine_distort(x, turn), torch.rot90(x, 1, dims=(-2, -1)), rtol=0, atol=1e-6)
+    theta = om.random_affine(1000, torch.Generator().manual_seed(0))
+    linear = theta[:, :, :2]
+    assert 0.55 < float(torch.linalg.det(linear).min()) and float(torch.linalg.det(linear).max()) < 1.6
+    assert float(theta[:, :, 2].abs().max()) <= 2 * om.AUGMENT_RANGES["shift"] + 1e-6
+
+
+def test_augment_distorts_meta_training_images_only(vinyals, cache_dir):
+    """``augment=true``: the same classes and labels, distorted training images (seeded), untouched
+    validation episodes; the pre-training batches likewise."""
+    aug = OmniglotDataModule(str(OMNI), ways=5, shots=1, queries=15, eval_queries=4, cache_dir=str(cache_dir),
+                             augment=True)
+    gen = lambda: split_generator(0, "train", 3)
+    plain, a, b = vinyals.sample("train", 2, gen()), aug.sample("train", 2, gen()), aug.sample("train", 2, gen())
+    assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_x, b.query_x)  # seeded
+    assert torch.equal(a.support_y, plain.support_y) and torch.equal(a.query_y, plain.query_y)
+    assert not torch.equal(a.query_x, plain.query_x) and a.query_x.shape == plain.query_x.shape
+    ratio = a.query_x.sum((-1, -2, -3)) / plain.query_x.sum((-1, -2, -3))  # ink kept, up to the scaling
+    assert 0.4 < float(ratio.min()) and float(ratio.max()) < 1.8
+    assert all(torch.equal(e.query_x, f.query_x) for e, f in zip(aug.fixed_episodes("val"), vinyals.fixed_episodes("val")))
+    xa, ya = aug.labelled_batch("train", 8, gen())
+    xp, yp = vinyals.labelled_batch("train", 8, gen())
+    assert torch.equal(ya, yp) and not torch.equal(xa, xp)
+    assert torch.equal(aug.labelled_batch("val", 8, gen())[0], vinyals.labelled_batch("val", 8, gen())[0])
+
+
 def test_labelled_batch(vinyals):
     x, y = vinyals.labelled_batch("val", 50, split_generator(0, "train", 1))
     assert x.shape == (50, 1, 28, 28) and y.shape == (50,) and y.dtype == torch.int64

@@ -80,6 +80,35 @@ def area_weights(n_in: int, n_out: int) -> Tensor:
     return (overlap / overlap.sum(1, keepdim=True)).float()
 
 
+# Koch et al. 2015's distortions of Omniglot training images: rotation up to 10 degrees, shear up
+# to 0.3, scale 0.8-1.2 per axis, translation up to 2 of 105 pixels (as a fraction of the side).
+AUGMENT_RANGES = {"rotation_deg": 10.0, "shear": 0.3, "scale": 0.2, "shift": 2 / 105}
+
+
+def random_affine(n: int, generator: torch.Generator) -> Tensor:
+    """``n`` random affine maps ``[n, 2, 3]`` in ``affine_grid``'s normalized coordinates, each
+    parameter uniform in ``AUGMENT_RANGES`` (symmetric ranges: the map or its inverse, alike)."""
+    r = AUGMENT_RANGES
+    u = torch.rand(n, 7, generator=generator) * 2 - 1
+    angle = u[:, 0] * (r["rotation_deg"] * torch.pi / 180)
+    cos, sin = angle.cos(), angle.sin()
+    rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    shear = torch.eye(2).repeat(n, 1, 1)
+    shear[:, 0, 1], shear[:, 1, 0] = u[:, 1] * r["shear"], u[:, 2] * r["shear"]
+    scale = torch.diag_embed(1 + u[:, 3:5] * r["scale"])
+    shift = u[:, 5:7] * (2 * r["shift"])  # normalized coordinates span 2 per side
+    return torch.cat([rotation @ shear @ scale, shift.unsqueeze(-1)], -1)
+
+
+def affine_distort(x: Tensor, theta: Tensor) -> Tensor:
+    """Images ``[..., 1, H, W]`` resampled (bilinear) through ``theta`` ``[N, 2, 3]``, one map per
+    image (N = their number); outside the image is background (0, as ink is 1)."""
+    flat = x.reshape(-1, *x.shape[-3:])
+    grid = torch.nn.functional.affine_grid(theta.to(flat.dtype), list(flat.shape), align_corners=False)
+    out = torch.nn.functional.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out.view(x.shape)
+
+
 def area_resize(ink: Tensor, image_size: int) -> Tensor:
     """uint8 ``[..., n, n]`` -> uint8 ``[..., image_size, image_size]`` by exact area averaging.
     Callers pass many images at once: one small matmul per image costs more in dispatch (and in
@@ -259,6 +288,9 @@ class OmniglotDataModule(EpisodicDataModule):
         image_size: side of the square images (area-averaged from 105).
         cache_dir: where the decoded tensors are kept (``None``: ``default_cache_dir()``).
         download: fetch missing zips (official URLs) into ``data_dir``.
+        augment: distort every meta-training image by a random affine map (``AUGMENT_RANGES``);
+            validation and test images stay as they are. Drawn after the classes and drawers,
+            so the episodes' classes and drawers are those of ``augment=false``.
         common: ``EpisodicDataModule``'s arguments (meta_batch_size, val_episodes, ...).
     """
 
@@ -279,6 +311,7 @@ class OmniglotDataModule(EpisodicDataModule):
         image_size: int = 28,
         cache_dir: str | None = None,
         download: bool = False,
+        augment: bool = False,
         **common: int,
     ) -> None:
         super().__init__(**common)
@@ -301,6 +334,7 @@ class OmniglotDataModule(EpisodicDataModule):
         self.ways, self.shots, self.queries, self.eval_queries = ways, shots, queries, eval_queries
         self.train_ways, self.within_alphabet = train_ways, within_alphabet
         self.split, self.image_size = split, image_size
+        self.augment = bool(augment)
         self.data_dir = Path(data_dir).expanduser()
         cache = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
 
@@ -440,6 +474,8 @@ class OmniglotDataModule(EpisodicDataModule):
     def sample(self, split: str, n: int, generator: torch.Generator) -> Episode:
         picks, drawers = self.draw(split, n, generator)
         x = self.gather(self._classes(split)[picks], drawers)  # [n, ways, shots+q, 1, H, W]
+        if self.augment and split == "train":  # after the draw: the same classes and drawers as without
+            x = affine_distort(x, random_affine(x.shape[:-3].numel(), generator))
         s, ways = self.shots, x.shape[1]
         q = x.shape[2] - s
         labels = torch.arange(ways)
@@ -456,4 +492,7 @@ class OmniglotDataModule(EpisodicDataModule):
         table = self._classes(split)
         y = torch.randint(len(table), (n,), generator=generator)
         drawer = torch.randint(DRAWERS, (n, 1), generator=generator)
-        return self.gather(table[y], drawer)[:, 0], y
+        x = self.gather(table[y], drawer)[:, 0]
+        if self.augment and split == "train":
+            x = affine_distort(x, random_affine(n, generator))
+        return x, y
