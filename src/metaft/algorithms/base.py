@@ -351,40 +351,38 @@ class MetaLearner(L.LightningModule):
     # ------------------------------------------------------------------------- outer loop
     def meta_backward(self, episode: Episode) -> tuple[Tensor, Tensor]:
         """Form the meta-gradient in ``.grad``; return (meta-loss, query outputs)."""
-        if not self.use_vmap():
-            return self.meta_backward_per_task(episode)
+        if self.use_vmap():  # all tasks at once, or ``task_chunk`` at a time
+            size = self.task_chunk or episode.num_tasks
+            solve = partial(self.query_outputs, steps=self.inner_steps, first_order=self.first_order)
+        else:  # one task at a time
+            size, meta = 1, self.meta_params()
+
+            def solve(part: Episode) -> Tensor:
+                sx, sy, qx = part.support_x[0], part.support_y[0], part.query_x[0]
+                return self.solve_task(meta, sx, sy, qx, self.inner_steps, self.first_order, all_steps=False)[None]
+        return self.backward_in_parts(episode, size, solve)
+
+    def backward_in_parts(self, episode: Episode, size: int, solve: Callable[[Episode], Tensor]) -> tuple[Tensor, Tensor]:
+        """The meta-step as one backward per ``size`` tasks (``solve``: a part's query outputs).
+        Each part's graph is freed before the next is built, so peak memory is a part's instead of
+        the meta-batch's (and a looped task's backward finds its activations still in cache). Every
+        task has as many queries, so the parts' mean losses, weighted by their share of the tasks,
+        sum to the meta-loss."""
         n = episode.num_tasks
-        if self.task_chunk is None or self.task_chunk >= n:
-            out = self.query_outputs(episode, self.inner_steps, self.first_order)
+        if size >= n:
+            out = solve(episode)
             loss = self.loss_fn(out, episode.query_y)
             self.backward_(loss)
             return loss, out
         outs, total = [], torch.zeros((), device=episode.query_x.device)
-        for i in range(0, n, self.task_chunk):
-            part = episode[i : i + self.task_chunk]
-            out = self.query_outputs(part, self.inner_steps, self.first_order)
-            # Every task has as many queries: the chunk's mean loss, weighted by its share of the tasks.
-            loss = self.loss_fn(out, part.query_y) * (part.num_tasks / n)
+        for i in range(0, n, size):
+            part = episode[i : i + size]
+            out = solve(part)
+            loss = self.loss_fn(out, part.query_y) / (n / part.num_tasks)
             self.backward_(loss)
             outs.append(out.detach())
             total = total + loss.detach()
         return total, torch.cat(outs)
-
-    def meta_backward_per_task(self, episode: Episode) -> tuple[Tensor, Tensor]:
-        """The looped meta-step with one backward per task: each task's graph is freed before the
-        next is built, so peak memory is one task's instead of the meta-batch's, and the backward
-        finds that task's activations still in cache. Every task has as many queries, so the mean
-        of per-task mean losses is the meta-loss."""
-        meta, n = self.meta_params(), episode.num_tasks
-        outs, total = [], torch.zeros((), device=episode.query_x.device)
-        for i in range(n):
-            sx, sy, qx, qy = episode.support_x[i], episode.support_y[i], episode.query_x[i], episode.query_y[i]
-            out = self.solve_task(meta, sx, sy, qx, self.inner_steps, self.first_order, all_steps=False)
-            loss = self.loss_fn(out, qy) / n
-            self.backward_(loss)
-            outs.append(out.detach())
-            total = total + loss.detach()
-        return total, torch.stack(outs)
 
     def backward_(self, loss: Tensor) -> None:
         # Outside a Trainer (benchmarks, tests) the plain backward is the same computation.
