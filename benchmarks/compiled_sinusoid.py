@@ -68,13 +68,15 @@ def main() -> None:
     if err / scale > 1e-4:
         raise SystemExit("the compiled meta-gradient differs from metaft's")
 
-    chunked = bench.make_learner(suite, "maml", task_chunk=1)
+    # As in metaft.bench: each contender its own learner, every step run once before measuring.
     steps = {
         "compiled": lambda: compiled(*inputs),
         "metaft": bench.metaft_step(learner, episode),
-        "metaft/1": bench.metaft_step(chunked, episode),
-        "higher": bench.higher_step(learner, episode, "maml"),
+        "metaft/1": bench.metaft_step(bench.make_learner(suite, "maml", task_chunk=1), episode),
+        "higher": bench.higher_step(bench.make_learner(suite, "maml"), episode, "maml"),
     }
+    for step in steps.values():
+        step()
     memory = {name: bench.peak_memory_mb(step, device) for name, step in steps.items()}
     timing = bench.time_alternating(steps, device, rounds=args.rounds, round_s=0.5)
     higher_rate = suite.meta_batch / timing["higher"].median
