@@ -386,3 +386,43 @@ def test_eval_inner_lr_applies_at_evaluation_only(sinusoid_episode, vectorize):
     assert not torch.allclose(train_ref.query_outputs(sinusoid_episode, 2, True), eval_ref.query_outputs(sinusoid_episode, 2, True))
     with pytest.raises(ValueError, match="Meta-SGD learns its step sizes"):
         make(MetaSGD, eval_inner_lr=0.2)
+
+
+def test_feature_scale_makes_one_anil_step_a_nearest_mean_classifier():
+    """``model.feature_scale``: features on a sphere of the learned radius. One ANIL step from a
+    zero head then gives the logits written out by hand (lr times the centred one-hot labels times
+    the support features, over the support size), which rank the classes by Euclidean distance to
+    the support features on the sphere; the scale's meta-gradient matches finite differences."""
+    from metaft.data import Episode
+    from metaft.models import Conv4
+
+    g = torch.Generator().manual_seed(3)
+    ep = Episode(torch.rand(2, 3, 1, 16, 16, generator=g, dtype=torch.float64), torch.arange(3).expand(2, 3),
+                 torch.rand(2, 9, 1, 16, 16, generator=g, dtype=torch.float64), torch.arange(3).repeat(3).expand(2, 9))
+    torch.manual_seed(0)
+    learner = ANIL(net=Conv4(1, 16, 4, 3, feature_scale=2.5).double(), task="classification", inner_lr=0.5,
+                   inner_steps=1, zero_head=True, optimizer=sgd()).double()
+    body, scale = learner.net.body, learner.net.body[-1].scale
+
+    def hand_logits() -> list[torch.Tensor]:
+        out = []
+        for t in range(2):
+            fs, fq = (F.normalize(body[:-1](x), dim=-1) * scale for x in (ep.support_x[t], ep.query_x[t]))
+            centred = F.one_hot(ep.support_y[t], 3).double() - 1 / 3  # minus the softmax of a zero head
+            w = 0.5 * centred.T @ fs / 3                               # one step on the mean support loss
+            out.append(fq @ w.T)
+        return out
+
+    out, ref = learner.query_outputs(ep, 1, False), hand_logits()
+    for t in range(2):
+        torch.testing.assert_close(out[t], ref[t], rtol=1e-10, atol=1e-10)
+        fs, fq = F.normalize(body[:-1](ep.support_x[t]), dim=-1), F.normalize(body[:-1](ep.query_x[t]), dim=-1)
+        assert torch.equal(out[t].argmax(-1), torch.cdist(fq, fs).argmin(-1))
+    assert torch.allclose(body(ep.query_x[0]).norm(dim=-1), torch.full((9,), 2.5, dtype=torch.float64))
+    grad = meta_grads(learner, ep)["net.body.5.scale"]
+    loss = lambda: torch.stack([F.cross_entropy(o, ep.query_y[t]) for t, o in enumerate(hand_logits())]).mean()
+    with torch.no_grad():
+        (fd,) = finite_difference(loss, [scale])
+    torch.testing.assert_close(grad, fd, rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="model.feature_scale must be null or a positive number"):
+        Conv4(feature_scale=0.0)

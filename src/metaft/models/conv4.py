@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaft.models.nets import MetaNet
@@ -45,6 +46,23 @@ def _block(cin: int, cout: int, pool: str, bn: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class ScaledL2Norm(nn.Module):
+    """``x / ||x|| * scale`` per example, with ``scale`` learned (a temperature for the head).
+
+    After one inner step from a zero head, a linear head's logits are dot products with the
+    support class means, which favour classes whose features happen to be long; on the unit sphere
+    the same step ranks classes by distance to their means, as ProtoNet does. The learned scale
+    keeps the logits as sharp as training wants them.
+    """
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1) * self.scale
+
+
 class Conv4(MetaNet):
     """Four blocks of 3x3 conv (``filters`` channels), BatchNorm, ReLU and 2x2 max-pool (or a
     stride-2 conv), then a linear head.
@@ -56,6 +74,9 @@ class Conv4(MetaNet):
         pool: ``max`` (2x2 max-pool) or ``stride`` (stride-2 convolutions).
         bn: ``transductive`` (batch statistics always; MAML's choice), ``running`` (running
             statistics at eval; needs ``vectorize=false``) or ``none``.
+        feature_scale: ``None`` (default): the flattened features as they come; a number: each
+            example's features L2-normalised, times a learned scale starting at this value
+            (``ScaledL2Norm``).
     """
 
     def __init__(
@@ -66,6 +87,7 @@ class Conv4(MetaNet):
         out_features: int = 5,
         pool: Literal["max", "stride"] = "max",
         bn: Literal["transductive", "running", "none"] = "transductive",
+        feature_scale: float | None = None,
     ) -> None:
         super().__init__()
         if pool not in ("max", "stride"):
@@ -74,8 +96,11 @@ class Conv4(MetaNet):
             raise ValueError(f"model.bn must be transductive, running or none, got {bn!r}")
         if min(in_channels, image_size, filters, out_features) <= 0:
             raise ValueError("model sizes (in_channels, image_size, filters, out_features) must be > 0")
+        if feature_scale is not None and not feature_scale > 0:
+            raise ValueError(f"model.feature_scale must be null or a positive number, got {feature_scale!r}")
+        norm = [] if feature_scale is None else [ScaledL2Norm(feature_scale)]
         self.body = nn.Sequential(
-            *(_block(in_channels if i == 0 else filters, filters, pool, bn) for i in range(4)), nn.Flatten()
+            *(_block(in_channels if i == 0 else filters, filters, pool, bn) for i in range(4)), nn.Flatten(), *norm
         )
         size = image_size
         for _ in range(4):  # each block halves the side: floor for max-pool, ceil for stride 2
