@@ -388,11 +388,13 @@ def test_eval_inner_lr_applies_at_evaluation_only(sinusoid_episode, vectorize):
         make(MetaSGD, eval_inner_lr=0.2)
 
 
-def test_feature_scale_makes_one_anil_step_a_nearest_mean_classifier():
+@pytest.mark.parametrize("vectorize, bn", [("false", "transductive"), ("true", "transductive"), ("true", "none")])
+def test_feature_scale_makes_one_anil_step_a_nearest_mean_classifier(vectorize, bn):
     """``model.feature_scale``: features on a sphere of the learned radius. One ANIL step from a
     zero head then gives the logits written out by hand (lr times the centred one-hot labels times
     the support features, over the support size), which rank the classes by Euclidean distance to
-    the support features on the sphere; the scale's meta-gradient matches finite differences."""
+    the support features on the sphere; the scale's meta-gradient matches finite differences. On the
+    looped, the vmapped and (no batch norm) the one-pass batched path."""
     from metaft.data import Episode
     from metaft.models import Conv4
 
@@ -400,8 +402,8 @@ def test_feature_scale_makes_one_anil_step_a_nearest_mean_classifier():
     ep = Episode(torch.rand(2, 3, 1, 16, 16, generator=g, dtype=torch.float64), torch.arange(3).expand(2, 3),
                  torch.rand(2, 9, 1, 16, 16, generator=g, dtype=torch.float64), torch.arange(3).repeat(3).expand(2, 9))
     torch.manual_seed(0)
-    learner = ANIL(net=Conv4(1, 16, 4, 3, feature_scale=2.5).double(), task="classification", inner_lr=0.5,
-                   inner_steps=1, zero_head=True, optimizer=sgd()).double()
+    learner = ANIL(net=Conv4(1, 16, 4, 3, bn=bn, feature_scale=2.5).double(), task="classification", inner_lr=0.5,
+                   inner_steps=1, zero_head=True, vectorize=vectorize, optimizer=sgd()).double()
     body, scale = learner.net.body, learner.net.body[-1].scale
 
     def hand_logits() -> list[torch.Tensor]:

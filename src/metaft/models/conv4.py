@@ -4,10 +4,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaft.models.nets import MetaNet
+from metaft.models.nets import MetaNet, ScaledL2Norm
 
 
 class _Conv2d(nn.Conv2d):
@@ -44,23 +43,6 @@ def _block(cin: int, cout: int, pool: str, bn: str) -> nn.Sequential:
     if pool == "max":
         layers.append(nn.MaxPool2d(2))
     return nn.Sequential(*layers)
-
-
-class ScaledL2Norm(nn.Module):
-    """``x / ||x|| * scale`` per example, with ``scale`` learned (a temperature for the head).
-
-    After one inner step from a zero head, a linear head's logits are dot products with the
-    support class means, which favour classes whose features happen to be long; on the unit sphere
-    the same step ranks classes by distance to their means, as ProtoNet does. The learned scale
-    keeps the logits as sharp as training wants them.
-    """
-
-    def __init__(self, scale: float) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.tensor(float(scale)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(x, dim=-1) * self.scale
 
 
 class Conv4(MetaNet):

@@ -43,10 +43,27 @@ class MLP(MetaNet):
         self.head = nn.Linear(width, out_features)
 
 
+class ScaledL2Norm(nn.Module):
+    """``x / ||x|| * scale`` per example, with ``scale`` learned (a temperature for the head).
+
+    After one inner step from a zero head, a linear head's logits are dot products with the
+    support class means, which favour classes whose features happen to be long; on the unit sphere
+    the same step ranks classes by distance to their means, as ProtoNet does. The learned scale
+    keeps the logits as sharp as training wants them.
+    """
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(scale)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=-1) * self.scale
+
+
 # Layers whose output for an example depends on that example alone (no batch statistics).
 _PER_EXAMPLE = (nn.Linear, nn.modules.conv._ConvNd, nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Tanh, nn.Sigmoid,
                 nn.Flatten, nn.Identity, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
-                nn.LayerNorm, nn.GroupNorm, nn.Sequential)
+                nn.LayerNorm, nn.GroupNorm, nn.Sequential, ScaledL2Norm)
 
 
 _PER_EXAMPLE_CACHE: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
