@@ -78,7 +78,7 @@ class Conv4(MetaNet):
             raise ValueError(f"model.bn must be transductive, running or none, got {bn!r}")
         if min(in_channels, image_size, filters, out_features) <= 0:
             raise ValueError("model sizes (in_channels, image_size, filters, out_features) must be > 0")
-        if feature_scale is not None and not feature_scale > 0:
+        if feature_scale is not None and not (isinstance(feature_scale, (int, float)) and feature_scale > 0):
             raise ValueError(f"model.feature_scale must be null or a positive number, got {feature_scale!r}")
         norm = [] if feature_scale is None else [ScaledL2Norm(feature_scale)]
         self.body = nn.Sequential(
