@@ -1,6 +1,6 @@
 """Could torch.compile give the sinusoid MAML step both speed and higher's memory? (A probe.)
 
-    PYTHONPATH=src python benchmarks/compiled_sinusoid.py [--threads 1] [--rounds 5] [--cpp-wrapper]
+    PYTHONPATH=src python benchmarks/compiled_sinusoid.py [--threads 1] [--rounds 5] [--cpp-wrapper] [--per-task]
 
 higher keeps one task's graph alive at a time (one backward per task); metaft's batched path is
 fast because all 25 tasks share one graph, which holds every task's activations. A compiled
@@ -10,7 +10,9 @@ per compiled call. This script builds that function for the sinusoid suite (MAML
 meta-batch 25, 10-shot, 10 queries), checks its meta-gradient against metaft's, then prints peak
 memory and tasks/s beside higher's, metaft's default and metaft's ``task_chunk=1``, timed in
 alternating rounds in one process (``metaft.bench``'s measurements). ``--cpp-wrapper`` sets
-inductor's ``cpp_wrapper`` (the whole call sequence in C++, no Python per kernel).
+inductor's ``cpp_wrapper`` (the whole call sequence in C++, no Python per kernel). ``--per-task``
+compiles one task's meta-gradient instead (added into a running sum in place) and calls it once per
+task from Python, so the compiler cannot keep several tasks' buffers alive at once.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--cpp-wrapper", action="store_true")
+    p.add_argument("--per-task", action="store_true", help="compile one task's step, loop over tasks in Python")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import torch._inductor.config as inductor_config
@@ -55,11 +58,31 @@ def main() -> None:
             loss = loss + value / tasks
         return total, loss
 
-    compiled = torch.compile(meta_gradient, fullgraph=True, dynamic=False)
     inputs = (start, episode.support_x, episode.support_y, episode.query_x, episode.query_y)
+    if args.per_task:
+        tasks = suite.meta_batch
+
+        def one_task(params: dict, total: dict, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor) -> torch.Tensor:
+            g, value = grad_and_value(task_loss)(params, sx, sy, qx, qy)
+            for k in total:  # in place: nothing of this task outlives the call
+                total[k].add_(g[k], alpha=1.0 / tasks)
+            return value / tasks
+
+        step_one = torch.compile(one_task, fullgraph=True, dynamic=False)
+        total = {k: torch.zeros_like(v) for k, v in start.items()}
+        per_task = [tuple(t[i] for t in inputs[1:]) for i in range(tasks)]
+
+        def compiled(*_: object) -> tuple[dict, torch.Tensor]:
+            for v in total.values():
+                v.zero_()
+            loss = sum(step_one(start, total, *task) for task in per_task)
+            return total, loss
+
+    else:
+        compiled = torch.compile(meta_gradient, fullgraph=True, dynamic=False)
     t0 = time.perf_counter()
     grads, _ = compiled(*inputs)
-    print(f"compile: {time.perf_counter() - t0:.1f} s (cpp_wrapper={args.cpp_wrapper})")
+    print(f"compile: {time.perf_counter() - t0:.1f} s (cpp_wrapper={args.cpp_wrapper}, per_task={args.per_task})")
 
     reference = bench.meta_gradient(learner, bench.metaft_step(learner, episode))
     err = max((grads[k] - reference[f"net.{k}"]).abs().max().item() for k in grads)
