@@ -23,7 +23,9 @@ def test_train_then_eval_reproduces(run_config, algorithm):
     last_step = max(int(k.rsplit("step", 1)[1]) for k in results if k.startswith("test/mse_step"))
     assert last_step == cfg.algorithm.inner_steps
     assert results["test/mse"] == results[f"test/mse_step{last_step}"]
-    assert results["test/mse"] < results["test/mse_step0"] * 5  # a finite, sensible number
+    # Adapting on the support set helps the query set: after a few meta-steps every learner's inner
+    # loop already lowers the test error (0 or a broken inner loop would not).
+    assert results["test/mse"] < results["test/mse_step0"]
     ckpt = f"{out}/checkpoints/best.ckpt"
     assert results["ckpt"].endswith("best.ckpt")
 

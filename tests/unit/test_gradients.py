@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from metaft.algorithms import ANIL, MAML, MetaSGD, Reptile
-from metaft.models import MLP
+from metaft.models import MLP, MetaNet
 from tests.conftest import sgd
 
 INNER_LR, STEPS = 0.05, 2
@@ -147,6 +147,35 @@ def test_anil_adapts_only_the_head(sinusoid_episode, vectorize):
     assert (full[0] - grads["net.body.0.weight"]).abs().max() > 1e-6
 
 
+@pytest.mark.parametrize("vectorize", ["true", "false"])
+def test_metasgd_on_the_head_only(sinusoid_episode, vectorize):
+    """ANIL with learned step sizes: the head's entries only, named as in the network (as
+    fine-tuning reads them), with the hand-written loop's meta-gradient and step-size gradients
+    equal to finite differences (float64)."""
+    from metaft.finetune import metasgd_step_sizes
+
+    learner = make(ANIL, vectorize=vectorize, learn_inner_lr=True)
+    assert set(learner.inner_lrs) == {"head__weight", "head__bias"}
+    with torch.no_grad():  # distinct step sizes, so a mix-up of entries would show
+        for p in learner.inner_lrs.values():
+            p.uniform_(0.01, 0.08)
+    grads = meta_grads(learner, sinusoid_episode)
+    params = dict(learner.net.named_parameters())
+    head = ["head.weight", "head.bias"]
+    lrs = {k.replace("__", "."): v for k, v in learner.inner_lrs.items()}
+    ref = torch.autograd.grad(reference_meta_loss(params, sinusoid_episode, lrs, head), list(params.values()))
+    for k, g in zip(params, ref):
+        torch.testing.assert_close(grads[f"net.{k}"], g, rtol=1e-10, atol=1e-12)
+    fd = finite_difference(
+        lambda: reference_meta_loss(params, sinusoid_episode, lrs, head, create_graph=False), list(lrs.values())
+    )
+    for k, g_fd in zip(lrs, fd):
+        torch.testing.assert_close(grads[f"inner_lrs.{k.replace('.', '__')}"], g_fd, rtol=1e-5, atol=1e-7, msg=k)
+    scales = metasgd_step_sizes(learner.net, learner.state_dict(), "test")
+    assert set(scales) == {"net.head.weight", "net.head.bias"}
+    torch.testing.assert_close(scales["net.head.weight"], lrs["head.weight"].detach())
+
+
 def test_reptile_update_is_the_formula(sinusoid_episode):
     eps = 0.3
     learner = make(Reptile)
@@ -169,6 +198,12 @@ def test_reptile_update_is_the_formula(sinusoid_episode):
         torch.testing.assert_close(v.detach(), theta[k] + eps * (mean_phi - theta[k]), rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="algorithm.inner_steps must be >= 1, got 0"):
         Reptile(net=MLP(1, (6, 5), 1), task="regression", inner_lr=INNER_LR, inner_steps=0, optimizer=sgd())
+    # Settings Reptile's update would silently ignore (step sizes) or turn useless (a body that
+    # never moves) are refused, naming the algorithm that does it.
+    with pytest.raises(ValueError, match="learned step sizes no gradient.*algorithm.learn_inner_lr=false, or use algorithm=metasgd"):
+        make(Reptile, learn_inner_lr=True)
+    with pytest.raises(ValueError, match="body would keep its random initialisation.*or use algorithm=anil"):
+        make(Reptile, adapt_head_only=True)
 
 
 @pytest.mark.parametrize(
@@ -428,3 +463,42 @@ def test_feature_scale_makes_one_anil_step_a_nearest_mean_classifier(vectorize, 
     torch.testing.assert_close(grad, fd, rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="model.feature_scale must be null or a positive number"):
         Conv4(feature_scale=0.0)
+
+
+class _RunningBatchNormNet(MetaNet):
+    """An MLP with a batch-norm layer that keeps running statistics (as ``model.bn=running``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(1, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU())
+        self.feature_dim = 6
+        self.head = torch.nn.Linear(6, 1)
+
+
+def test_running_batch_norm_statistics_loop_over_tasks_and_survive_logging(sinusoid_episode):
+    """Running statistics can be updated task by task only in a loop: ``vectorize=auto`` loops
+    (it vmaps the same model without them), ``true`` is refused naming both settings, and the
+    training logs' second pass through the inner loop leaves them as the meta-step left them."""
+    torch.manual_seed(0)
+    plain = MAML(net=MLP(1, (6,), 1), task="regression", optimizer=sgd())
+    learner = MAML(net=_RunningBatchNormNet(), task="regression", optimizer=sgd()).double()
+    assert plain.use_vmap() and not learner.use_vmap()
+    with pytest.raises(ValueError, match="algorithm.vectorize=true cannot update .*model.bn=running.*"
+                                         "set algorithm.vectorize=auto or false"):
+        MAML(net=_RunningBatchNormNet(), task="regression", vectorize="true", optimizer=sgd())
+
+    bn = learner.net.body[1]
+    learner.meta_backward(sinusoid_episode)
+    after_step = [b.clone() for b in bn.buffers()]
+    assert int(bn.num_batches_tracked) > 0
+    learner.log_training_details(sinusoid_episode)
+    for b, expected in zip(bn.buffers(), after_step):
+        torch.testing.assert_close(b, expected, rtol=0, atol=0)
+    learner.adaptation_curve(sinusoid_episode, STEPS)  # what the log pass would have done to them
+    assert int(bn.num_batches_tracked) > int(after_step[2])
+
+
+@pytest.mark.parametrize("value", [-1.0, True, "1"])
+def test_bad_grad_clip_is_refused(value):
+    with pytest.raises(ValueError, match="algorithm.grad_clip must be a norm >= 0 \\(0 disables clipping\\)"):
+        make(MAML, grad_clip=value)

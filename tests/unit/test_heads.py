@@ -350,3 +350,10 @@ def test_bad_episodes_and_arguments_raise(episode):
         make(Pretrain, eval_inner_steps=0)
     with pytest.raises(ValueError, match="classification only"):
         ProtoNet(net=MLP(1, (4,), 1), task="regression")
+    # Options of the gradient inner loop would do nothing here (Pretrain's learned step sizes
+    # would fail only at the first evaluation): refused, naming what to set.
+    for cls, kw in LEARNERS:
+        for key in ("first_order", "zero_head", "learn_inner_lr", "adapt_head_only"):
+            with pytest.raises(ValueError, match=f"no meta-learned inner loop for algorithm.{key} to change: "
+                                                 f"set algorithm.{key}=false"):
+                make(cls, **kw, **{key: True})

@@ -39,8 +39,27 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+@contextmanager
+def kept_buffers(module: nn.Module) -> Iterator[None]:
+    """Restore ``module``'s buffers (batch norm's running statistics) after the block: for
+    passes that only look, such as the training logs' second run of the inner loop."""
+    saved = [(b, b.clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
+
+
 class NonFiniteLossError(RuntimeError):
     """Raised when a meta-training loss is NaN or Inf."""
+
+
+def running_stats(net: nn.Module) -> bool:
+    """Whether any normalisation layer of ``net`` keeps running statistics (``model.bn=running``):
+    buffers that training updates, which a loop over tasks can do and vmap cannot."""
+    return any(isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats for m in net.modules())
 
 
 def _check_positive(**values: float) -> None:
@@ -78,7 +97,8 @@ class MetaLearner(L.LightningModule):
             and the first inner step then sets each class's weights from its support features.
         vectorize: ``true`` vmaps over the tasks of a meta-batch, ``false`` loops over them,
             ``auto`` vmaps on accelerators and for convolution-free models (on a CPU, vmap over
-            convolutions is slower than a loop).
+            convolutions is slower than a loop), and loops for models with running batch-norm
+            statistics (``model.bn=running``), which vmap cannot update per task.
         task_chunk: on the vectorized path, solve the meta-batch this many tasks at a time, each
             chunk's graph freed by its backward before the next is built (the same meta-gradient).
             Peak memory then scales with the chunk instead of the meta-batch, at the cost of
@@ -126,6 +146,8 @@ class MetaLearner(L.LightningModule):
             raise ValueError(f"algorithm.vectorize must be auto, true or false, got {vectorize!r}")
         if task_chunk is not None and (isinstance(task_chunk, bool) or not isinstance(task_chunk, int) or task_chunk < 1):
             raise ValueError(f"algorithm.task_chunk must be a number of tasks >= 1 or null (all at once), got {task_chunk!r}")
+        if isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float)) or grad_clip < 0:
+            raise ValueError(f"algorithm.grad_clip must be a norm >= 0 (0 disables clipping), got {grad_clip!r}")
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"algorithm.nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
@@ -140,6 +162,7 @@ class MetaLearner(L.LightningModule):
         self.adapt_head_only = adapt_head_only
         self.zero_head = zero_head
         self._has_conv: bool | None = None
+        self._running_stats = False
         self._body_params: list[tuple[str, Tensor]] | None = None
         self._param_slots: list[tuple[str, nn.Module, str]] | None = None
         self.joint_forward = joint_forward
@@ -149,6 +172,11 @@ class MetaLearner(L.LightningModule):
                 f"{type(self).__name__} adapts the whole network; use it with anil, protonet, metaoptnet or pretrain"
             )
         self.vectorize = str(vectorize).lower()
+        if self.vectorize == "true" and running_stats(net):
+            raise ValueError(
+                "algorithm.vectorize=true cannot update batch norm's running statistics (model.bn=running) once per "
+                "task under vmap: set algorithm.vectorize=auto or false (a loop over tasks), or model.bn=transductive"
+            )
         self.task_chunk = task_chunk
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -158,10 +186,13 @@ class MetaLearner(L.LightningModule):
         self.run_config: dict | None = None  # the composed Hydra config, stored in checkpoints
         self.inner_lrs: nn.ParameterDict | None = None
         if learn_inner_lr:
-            # ParameterDict keys may not contain dots.
-            self.inner_lrs = nn.ParameterDict(
-                {k.replace(".", "__"): nn.Parameter(torch.full_like(p, inner_lr)) for k, p in self.adapted_params().items()}
-            )
+            # Keyed by the parameter's name in ``net`` (``head.weight`` when only the head adapts),
+            # as fine-tuning reads them back; ParameterDict keys may not contain dots.
+            prefix = "head." if adapt_head_only else ""
+            self.inner_lrs = nn.ParameterDict({
+                (prefix + k).replace(".", "__"): nn.Parameter(torch.full_like(p, inner_lr))
+                for k, p in self.adapted_params().items()
+            })
 
     # ----------------------------------------------------------------- the model as functions
     def loss_fn(self, out: Tensor, y: Tensor) -> Tensor:
@@ -306,12 +337,14 @@ class MetaLearner(L.LightningModule):
 
     def use_vmap(self) -> bool:
         """Vectorize over tasks? ``auto``: on accelerators always; on a CPU only convolution-free
-        models (there a loop is 2-3x faster for Conv4, ANIL included: measured in metaft.bench)."""
+        models (there a loop is 2-3x faster for Conv4, ANIL included: measured in metaft.bench);
+        never for a model with running batch-norm statistics (vmap cannot update them per task)."""
         if self.vectorize != "auto":
             return self.vectorize == "true"
         if self._has_conv is None:  # asked every meta-step; the architecture does not change
             self._has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in self.net.modules())
-        return self.device.type != "cpu" or not self._has_conv
+            self._running_stats = running_stats(self.net)
+        return not self._running_stats and (self.device.type != "cpu" or not self._has_conv)
 
     def map_tasks(self, fn: Callable[..., Any], meta: dict[str, Any], episode: Episode, batches_itself: bool = False) -> Any:
         """Apply ``fn(meta, sx, sy, qx)`` to every task: vectorized or looped, same numbers.
@@ -429,7 +462,7 @@ class MetaLearner(L.LightningModule):
         # LearningRateMonitor) says so; before clipping and the step, to see what the batch saw.
         if self._trainer is not None and self.trainer._logger_connector.should_update_logs:
             self.log_training_details(episode)
-        if self.grad_clip and self.grad_clip > 0:
+        if self.grad_clip:
             self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         opt.step()
         sched = self.lr_schedulers()
@@ -454,7 +487,8 @@ class MetaLearner(L.LightningModule):
         """The meta-batch's query metric (and loss) before and after each inner step, and the
         meta-gradient's global norm before clipping (Reptile: its pseudo-gradient's). Called only
         on logging steps (every ``log_every_n_steps``) because it runs the inner loop again."""
-        metric, loss = self.adaptation_curve(episode, self.inner_steps)
+        with kept_buffers(self.net):  # the meta-step already updated any running statistics
+            metric, loss = self.adaptation_curve(episode, self.inner_steps)
         self.log_per_step("train", metric.mean(0), loss.mean(0))
         norms = [torch.linalg.vector_norm(p.grad.detach()) for p in self.parameters() if p.grad is not None]
         if norms:

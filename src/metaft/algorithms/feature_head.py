@@ -50,6 +50,14 @@ class FeatureHeadLearner(MetaLearner):
             )
         if inner_steps:
             raise ValueError(f"algorithm {name} has no inner loop in training: set algorithm.inner_steps=0 (got {inner_steps})")
+        # Options of the gradient inner loop: here they would be accepted and do nothing (or fail
+        # at the first evaluation, after the training time is spent).
+        inert = [k for k in ("first_order", "zero_head", "learn_inner_lr", "adapt_head_only") if kwargs.get(k)]
+        if inert:
+            raise ValueError(
+                f"algorithm {name} fits its head from fixed features, with no meta-learned inner loop for "
+                f"{', '.join(f'algorithm.{k}' for k in inert)} to change: set {' and '.join(f'algorithm.{k}=false' for k in inert)}"
+            )
         if eval_inner_steps and not self.fits_head_at_eval:
             raise ValueError(
                 f"algorithm {name} has no inner loop at evaluation either: set algorithm.eval_inner_steps "

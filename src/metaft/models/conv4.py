@@ -55,7 +55,7 @@ class Conv4(MetaNet):
         out_features: classes of the head (the episode's ways).
         pool: ``max`` (2x2 max-pool) or ``stride`` (stride-2 convolutions).
         bn: ``transductive`` (batch statistics always; MAML's choice), ``running`` (running
-            statistics at eval; needs ``vectorize=false``) or ``none``.
+            statistics at eval; the learners then loop over tasks) or ``none``.
         feature_scale: ``None`` (default): the flattened features as they come; a number: each
             example's features L2-normalised, times a learned scale starting at this value
             (``ScaledL2Norm``).
