@@ -83,6 +83,11 @@ def cases(tmp: Path, data_dir: Path, ckpt: Path) -> list[tuple[str, list[str], s
          r"does not fit .*model"),
         ("corrupt checkpoint", ["--config-name", "eval", f"ckpt_path={garbage}"], r"truncated or corrupt"),
         ("more devices than the machine has", ["trainer.devices=512"], r"trainer\.devices=512"),
+        ("negative seed", ["seed=-1"], r"seed must be an integer in \[0, 2\*\*32\)"),
+        ("negative checkpoint interval", ["checkpoint.every_n_train_steps=-1"], r"checkpoint\.every_n_train_steps must be"),
+        ("eval without a checkpoint", ["--config-name", "eval"], r"needs the checkpoint to test: add ckpt_path="),
+        ("resume with a changed optimizer", [f"ckpt_path={ckpt}", "algorithm.optimizer.lr=0.5"],
+         r"resuming restores the optimizer"),
     ]
 
 

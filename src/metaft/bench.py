@@ -649,10 +649,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available in this PyTorch build or machine")
+    for flag, value in (("--task-chunk", args.task_chunk), ("--threads", args.threads), ("--rounds", args.rounds),
+                        ("--meta-batch", args.meta_batch), ("--gate-tasks", args.gate_tasks)):
+        if value is not None and value < 1:
+            raise SystemExit(f"{flag} must be >= 1, got {value}")
+    if args.round_seconds <= 0:
+        raise SystemExit(f"--round-seconds must be > 0, got {args.round_seconds}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.task_chunk is not None and args.task_chunk < 1:
-        raise SystemExit("--task-chunk: a number of tasks >= 1")
     busy = hasattr(os, "getloadavg") and os.getloadavg()[0] > (os.cpu_count() or 1)
     if device.type == "cpu" and busy and torch.get_num_threads() > 1:
         print(f"note: the machine is busy ({load_summary()}, {os.cpu_count()} CPUs); with several threads per process "

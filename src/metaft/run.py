@@ -60,8 +60,11 @@ class AtomicLastCheckpoint(Callback):
     validation and at the end, so a killed run loses at most N steps."""
 
     def __init__(self, dirpath: str | Path, every_n_train_steps: int) -> None:
+        if isinstance(every_n_train_steps, bool) or not isinstance(every_n_train_steps, int) or every_n_train_steps < 0:
+            raise ValueError(f"checkpoint.every_n_train_steps must be a number of steps >= 0 (0: only after validation "
+                             f"and at the end), got {every_n_train_steps!r}")
         self.path = Path(dirpath) / "last.ckpt"
-        self.every = int(every_n_train_steps)
+        self.every = every_n_train_steps
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
@@ -95,6 +98,14 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
             "classifies with the network's own head, sized for dataset.ways; drop dataset.train_ways, or use a "
             "learner that builds its head from each episode (protonet, metaoptnet, pretrain, or maml, fomaml, "
             "anil, reptile with algorithm.zero_head=true)"
+        )
+    head = getattr(net, "head", None)
+    if ways is not None and not sized_per_episode and isinstance(head, torch.nn.Linear) and head.out_features != ways:
+        raise ValueError(
+            f"dataset.ways={ways} but the network's head has {head.out_features} outputs, and algorithm "
+            f"{type(learner).__name__} classifies with that head: use dataset.ways={head.out_features} (for a "
+            "checkpoint, the ways it was trained on), or a learner that builds its head from each episode "
+            "(protonet, metaoptnet, pretrain, or maml, fomaml, anil, reptile with algorithm.zero_head=true)"
         )
     learner.run_config = OmegaConf.to_container(cfg, resolve=True)
     return dm, learner
@@ -160,14 +171,30 @@ def resolve_resume(ckpt_path: str | None, out: Path) -> tuple[Path | None, Path]
     return path, run
 
 
+def seed_everything(seed: Any) -> None:
+    """Lightning's seeding, with a clear error for a seed numpy cannot take."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    L.seed_everything(seed, workers=True)
+
+
 def start_run(cfg: DictConfig) -> tuple[DictConfig, Path | None, Path]:
     """(config, checkpoint to resume or None, run dir) for a training stage, seeded. On resume the
     interrupted run's own config is the base, so the continuation is the same run."""
     resume, out = resolve_resume(cfg.ckpt_path, run_dir())
     if resume is not None:
+        # Lightning restores the optimizer's and scheduler's state, learning rate included, so a
+        # changed setting would not apply, though the saved config would claim it.
+        state_keys = ("algorithm.optimizer", "algorithm.scheduler", "finetuner.optimizer", "finetuner.scheduler")
+        restored = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0].lstrip("+~").startswith(state_keys)]
+        if restored:
+            raise ValueError(
+                f"{restored[0]}: resuming restores the optimizer and scheduler from the checkpoint, so this setting "
+                "would not take effect; drop it to continue the run, or start a new run"
+            )
         cfg = merged_config(cfg, load_checkpoint(resume)["metaft_config"])
         log.info("resuming %s in %s", resume, out)
-    L.seed_everything(int(cfg.seed), workers=True)
+    seed_everything(cfg.seed)
     return cfg, resume, out
 
 
@@ -209,10 +236,13 @@ def merged_config(cfg: DictConfig, stored: dict) -> DictConfig:
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test a meta-checkpoint on the fixed test episodes; write ``results.json``."""
+    if cfg.ckpt_path is None:
+        raise ValueError("--config-name eval needs the checkpoint to test: add ckpt_path=PATH (a .ckpt file, e.g. "
+                         "outputs/train/runs/<run>/checkpoints/best.ckpt)")
     ckpt_path = Path(hydra.utils.to_absolute_path(str(cfg.ckpt_path)))
     ckpt = load_checkpoint(ckpt_path)
     run_cfg = merged_config(cfg, ckpt["metaft_config"])
-    L.seed_everything(int(run_cfg.seed), workers=True)
+    seed_everything(run_cfg.seed)
     dm, learner = build(run_cfg)
     try:
         learner.load_state_dict(ckpt["state_dict"])

@@ -23,13 +23,16 @@ ERROR_FILE = "error.txt"
 
 def record_failure(out_dir: str | Path, overrides: Sequence[str], error: str, detail: str = "") -> None:
     """Leave a failed run's error in its directory: ``error.txt`` for people, and a
-    ``results.json`` with ``status: failed`` for ``metaft.report``."""
+    ``results.json`` with ``status: failed`` for ``metaft.report``, unless the directory already
+    has a finished run's results (a resume that failed): those are kept."""
+    from metaft.run_dirs import finished_results
     from metaft.utils.io import atomic_write_text, write_json  # late: keeps torch out of `--help`
 
     out = Path(out_dir)
     text = f"overrides: {' '.join(overrides)}\nerror: {error}\n\n{detail}".rstrip() + "\n"
     atomic_write_text(out / ERROR_FILE, text)
-    write_json(out / "results.json", {"status": "failed", "error": error, "overrides": list(overrides)})
+    if not finished_results(out / "results.json"):
+        write_json(out / "results.json", {"status": "failed", "error": error, "overrides": list(overrides)})
 
 
 def one_line(exc: BaseException, limit: int = 500) -> str:

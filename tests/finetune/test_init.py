@@ -40,6 +40,10 @@ def test_study_mapping_and_init_kind_checks(run_config, mlp_ckpt, tmp_path):
         build(run_config("finetune", ["init=meta"], "d"))
     with pytest.raises(ValueError, match="needs a model"):
         build(run_config("finetune", ["init=random"], "e"))
+    from metaft.finetune.run import finetune
+
+    with pytest.raises(ValueError, match=r"early_stopping.patience must be a number of validations >= 0 \(0 disables"):
+        finetune(run_config("finetune", [f"meta_ckpt={mlp_ckpt}", "early_stopping.patience=-1", *FAST], "f"))
 
 
 def test_another_architecture_names_the_shapes_and_the_model_to_use(run_config, mlp_ckpt):

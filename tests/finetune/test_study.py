@@ -57,3 +57,16 @@ def test_tiny_sinusoid_study_end_to_end(tmp_path, mlp_ckpt):
     for (init, k), vs in by_cell.items():
         assert float(rows[f"{init}/{k}"]["test/mse_mean"]) == pytest.approx(sum(vs) / 2)
     assert "| init | K=1 | K=all |" in text and (tmp_path / "study" / "study.md").is_file()
+    # The same --out again would overwrite these runs or mix them with new ones: refused up front.
+    before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "study").rglob("*") if p.is_file())
+    with pytest.raises(ValueError, match="is not empty .*choose a new directory"):
+        study("sinusoid", {"maml": str(mlp_ckpt)}, tmp_path / "study", inits=["maml"], shots=["5"], seeds=["0"])
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "study").rglob("*") if p.is_file()) == before
+
+
+def test_ckpt_option_needs_a_name(capsys):
+    from metaft.finetune.study import main
+
+    with pytest.raises(SystemExit):
+        main(["sinusoid", "--ckpt", "outputs/best.ckpt"])
+    assert "--ckpt takes NAME=PATH" in capsys.readouterr().err

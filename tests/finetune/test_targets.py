@@ -35,6 +35,8 @@ def test_sinusoid_splits_nest_over_k_and_keep_val_test_fixed():
         SinusoidTarget(shots=60)
     with pytest.raises(ValueError, match="positive integer or 'all'"):
         SinusoidTarget(shots="many")
+    with pytest.raises(ValueError, match="target.shots must be a positive integer or 'all', got -2"):
+        SinusoidTarget(shots=-2)
 
 
 def test_sinusoid_test_mse_on_the_dense_grid_by_hand():

@@ -520,3 +520,8 @@ def test_train_ways_needs_a_learner_that_builds_its_head(run_config, cache_dir):
     assert build(run_config("train", ["algorithm=maml", *common], "zero"))[0].train_ways == 20
     with pytest.raises(ValueError, match="but algorithm MetaSGD"):
         build(run_config("train", ["algorithm=metasgd", *common], "zero_metasgd"))
+    # Likewise testing a learned head on more ways than it has outputs (a checkpoint's stored
+    # model keeps its size when dataset.ways is raised at evaluation).
+    with pytest.raises(ValueError, match="dataset.ways=20 but the network's head has 5 outputs.*use dataset.ways=5"):
+        build(run_config("train", ["dataset=omniglot", "model=conv4", "algorithm=maml", "dataset.ways=20",
+                                   "model.out_features=5", f"paths.cache_dir={cache_dir}"], "head5"))

@@ -105,3 +105,12 @@ def test_evaluation_adapts_under_lightnings_grad_modes(sinusoid_episode, vectori
         got = learner.query_outputs(sinusoid_episode, 2, first_order=True, all_steps=True)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     assert not torch.equal(expected[:, 0], expected[:, -1])  # adaptation did happen
+
+
+@pytest.mark.parametrize("argv,message", [(["--threads", "-1"], "--threads must be >= 1, got -1"),
+                                          (["--rounds", "0"], "--rounds must be >= 1, got 0"),
+                                          (["--meta-batch", "-2"], "--meta-batch must be >= 1, got -2"),
+                                          (["--round-seconds", "0"], "--round-seconds must be > 0")])
+def test_bad_options_say_which(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        bench.main(argv)

@@ -165,11 +165,18 @@ class EpisodicDataModule(L.LightningDataModule):
         return DataLoader(_TrainEpisodes(self), batch_size=None, num_workers=0, collate_fn=_as_is)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        # Rank r evaluates batches r, r+world, ...: every episode exactly once (a distributed
-        # sampler would pad with duplicates), and EpisodeStats sums the ranks' shares.
+        # Rank r evaluates tasks r, r+world, ... of every batch: every episode exactly once (a
+        # distributed sampler would pad with duplicates), every rank some however few the batches
+        # are, and EpisodeStats sums the ranks' shares.
         rank, world = self.rank_and_world()
-        return DataLoader(_FixedEpisodes(self.fixed_episodes(split)[rank::world]), batch_size=None, shuffle=False,
-                          collate_fn=_as_is)
+        batches = self.fixed_episodes(split)
+        if world > 1:
+            shards = (ep[rank::world] for ep in batches)
+            batches = [s.contiguous() for s in shards if s.num_tasks]
+            if not batches:
+                raise ValueError(f"dataset.{split}_episodes is smaller than the {world} devices: every rank needs at "
+                                 f"least one episode; raise dataset.{split}_episodes or lower trainer.devices")
+        return DataLoader(_FixedEpisodes(batches), batch_size=None, shuffle=False, collate_fn=_as_is)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

@@ -42,6 +42,10 @@ class Episode:
             idx = slice(idx, idx + 1)
         return Episode(*(getattr(self, name)[idx] for name in _FIELDS))
 
+    def contiguous(self) -> "Episode":
+        """The same tasks in contiguous memory (after a strided selection of tasks)."""
+        return Episode(*(getattr(self, name).contiguous() for name in _FIELDS))
+
     @staticmethod
     def cat(episodes: list["Episode"]) -> "Episode":
         return Episode(*(torch.cat([getattr(e, name) for e in episodes]) for name in _FIELDS))

@@ -388,6 +388,8 @@ class OmniglotDataModule(EpisodicDataModule):
                 download_zip(name, self.data_dir)
                 continue
             where = "does not exist" if not self.data_dir.is_dir() else f"has no {p.name}"
+            if not self.data_dir.is_absolute():  # relative paths are from the directory train.py runs in
+                where += f" (here: {self.data_dir.resolve()})"
             raise FileNotFoundError(
                 f"dataset.data_dir={self.data_dir} {where}. Point dataset.data_dir (or paths.data_dir) at the "
                 f"Omniglot directory, or set dataset.download=true to fetch the official zips "

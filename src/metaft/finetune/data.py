@@ -33,7 +33,9 @@ def parse_shots(shots: Shots, pool: int, what: str = "target.shots") -> int:
         k = int(shots)
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be a positive integer or 'all', got {shots!r}") from None
-    if not 0 < k <= pool:
+    if k < 1:
+        raise ValueError(f"{what} must be a positive integer or 'all', got {shots!r}")
+    if k > pool:
         raise ValueError(f"{what}={k} but only {pool} labelled training examples per class are available "
                          f"(the rest are held out for validation and test); use {what}<= {pool} or 'all'")
     return k

@@ -109,6 +109,9 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     dm, learner, info = build(cfg)
     monitor, mode = f"val/{learner.metric_name}", "min" if learner.task == "regression" else "max"
     callbacks = []
+    if not isinstance(cfg.early_stopping.patience, int) or cfg.early_stopping.patience < 0:
+        raise ValueError(f"early_stopping.patience must be a number of validations >= 0 (0 disables early stopping), "
+                         f"got {cfg.early_stopping.patience!r}")
     if cfg.early_stopping.patience > 0:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=int(cfg.early_stopping.patience),
                                        min_delta=float(cfg.early_stopping.min_delta)))

@@ -82,6 +82,9 @@ def study(target: str, ckpts: dict[str, str], out: Path, extra: Sequence[str] = 
     if not preset.is_file():
         raise FileNotFoundError(f"no study preset {preset}; choose one of "
                                 f"{sorted(p.stem.removeprefix('finetune_study_') for p in preset.parent.glob('finetune_study_*.yaml'))}")
+    if out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"--out {out} is not empty (an earlier study?); this study would overwrite its runs or mix "
+                         "them with its own: choose a new directory (or drop --out for a fresh time-stamped one)")
     cfg = OmegaConf.load(preset).study
     inits = list(inits or cfg.inits)
     given = {**{k: v for k, v in (OmegaConf.load(preset).get("checkpoints") or {}).items() if v}, **ckpts}
@@ -122,7 +125,12 @@ def study(target: str, ckpts: dict[str, str], out: Path, extra: Sequence[str] = 
     notes.append(f"sweep: {time.time() - t0:.0f} s in {len(cmds)} process(es), exit {rc} "
                  f"(log: {', '.join(str(p) for p in logs)})")
     (out / "study_notes.txt").write_text("\n".join(notes) + "\n")
-    return report(sweep, out, metric=str(cfg.metric), notes=notes, order=run_inits)
+    text = report(sweep, out, metric=str(cfg.metric), notes=notes, order=run_inits)
+    if rc != 0:  # the report covers the jobs that finished; the study itself did not
+        raise RuntimeError(f"the fine-tuning sweep exited with status {rc}: some jobs failed (their errors: "
+                           f"failed_jobs.txt under {sweep}, and {', '.join(str(p) for p in logs)}); the report of "
+                           f"the jobs that finished is in {out / 'study.md'}")
+    return text
 
 
 # ------------------------------------------------------------------------------------- report
@@ -255,6 +263,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             metric = args.metric or ("test/acc" if any("test/acc" in r.metrics for r in load_runs(Path(args.path))) else "test/mse")
             print(report(args.path, args.out, metric), end="")
             return 0
+        bad = [c for c in args.ckpt if "=" not in c]
+        if bad:
+            p.error(f"--ckpt takes NAME=PATH (e.g. --ckpt maml=outputs/train/runs/<run>/checkpoints/best.ckpt), got {bad[0]!r}")
         ckpts = dict(c.split("=", 1) for c in args.ckpt)
         out = Path(args.out) if args.out else ROOT / "outputs" / "study" / args.target / time.strftime("%Y-%m-%d_%H-%M-%S")
         split = (lambda s: s.split(",") if s else None)
