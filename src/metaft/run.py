@@ -185,14 +185,17 @@ def start_run(cfg: DictConfig) -> tuple[DictConfig, Path | None, Path]:
     if resume is not None:
         # Lightning restores the optimizer's and scheduler's state, learning rate included, so a
         # changed setting would not apply, though the saved config would claim it.
+        stored = OmegaConf.create(load_checkpoint(resume)["metaft_config"])
         state_keys = ("algorithm.optimizer", "algorithm.scheduler", "finetuner.optimizer", "finetuner.scheduler")
-        restored = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0].lstrip("+~").startswith(state_keys)]
-        if restored:
-            raise ValueError(
-                f"{restored[0]}: resuming restores the optimizer and scheduler from the checkpoint, so this setting "
-                "would not take effect; drop it to continue the run, or start a new run"
-            )
-        cfg = merged_config(cfg, load_checkpoint(resume)["metaft_config"])
+        for override in HydraConfig.get().overrides.task:
+            key = override.split("=", 1)[0].lstrip("+~")
+            if key.startswith(state_keys) and OmegaConf.select(cfg, key) != OmegaConf.select(stored, key):
+                raise ValueError(
+                    f"{override}: resuming restores the optimizer and scheduler from the checkpoint "
+                    f"({key}={OmegaConf.select(stored, key)}), so this setting would not take effect; drop it to "
+                    "continue the run, or start a new run"
+                )
+        cfg = merged_config(cfg, OmegaConf.to_container(stored))
         log.info("resuming %s in %s", resume, out)
     seed_everything(cfg.seed)
     return cfg, resume, out
