@@ -12,17 +12,22 @@ log = logging.getLogger("metaft")
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from metaft.run import main as run  # imported late so `--help` stays fast
+    from metaft.run_dirs import finished_results
     from metaft.sweep import ERROR_FILE, record_exception
 
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     (out / ERROR_FILE).unlink(missing_ok=True)  # a rerun into this directory starts clean
+    results = out / "results.json"
+    earlier = results.read_bytes() if finished_results(results) else None  # a run being resumed here
     try:
         return run(cfg)
     except Exception as e:
         # Leave the error where the run's results would be, and its traceback in the run's log;
         # then fail: a single run exits non-zero, a sweep's sweeper decides (see metaft.sweep).
-        record_exception(out, list(hc.overrides.task), e)
+        # An earlier run's results that this one left untouched are kept; its own are marked failed.
+        keep = earlier is not None and results.is_file() and results.read_bytes() == earlier
+        record_exception(out, list(hc.overrides.task), e, keep_results=keep)
         log.error(f"run failed; error recorded in {out / ERROR_FILE}", exc_info=True)
         raise
 

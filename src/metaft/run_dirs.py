@@ -8,7 +8,8 @@ or sweep directory:
 - a directory named on the command line (``hydra.run.dir=...``) that already holds a run
   (``results.json`` of a finished run, or checkpoints) is refused, unless the command resumes
   that very run (``ckpt_path=last``, its directory or one of its checkpoints);
-- ``hydra.sweep.dir=...`` that already holds a sweep's jobs is refused.
+- ``hydra.sweep.dir=...`` that already holds a sweep's jobs is refused, unless the sweep continues
+  them (``ckpt_path=last``).
 
 A refusal ends the process with the message and exit status 1 (``SystemExit``): Hydra turns a
 callback's exceptions into warnings and carries on, which would overwrite the run.
@@ -89,11 +90,18 @@ class KeepRuns(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         d = Path(str(config.hydra.sweep.dir))
         if _given(config, "sweep.dir"):
-            if d.is_dir() and any(holds_run(job) for job in d.iterdir() if job.is_dir()):
+            # ckpt_path=last: every job continues its own run in that directory.
+            resumes = config.get("task_name") != "eval" and str(config.get("ckpt_path")) == "last"
+            if d.is_dir() and not resumes and any(holds_run(job) for job in d.iterdir() if job.is_dir()):
                 raise SystemExit(
                     f"error: hydra.sweep.dir={d} already holds a sweep's runs, which this sweep would overwrite or mix with "
-                    "its own: choose a new directory (or drop hydra.sweep.dir for a fresh time-stamped one)"
+                    "its own: choose a new directory (or drop hydra.sweep.dir for a fresh time-stamped one), or "
+                    "continue its jobs with ckpt_path=last"
                 )
             return
+        claimed = claim(d)
         with flag_override(config, ["struct", "readonly"], [False, False]):
-            OmegaConf.update(config, "hydra.sweep.dir", str(claim(d)))
+            OmegaConf.update(config, "hydra.sweep.dir", str(claimed))
+            # Launchers compose each job's config again from these overrides: without it the jobs
+            # would resolve the time stamp afresh, into the directory another sweep has.
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={claimed}")

@@ -21,17 +21,17 @@ from omegaconf import OmegaConf
 ERROR_FILE = "error.txt"
 
 
-def record_failure(out_dir: str | Path, overrides: Sequence[str], error: str, detail: str = "") -> None:
+def record_failure(out_dir: str | Path, overrides: Sequence[str], error: str, detail: str = "",
+                   keep_results: bool = False) -> None:
     """Leave a failed run's error in its directory: ``error.txt`` for people, and a
-    ``results.json`` with ``status: failed`` for ``metaft.report``, unless the directory already
-    has a finished run's results (a resume that failed): those are kept."""
-    from metaft.run_dirs import finished_results
+    ``results.json`` with ``status: failed`` for ``metaft.report``. ``keep_results``: the
+    directory's results.json is an earlier, finished run's (a resume that failed): keep it."""
     from metaft.utils.io import atomic_write_text, write_json  # late: keeps torch out of `--help`
 
     out = Path(out_dir)
     text = f"overrides: {' '.join(overrides)}\nerror: {error}\n\n{detail}".rstrip() + "\n"
     atomic_write_text(out / ERROR_FILE, text)
-    if not finished_results(out / "results.json"):
+    if not keep_results:
         write_json(out / "results.json", {"status": "failed", "error": error, "overrides": list(overrides)})
 
 
@@ -41,8 +41,8 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def record_exception(out_dir: str | Path, overrides: Sequence[str], exc: BaseException) -> None:
-    record_failure(out_dir, overrides, one_line(exc), "".join(traceback.format_exception(exc)))
+def record_exception(out_dir: str | Path, overrides: Sequence[str], exc: BaseException, keep_results: bool = False) -> None:
+    record_failure(out_dir, overrides, one_line(exc), "".join(traceback.format_exception(exc)), keep_results)
 
 
 class SweepFailed(CompactHydraException):

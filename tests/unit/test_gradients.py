@@ -200,7 +200,7 @@ def test_reptile_update_is_the_formula(sinusoid_episode):
         Reptile(net=MLP(1, (6, 5), 1), task="regression", inner_lr=INNER_LR, inner_steps=0, optimizer=sgd())
     # Settings Reptile's update would silently ignore (step sizes) or turn useless (a body that
     # never moves) are refused, naming the algorithm that does it.
-    with pytest.raises(ValueError, match="learned step sizes no gradient.*algorithm.learn_inner_lr=false, or use algorithm=metasgd"):
+    with pytest.raises(ValueError, match=r"learned step sizes no gradient.*drop \+algorithm.learn_inner_lr=true \(or set it false\), or use algorithm=metasgd"):
         make(Reptile, learn_inner_lr=True)
     with pytest.raises(ValueError, match="body would keep its random initialisation.*or use algorithm=anil"):
         make(Reptile, adapt_head_only=True)

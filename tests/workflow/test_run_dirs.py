@@ -2,11 +2,13 @@
 command leaves a finished run's files as they were."""
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from metaft.run_dirs import KeepRuns
@@ -87,3 +89,41 @@ def test_refused_and_failed_commands_leave_a_finished_run_as_it_was(tmp_path):
     multi = train_cli(["-m", "seed=1,2", *FAST, f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert multi.returncode == 1 and f"hydra.sweep.dir={sweep} already holds a sweep's runs" in multi.stderr
     assert sorted(p.name for p in sweep.iterdir()) == ["0"]
+
+
+def test_a_sweep_whose_time_stamp_is_taken_runs_all_its_jobs_in_its_own_directory(tmp_path):
+    """Another sweep has the directories of the coming minute: this one's jobs go to ``<stamp>_1``
+    with its multirun.yaml (the launcher composes each job's directory again), the others stay."""
+    now = datetime.datetime.now()
+    taken = []
+    for k in range(90):
+        t = now + datetime.timedelta(seconds=k)
+        job = tmp_path / "outputs" / "multirun" / f"{t:%Y-%m-%d}" / f"{t:%H-%M-%S}" / "0"
+        job.mkdir(parents=True, exist_ok=True)
+        (job / "results.json").write_text(json.dumps({"test/mse": 1.0}))
+        taken.append(job.parent)
+    proc = train_cli(["-m", "seed=1,2", *FAST], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ours = [d for d in (tmp_path / "outputs" / "multirun").glob("*/*") if d not in taken]
+    assert len(ours) == 1 and ours[0].name.endswith("_1"), ours
+    assert (ours[0] / "multirun.yaml").is_file()
+    assert all((ours[0] / str(n) / "results.json").is_file() for n in (0, 1))
+    assert all(sorted(p.name for p in d.iterdir()) == ["0"] for d in taken)
+
+
+def test_a_sweep_continues_its_jobs_and_a_failure_after_the_results_is_marked(tmp_path):
+    sweep = tmp_path / "sweep"
+    assert train_cli(["-m", "seed=1,2", *FAST, f"hydra.sweep.dir={sweep}"], cwd=tmp_path).returncode == 0
+    # ckpt_path=last: every job continues its own run in the named sweep directory.
+    more = train_cli(["-m", "seed=1,2", *FAST, "trainer.max_steps=8", "ckpt_path=last", f"hydra.sweep.dir={sweep}"],
+                     cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-2000:]
+    for n in (0, 1):
+        assert torch.load(sweep / str(n) / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
+
+    # A run that fails after writing its own results (an unknown optimized_metric) is marked
+    # failed; only an earlier run's untouched results are kept.
+    run = tmp_path / "run"
+    proc = train_cli([*FAST, "optimized_metric=val/acc", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert proc.returncode == 1 and "optimized_metric=val/acc is not a metric of this run" in proc.stderr
+    assert json.loads((run / "results.json").read_text())["status"] == "failed"

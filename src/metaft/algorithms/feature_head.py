@@ -56,7 +56,8 @@ class FeatureHeadLearner(MetaLearner):
         if inert:
             raise ValueError(
                 f"algorithm {name} fits its head from fixed features, with no meta-learned inner loop for "
-                f"{', '.join(f'algorithm.{k}' for k in inert)} to change: set {' and '.join(f'algorithm.{k}=false' for k in inert)}"
+                f"{', '.join(f'algorithm.{k}' for k in inert)} to change: set {' and '.join(f'algorithm.{k}=false' for k in inert)} "
+                "(or drop the override that set it)"
             )
         if eval_inner_steps and not self.fits_head_at_eval:
             raise ValueError(

@@ -25,11 +25,11 @@ class Reptile(MetaLearner):
                              f"got {kwargs['inner_steps']}")
         if kwargs.get("learn_inner_lr"):
             raise ValueError("Reptile's update gives learned step sizes no gradient (they would stay at algorithm.inner_lr): "
-                             "set algorithm.learn_inner_lr=false, or use algorithm=metasgd")
+                             "drop +algorithm.learn_inner_lr=true (or set it false), or use algorithm=metasgd")
         if kwargs.get("adapt_head_only"):
             raise ValueError("Reptile moves the start point towards the adapted weights, so with only the head adapted the "
-                             "body would keep its random initialisation: set algorithm.adapt_head_only=false, or use "
-                             "algorithm=anil")
+                             "body would keep its random initialisation: drop +algorithm.adapt_head_only=true (or set it "
+                             "false), or use algorithm=anil")
         super().__init__(first_order=True, **kwargs)
 
     def meta_backward(self, episode: Episode) -> tuple[Tensor, Tensor]:

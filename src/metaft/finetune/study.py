@@ -27,6 +27,7 @@ from typing import Sequence
 from omegaconf import OmegaConf
 
 from metaft.report import fmt, higher_is_better, load_runs, markdown_table, mean_ci95
+from metaft.run_dirs import claim
 
 ROOT = Path(__file__).resolve().parents[3]
 CONF = ROOT / "conf"
@@ -267,7 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if bad:
             p.error(f"--ckpt takes NAME=PATH (e.g. --ckpt maml=outputs/train/runs/<run>/checkpoints/best.ckpt), got {bad[0]!r}")
         ckpts = dict(c.split("=", 1) for c in args.ckpt)
-        out = Path(args.out) if args.out else ROOT / "outputs" / "study" / args.target / time.strftime("%Y-%m-%d_%H-%M-%S")
+        # The default directory is created here, with a suffix if a study started in the same second has it.
+        out = Path(args.out) if args.out else claim(ROOT / "outputs" / "study" / args.target / time.strftime("%Y-%m-%d_%H-%M-%S"))
         split = (lambda s: s.split(",") if s else None)
         print(study(args.target, ckpts, out, extra, split(args.inits), split(args.shots), split(args.seeds),
                     args.meta_override, args.jobs), end="")
