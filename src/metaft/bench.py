@@ -183,8 +183,8 @@ def higher_step(learner: MetaLearner, episode: Episode, algorithm: str, plain_mo
     override = None
     if learner.inner_lrs is not None:  # Meta-SGD: one group per tensor, its learned lr as override
         opt = torch.optim.SGD([{"params": [p]} for p in params], lr=learner.inner_lr)
-        lrs, prefix = learner.step_sizes(), "head." if learner.adapt_head_only else ""  # keyed by net name
-        override = {"lr": [lrs[prefix + n] for n, _ in module.named_parameters()]}
+        lrs = learner.step_sizes()
+        override = {"lr": [lrs[n] for n, _ in module.named_parameters()]}
     else:
         opt = torch.optim.SGD(params, lr=learner.inner_lr)
     anil, reptile = learner.adapt_head_only, algorithm == "reptile"
@@ -235,8 +235,8 @@ def torchopt_step(learner: MetaLearner, episode: Episode, algorithm: str) -> Ste
     names = [n for n, _ in module.named_parameters()]
     params = [p for _, p in module.named_parameters()]
     if learner.inner_lrs is not None:
-        lrs, prefix = learner.step_sizes(), "head." if learner.adapt_head_only else ""  # keyed by net name
-        alphas = [lrs[prefix + n] for n in names]
+        lrs = learner.step_sizes()
+        alphas = [lrs[n] for n in names]
 
         def update(updates: Any, state: Any, *, params: Any = None, inplace: bool = True) -> tuple[Any, Any]:
             return tuple(-a * g for a, g in zip(alphas, updates)), state

@@ -91,8 +91,7 @@ class KeepRuns(Callback):
         d = Path(str(config.hydra.sweep.dir))
         if _given(config, "sweep.dir"):
             # ckpt_path=last: every job continues its own run in that directory.
-            resumes = config.get("task_name") != "eval" and str(config.get("ckpt_path")) == "last"
-            if d.is_dir() and not resumes and any(holds_run(job) for job in d.iterdir() if job.is_dir()):
+            if d.is_dir() and not _resumes(config, d) and any(holds_run(job) for job in d.iterdir() if job.is_dir()):
                 raise SystemExit(
                     f"error: hydra.sweep.dir={d} already holds a sweep's runs, which this sweep would overwrite or mix with "
                     "its own: choose a new directory (or drop hydra.sweep.dir for a fresh time-stamped one), or "

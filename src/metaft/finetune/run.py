@@ -106,12 +106,12 @@ def build(cfg: DictConfig) -> tuple[SupervisedTarget, FineTuner, dict[str, Any]]
 def finetune(cfg: DictConfig) -> dict[str, Any]:
     """Fine-tune (or resume), early-stop on validation, test the best checkpoint, write results.json."""
     cfg, resume, out = start_run(cfg)
-    dm, learner, info = build(cfg)
-    monitor, mode = f"val/{learner.metric_name}", "min" if learner.task == "regression" else "max"
-    callbacks = []
     if not isinstance(cfg.early_stopping.patience, int) or cfg.early_stopping.patience < 0:
         raise ValueError(f"early_stopping.patience must be a number of validations >= 0 (0 disables early stopping), "
                          f"got {cfg.early_stopping.patience!r}")
+    dm, learner, info = build(cfg)
+    monitor, mode = f"val/{learner.metric_name}", "min" if learner.task == "regression" else "max"
+    callbacks = []
     if cfg.early_stopping.patience > 0:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=int(cfg.early_stopping.patience),
                                        min_delta=float(cfg.early_stopping.min_delta)))
