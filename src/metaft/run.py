@@ -24,6 +24,8 @@ from metaft.utils.io import load_checkpoint, write_json
 log = logging.getLogger(__name__)
 
 _GROUPS = ("algorithm", "dataset", "model", "target")
+_PER_EPISODE_HEADS = ("learner that builds its head from each episode (protonet, metaoptnet, pretrain, or maml, fomaml, "
+                     "anil, reptile with algorithm.zero_head=true)")
 
 
 def ensure_finite_weights(trainer: L.Trainer) -> None:
@@ -95,17 +97,15 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
     if train_ways != ways and not sized_per_episode:
         raise ValueError(
             f"dataset.train_ways={train_ways} differs from dataset.ways={ways}, but algorithm {type(learner).__name__} "
-            "classifies with the network's own head, sized for dataset.ways; drop dataset.train_ways, or use a "
-            "learner that builds its head from each episode (protonet, metaoptnet, pretrain, or maml, fomaml, "
-            "anil, reptile with algorithm.zero_head=true)"
+            f"classifies with the network's own head, sized for dataset.ways; drop dataset.train_ways, or use a "
+            f"{_PER_EPISODE_HEADS}"
         )
     head = getattr(net, "head", None)
     if ways is not None and not sized_per_episode and isinstance(head, torch.nn.Linear) and head.out_features != ways:
         raise ValueError(
             f"dataset.ways={ways} but the network's head has {head.out_features} outputs, and algorithm "
             f"{type(learner).__name__} classifies with that head: use dataset.ways={head.out_features} (for a "
-            "checkpoint, the ways it was trained on), or a learner that builds its head from each episode "
-            "(protonet, metaoptnet, pretrain, or maml, fomaml, anil, reptile with algorithm.zero_head=true)"
+            f"checkpoint, the ways it was trained on), or a {_PER_EPISODE_HEADS}"
         )
     learner.run_config = OmegaConf.to_container(cfg, resolve=True)
     return dm, learner
