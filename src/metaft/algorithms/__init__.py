@@ -1,7 +1,8 @@
 from metaft.algorithms.anil import ANIL
-from metaft.algorithms.base import MetaLearner, NonFiniteLossError
+from metaft.algorithms.base import MetaLearner
+from metaft.core.errors import NonFiniteLossError
 from metaft.algorithms.feature_head import FeatureHeadLearner
-from metaft.algorithms.inner_loop import adapt
+from metaft.core.inner_loop import adapt
 from metaft.algorithms.maml import MAML
 from metaft.algorithms.metaoptnet import MetaOptNet
 from metaft.algorithms.metasgd import MetaSGD

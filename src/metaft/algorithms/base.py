@@ -16,11 +16,12 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_map
 
-from metaft.algorithms.inner_loop import Gradient, Params, adapt
+from metaft.core.inner_loop import Gradient, Params, adapt
+from metaft.core.errors import NonFiniteLossError
 from metaft.data.episode import Episode
 from metaft.models.nets import MetaNet, batched_forward, batched_gradient, per_example
-from metaft.utils.distributed import all_reduce_sum_
-from metaft.utils.metrics import EpisodeStats
+from metaft.runtime.distributed import all_reduce_sum_
+from metaft.core.metrics import EpisodeStats
 
 Task = Literal["regression", "classification"]
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -50,10 +51,6 @@ def kept_buffers(module: nn.Module) -> Iterator[None]:
         with torch.no_grad():
             for b, value in saved:
                 b.copy_(value)
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised when a meta-training loss is NaN or Inf."""
 
 
 def running_stats(net: nn.Module) -> bool:
@@ -337,7 +334,7 @@ class MetaLearner(L.LightningModule):
 
     def use_vmap(self) -> bool:
         """Vectorize over tasks? ``auto``: on accelerators always; on a CPU only convolution-free
-        models (there a loop is 2-3x faster for Conv4, ANIL included: measured in metaft.bench);
+        models (there a loop is 2-3x faster for Conv4, ANIL included: measured in benchmarks/bench.py);
         never for a model with running batch-norm statistics (vmap cannot update them per task)."""
         if self.vectorize != "auto":
             return self.vectorize == "true"

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaft.algorithms.feature_head import FeatureHeadLearner
-from metaft.algorithms.inner_loop import Params, adapt
-from metaft.data.datamodule import EpisodicDataModule
+from metaft.core.inner_loop import Params, adapt
+from metaft.data.episodic import EpisodicDataModule
 from metaft.data.episode import Episode
 
 

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 from torch.utils._pytree import tree_map
 
 from metaft.algorithms.base import MetaLearner
-from metaft.algorithms.inner_loop import adapt
+from metaft.core.inner_loop import adapt
 from metaft.data.episode import Episode
 
 

@@ -27,9 +27,10 @@ from typing import Sequence
 from omegaconf import OmegaConf
 
 from metaft.report import fmt, higher_is_better, load_runs, markdown_table, mean_ci95
-from metaft.run_dirs import claim
+from metaft.runtime.paths import project_root
+from metaft.runtime.run_dirs import claim
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = project_root()
 CONF = ROOT / "conf"
 TRAIN = ROOT / "train.py"
 

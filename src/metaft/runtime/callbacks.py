@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from metaft.algorithms.base import MetaLearner
-from metaft.data.datamodule import split_generator
+from metaft.data.episodic import split_generator
 from metaft.data.episode import Episode
 from metaft.data.sinusoid import SinusoidDataModule
 
