@@ -116,6 +116,7 @@ def test_first_order_maml_is_its_definition(sinusoid_episode):
 INNER_LOOPS = [
     ("maml", None),
     ("anil", ("head.",)),
+    ("boil", ("body.",)),
 ]
 
 
