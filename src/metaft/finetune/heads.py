@@ -35,12 +35,14 @@ def linear_logits(f: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return out if bias is None else out + bias.unsqueeze(-2)
 
 
-def prototype_head(fs: Tensor, sy: Tensor, ways: int) -> tuple[Tensor, Tensor]:
+def prototype_head(fs: Tensor, sy: Tensor, ways: int, check: bool = True) -> tuple[Tensor, Tensor]:
     """``(W [P, ways, D], b [P, ways])`` with ``W_c = 2 mu_c``, ``b_c = -|mu_c|^2``: logits equal
     to minus the squared distance to class mean ``mu_c`` up to a per-query constant, so argmax and
     softmax are nearest-prototype's. The rule of ``finetune.module.init_head`` (whose
-    ``class_prototypes`` runs a module on one problem's images; here features of many problems)."""
-    _check(fs, sy, ways)
+    ``class_prototypes`` runs a module on one problem's images; here features of many problems).
+    ``check=False`` skips the label checks, which vmap cannot run (check the labels before)."""
+    if check:
+        _check(fs, sy, ways)
     y = one_hot(sy, ways, fs.dtype)  # [P, S, ways]
     mu = y.transpose(1, 2) @ fs / y.sum(1).unsqueeze(-1)
     return 2 * mu, -(mu * mu).sum(-1)
