@@ -27,9 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from metaft.data.episode import Episode  # noqa: E402
-from metaft.finetune.batched import finetune_problems  # noqa: E402
-from metaft.models import Conv4  # noqa: E402
+from metaft.data.episode import Episode
+from metaft.finetune.batched import finetune_problems
+from metaft.models import Conv4
 
 
 def compose(overrides: list[str], out_dir: Path):
@@ -77,7 +77,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.problems < 1 or args.steps < 1:
         ap.error("--problems and --steps must be >= 1")
     torch.set_num_threads(args.threads)
-    from metaft.finetune.run import build, finetune  # after sys.path: the checkout's code
+    from metaft.finetune.run import (  # after sys.path: the checkout's code
+        build,
+        finetune,
+    )
 
     tmp = Path(tempfile.mkdtemp(prefix="study_throughput_"))
     ckpt = args.ckpt or str(random_checkpoint(tmp / "random.ckpt", args.filters))

@@ -10,7 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from metaft.data.episode import Episode
-from metaft.finetune.batched import finetune_problems, probe_features, probe_problems, query_outputs
+from metaft.finetune.batched import (
+    finetune_problems,
+    probe_features,
+    probe_problems,
+    query_outputs,
+)
 from metaft.finetune.heads import linear_logits, prototype_head
 from metaft.models.conv4 import Conv4
 

@@ -8,8 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metaft.finetune.heads import (CosineClassifier, cosine_logits, fit_cosine_head, linear_logits, logistic_regression,
-                                   probe_logits, prototype_head)
+from metaft.finetune.heads import (
+    CosineClassifier,
+    cosine_logits,
+    fit_cosine_head,
+    linear_logits,
+    logistic_regression,
+    probe_logits,
+    prototype_head,
+)
 
 
 def _problems(n_prob: int, ways: int, shots: int, queries: int, dim: int, seed: int = 0):

@@ -6,8 +6,17 @@ import itertools
 import numpy as np
 import pytest
 
-from metaft.finetune.stats import (bootstrap_distribution, bootstrap_p, cohens_d, convergence, hierarchical_bootstrap,
-                                   holm, holm_bootstrap, paired_differences, percentile_ci)
+from metaft.finetune.stats import (
+    bootstrap_distribution,
+    bootstrap_p,
+    cohens_d,
+    convergence,
+    hierarchical_bootstrap,
+    holm,
+    holm_bootstrap,
+    paired_differences,
+    percentile_ci,
+)
 
 
 def test_paired_differences_match_by_fingerprint():

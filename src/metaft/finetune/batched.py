@@ -16,9 +16,11 @@ moments carried through the inner loop, which no learner of the platform does.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from functools import partial
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +31,14 @@ from metaft.algorithms.base import running_stats
 from metaft.algorithms.feature_head import FeatureHeadLearner
 from metaft.algorithms.inner_loop import adapt
 from metaft.data.episode import Episode
-from metaft.finetune.heads import (cosine_logits, fit_cosine_head, linear_logits, logistic_regression, probe_logits,
-                                   prototype_head)
+from metaft.finetune.heads import (
+    cosine_logits,
+    fit_cosine_head,
+    linear_logits,
+    logistic_regression,
+    probe_logits,
+    prototype_head,
+)
 from metaft.models.nets import MetaNet
 
 BN = Literal["inductive", "transductive"]
@@ -216,7 +224,7 @@ def _finetune_vmap(net: MetaNet, ep: Episode, points: list[int], lr: float, ways
     for point in points:
         t0 = time.perf_counter()
         if point > done:
-            params = vmap(lambda p, sx, sy: run(p, sx, sy, point - done))(params, ep.support_x, ep.support_y)
+            params = vmap(partial(run, k=point - done))(params, ep.support_x, ep.support_y)
         spent += time.perf_counter() - t0
         done = point
         with torch.no_grad():

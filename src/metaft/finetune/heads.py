@@ -100,8 +100,8 @@ def logistic_regression(fs: Tensor, sy: Tensor, ways: int, C: float = 1.0, fit_i
             break
         # Problems already converged get a zero right-hand side, hence a zero step.
         todo = (gnorm >= tol).to(x.dtype)
-        dw, db = _conjugate_gradient(lambda vw, vb: hess_vec(p, vw, vb), -gw * todo.view(-1, 1, 1), -gb * todo.view(-1, 1), cg_iter,
-                                     rtol=torch.clamp(gnorm.sqrt(), max=0.5))
+        dw, db = _conjugate_gradient(lambda vw, vb, p=p: hess_vec(p, vw, vb), -gw * todo.view(-1, 1, 1),
+                                     -gb * todo.view(-1, 1), cg_iter, rtol=torch.clamp(gnorm.sqrt(), max=0.5))
         # Backtracking (Armijo), all problems together: halve the step of those not yet accepted.
         # The logits are affine in the step length, so a trial costs no matrix product.
         dl = linear_logits(x, dw, db if fit_intercept else None)

@@ -6,7 +6,8 @@ Pure functions of numbers (numpy), no Lightning: the driver collects the per-pro
 """
 from __future__ import annotations
 
-from typing import Hashable, Mapping, NamedTuple, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
