@@ -139,3 +139,28 @@ def test_probe_features_inductive_and_prototype_probe():
     for head in ("logistic", "cosine"):
         a = probe_problems(net, ep, head=head)
         assert a.shape == (2,) and ((a >= 0) & (a <= 100)).all()
+
+
+def test_running_statistics_per_problem_copy():
+    """``model.bn=running``: every problem updates its own copy of the running statistics (once
+    for the prototype head, once per step) and the queries are read in eval mode, as a deep copy
+    trained by torch.optim.SGD does; the net's own buffers stay as they were."""
+    net, ep = _net(3, bn="running"), _episode(problems=2, seed=3)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    curves = finetune_problems(net, ep, steps=4, lr=0.2)
+    for i in range(ep.num_tasks):
+        sx, sy = ep.support_x[i], ep.support_y[i]
+        m = copy.deepcopy(net).train()
+        with torch.no_grad():
+            feats = m.body(sx)
+            mu = torch.stack([feats[sy == c].mean(0) for c in range(3)])
+            m.head.weight.copy_(2 * mu)
+            m.head.bias.copy_(-(mu * mu).sum(1))
+        opt = torch.optim.SGD(m.parameters(), lr=0.2)
+        for _ in range(4):
+            opt.zero_grad()
+            F.cross_entropy(m(sx), sy).backward()
+            opt.step()
+        with torch.no_grad():
+            torch.testing.assert_close(curves.logits[i], m.eval()(ep.query_x[i]), rtol=1e-9, atol=1e-9)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
