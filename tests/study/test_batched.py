@@ -164,3 +164,34 @@ def test_running_statistics_per_problem_copy():
         with torch.no_grad():
             torch.testing.assert_close(curves.logits[i], m.eval()(ep.query_x[i]), rtol=1e-9, atol=1e-9)
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+@pytest.mark.parametrize("head_init", ["zero", "keep", "prototypes"])
+def test_vmap_and_loop_agree(head_init):
+    """Both of use_vmap's routes give the same numbers, for a Conv4 and an MLP (which ``auto``
+    vmaps on a CPU)."""
+    from metaft.models.nets import MLP
+
+    net, ep = _net(1), _episode(problems=2, seed=1)
+    torch.manual_seed(0)
+    mlp = MLP(in_features=4, hidden=(8,), out_features=3).double()
+    g = torch.Generator().manual_seed(0)
+    sy, qy = torch.arange(3).repeat(2).expand(5, -1), torch.arange(3).repeat(4).expand(5, -1)
+    flat = Episode(torch.randn(5, 6, 4, generator=g, dtype=torch.float64), sy.contiguous(),
+                   torch.randn(5, 12, 4, generator=g, dtype=torch.float64), qy.contiguous())
+    for model, episode in ((net, ep), (mlp, flat)):
+        a = finetune_problems(model, episode, steps=3, lr=0.3, eval_every=2, head_init=head_init, vectorize="true")
+        b = finetune_problems(model, episode, steps=3, lr=0.3, eval_every=2, head_init=head_init, vectorize="false")
+        torch.testing.assert_close(a.logits, b.logits, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(a.acc, b.acc)
+        assert a.steps == [0, 2, 3]
+
+
+def test_bad_arguments_name_the_setting():
+    net, ep = _net(), _episode()
+    with pytest.raises(ValueError, match="bn must be"):
+        finetune_problems(net, ep, steps=1, lr=0.1, bn="query")
+    with pytest.raises(ValueError, match="head_init=keep needs a head of 2 outputs .* the net has 3"):
+        finetune_problems(_net(), _episode(ways=2), steps=1, lr=0.1, head_init="keep")
+    with pytest.raises(ValueError, match="vectorize=true cannot"):
+        finetune_problems(_net(bn="running"), ep, steps=1, lr=0.1, vectorize="true")

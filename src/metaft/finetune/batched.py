@@ -146,6 +146,8 @@ def finetune_problems(net: MetaNet, episode: Episode, steps: int, lr: float, eva
         raise ValueError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
     if head_init not in ("prototypes", "zero", "keep"):
         raise ValueError(f"head_init must be prototypes, zero or keep, got {head_init!r}")
+    if bn not in ("inductive", "transductive"):
+        raise ValueError(f"bn must be 'inductive' or 'transductive', got {bn!r}")
     ways = FeatureHeadLearner.episode_ways(episode)
     if head_init == "keep" and net.head.out_features != ways:
         raise ValueError(f"head_init=keep needs a head of {ways} outputs (the problems' ways), the net has "
@@ -169,6 +171,14 @@ def finetune_problems(net: MetaNet, episode: Episode, steps: int, lr: float, eva
 
 def _loss(out: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(out, y)
+
+
+def _sgd(forward, params: dict[str, Tensor], sx: Tensor, sy: Tensor, steps: int, lr: float) -> dict[str, Tensor]:
+    """``steps`` first-order steps of ``adapt``, one at a time: its trajectory would otherwise
+    hold every intermediate model between two evaluations."""
+    for _ in range(steps):
+        params = {k: v.detach() for k, v in adapt(forward, params, sx, sy, _loss, 1, lr, first_order=True)[-1].items()}
+    return params
 
 
 def _evaluate(net: MetaNet, params: dict[str, Tensor], sx: Tensor, qx: Tensor, qy: Tensor,
@@ -198,7 +208,7 @@ def _finetune_one(net: MetaNet, ep: Episode, points: list[int], lr: float, ways:
     acc, loss, secs, done = [], [], [], 0
     for point in points:
         t0 = time.perf_counter()
-        params = {k: v.detach() for k, v in adapt(forward, params, sx, sy, _loss, point - done, lr, first_order=True)[-1].items()}
+        params = _sgd(forward, params, sx, sy, point - done, lr)
         spent += time.perf_counter() - t0
         done = point
         with torch.no_grad():
@@ -213,7 +223,7 @@ def _finetune_vmap(net: MetaNet, ep: Episode, points: list[int], lr: float, ways
         return functional_call(net, p, (x,))
 
     def run(p: dict[str, Tensor], sx: Tensor, sy: Tensor, k: int) -> dict[str, Tensor]:
-        return adapt(forward, p, sx, sy, _loss, k, lr, first_order=True)[-1]
+        return _sgd(forward, p, sx, sy, k, lr)
 
     n = ep.num_tasks
     t0 = time.perf_counter()
