@@ -136,6 +136,10 @@ def test_probe_features_inductive_and_prototype_probe():
     acc = probe_problems(net, ep, head="prototype")
     logits = linear_logits(fq, *prototype_head(fs, ep.support_y, 3))
     torch.testing.assert_close(acc, (logits.argmax(-1) == ep.query_y).double().mean(-1) * 100)
+    mu = torch.stack([torch.stack([fs[p][ep.support_y[p] == c].mean(0) for c in range(3)]) for p in range(2)])
+    cos = F.cosine_similarity(fq.unsqueeze(2), mu.unsqueeze(1), dim=-1)  # [P, Q, ways], by hand
+    torch.testing.assert_close(probe_problems(net, ep, head="cosine_prototype"),
+                               (cos.argmax(-1) == ep.query_y).double().mean(-1) * 100)
     for head in ("logistic", "cosine"):
         a = probe_problems(net, ep, head=head)
         assert a.shape == (2,) and ((a >= 0) & (a <= 100)).all()
@@ -195,3 +199,5 @@ def test_bad_arguments_name_the_setting():
         finetune_problems(_net(), _episode(ways=2), steps=1, lr=0.1, head_init="keep")
     with pytest.raises(ValueError, match="vectorize=true cannot"):
         finetune_problems(_net(bn="running"), ep, steps=1, lr=0.1, vectorize="true")
+    with pytest.raises(ValueError, match="head must be"):
+        probe_problems(net, ep, head="svm")

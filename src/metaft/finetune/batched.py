@@ -43,7 +43,7 @@ from metaft.models.nets import MetaNet
 
 BN = Literal["inductive", "transductive"]
 HeadInit = Literal["prototypes", "zero", "keep"]
-Probe = Literal["logistic", "prototype", "cosine"]
+Probe = Literal["logistic", "prototype", "cosine", "cosine_prototype"]
 
 
 @contextmanager
@@ -264,17 +264,24 @@ def probe_problems(net: MetaNet, episode: Episode, head: Probe = "logistic", bn:
     """Linear probe of every problem (body frozen): test accuracy in percent, ``[P]``.
     ``logistic``: RFS (L2-normalised features, logistic regression with inverse L2 strength
     ``C``); ``prototype``: nearest class mean; ``cosine``: a Baseline++ head fitted by
-    ``cosine_steps`` gradient steps at ``cosine_scale``. The heads run in at least float32."""
+    ``cosine_steps`` gradient steps at ``cosine_scale``; ``cosine_prototype``: Meta-Baseline's
+    classifier, the class mean with the highest cosine (its learned scale does not change the
+    argmax). The heads run in at least float32, the logistic regression in float64 (an exact
+    solve, cheap next to the body). The cosine head's step count and size are plain defaults,
+    not tuned: choose them on validation problems."""
+    if head not in ("logistic", "prototype", "cosine", "cosine_prototype"):
+        raise ValueError(f"head must be logistic, prototype, cosine or cosine_prototype, got {head!r}")
     ways = FeatureHeadLearner.episode_ways(episode)
     fs, fq = probe_features(net, episode, bn)
     dtype = torch.promote_types(fs.dtype, torch.float32)
     fs, fq, sy = fs.to(dtype), fq.to(dtype), episode.support_y
     if head == "logistic":
-        logits = probe_logits(fq, *logistic_regression(fs, sy, ways, C=C))
+        w, b = logistic_regression(fs.double(), sy, ways, C=C)
+        logits = probe_logits(fq.double(), w, b)
     elif head == "prototype":
         logits = linear_logits(fq, *prototype_head(fs, sy, ways))
-    elif head == "cosine":
-        logits = cosine_logits(fq, fit_cosine_head(fs, sy, ways, cosine_scale, cosine_steps, cosine_lr), cosine_scale)
+    elif head == "cosine_prototype":
+        logits = cosine_logits(fq, prototype_head(fs, sy, ways)[0], cosine_scale)  # W = 2 mu: same direction
     else:
-        raise ValueError(f"head must be logistic, prototype or cosine, got {head!r}")
+        logits = cosine_logits(fq, fit_cosine_head(fs, sy, ways, cosine_scale, cosine_steps, cosine_lr), cosine_scale)
     return (logits.argmax(-1) == episode.query_y).to(dtype).mean(-1) * 100

@@ -55,7 +55,7 @@ def _lr_loss(logits: Tensor, y: Tensor, w: Tensor, penalty: float) -> Tensor:
 
 
 def logistic_regression(fs: Tensor, sy: Tensor, ways: int, C: float = 1.0, fit_intercept: bool = True,
-                        normalize: bool = True, tol: float = 1e-10, max_iter: int = 100,
+                        normalize: bool = True, tol: float | None = None, max_iter: int = 100,
                         cg_iter: int = 200) -> tuple[Tensor, Tensor]:
     """Multinomial logistic regression per problem: ``(W [P, ways, D], b [P, ways])`` minimising
     ``C * sum_i CE(W x_i + b, y_i) + |W|^2 / 2`` (scikit-learn's ``LogisticRegression`` objective:
@@ -67,7 +67,8 @@ def logistic_regression(fs: Tensor, sy: Tensor, ways: int, C: float = 1.0, fit_i
     Hessian is formed. The optimal W lies in the span of the support features, so when
     ``S < D`` the problem is solved in that S-dimensional span (an orthonormal basis by QR) and
     mapped back: the same solution, smaller systems. Stops when every problem's gradient
-    (max-norm, objective divided by ``C * S``) is below ``tol`` or after ``max_iter`` steps.
+    (max-norm, objective divided by ``C * S``) is below ``tol`` (default: 1e-10 in float64, 1e-5
+    in lower precision, where 1e-10 is out of reach) or after ``max_iter`` steps.
     The intercept is determined up to a constant shared by all classes (softmax cannot see it);
     the returned one has mean zero over classes.
     """
@@ -75,6 +76,8 @@ def logistic_regression(fs: Tensor, sy: Tensor, ways: int, C: float = 1.0, fit_i
     if not C > 0:
         raise ValueError(f"C (inverse L2 strength) must be > 0, got {C}")
     x = F.normalize(fs, dim=-1) if normalize else fs
+    if tol is None:
+        tol = 1e-10 if x.dtype == torch.float64 else 1e-5
     n_prob, s, d = x.shape
     basis = None
     if s < d:  # W = W_r Q^T with Q an orthonormal basis of the support features' span
