@@ -11,6 +11,7 @@ from metaft.finetune.stats import (
     bootstrap_p,
     cohens_d,
     convergence,
+    curves_convergence,
     hierarchical_bootstrap,
     holm,
     holm_bootstrap,
@@ -128,3 +129,17 @@ def test_convergence_by_hand():
     assert convergence(steps, dip, final=80.0, sustained=True).step == 30
     assert convergence(steps, [10.0, 20.0, 30.0, 40.0, 50.0], final=90.0).step is None
     assert convergence([5], [42.0], final=42.0) == (5.0, 42.0)
+
+
+def test_curves_convergence_per_run():
+    steps = [0, 10, 20, 30]
+    acc = [[20.0, 60.0, 79.5, 80.0], [50.0, 50.0, 50.0, 50.0], [90.0, 10.0, 10.0, 10.0]]
+    secs = [[0.0, 1.0, 2.0, 3.0], [0.0, 2.0, 4.0, 6.0], [0.0, 0.5, 1.0, 1.5]]
+    out = curves_convergence(steps, acc, secs, tol=1.0)
+    np.testing.assert_array_equal(out["steps"], [20.0, 0.0, 0.0])  # run 3 starts above its final
+    np.testing.assert_array_equal(out["seconds"], [2.0, 0.0, 0.0])
+    # run 1: (400 + 697.5 + 797.5) / 30; run 2: flat 50; run 3: (500 + 100 + 100) / 30
+    np.testing.assert_allclose(out["auc"], [1895 / 30, 50.0, 700 / 30])
+    dip = [[20.0, 80.0, 70.0, 80.0]]
+    assert curves_convergence(steps, dip)["steps"][0] == 10.0
+    assert curves_convergence(steps, dip, sustained=True)["steps"][0] == 30.0

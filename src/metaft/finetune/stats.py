@@ -221,3 +221,29 @@ def convergence(curve_steps: ArrayLike, curve_acc: ArrayLike, final: float, tol:
     span = x[-1] - x[0]
     auc = float(y[0]) if span == 0 else float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / span)
     return Convergence(step, auc)
+
+
+def curves_convergence(steps: ArrayLike, acc: ArrayLike, seconds: ArrayLike | None = None, tol: float = 1.0,
+                       sustained: bool = False) -> dict[str, np.ndarray]:
+    """``convergence`` of many runs at once (``acc [runs, evaluations]`` at ``steps``, e.g.
+    ``batched.Curves``), each against its own final accuracy (the last column): arrays of
+    ``steps`` to come within ``tol`` (NaN if never), ``seconds`` at that evaluation (when
+    ``seconds [runs, evaluations]`` is given) and ``auc`` (mean accuracy over the step span)."""
+    acc = np.asarray(acc, dtype=np.float64)
+    if acc.ndim != 2:
+        raise ValueError(f"acc must be [runs, evaluations], got shape {acc.shape}")
+    x = np.asarray(steps, dtype=np.float64).reshape(-1)
+    secs = None if seconds is None else np.asarray(seconds, dtype=np.float64)
+    if secs is not None and secs.shape != acc.shape:
+        raise ValueError(f"seconds must have acc's shape {acc.shape}, got {secs.shape}")
+    out = {"steps": np.full(len(acc), np.nan), "auc": np.empty(len(acc))}
+    if secs is not None:
+        out["seconds"] = np.full(len(acc), np.nan)
+    for i, row in enumerate(acc):
+        c = convergence(x, row, final=row[-1], tol=tol, sustained=sustained)
+        out["auc"][i] = c.auc
+        if c.step is not None:
+            out["steps"][i] = c.step
+            if secs is not None:
+                out["seconds"][i] = secs[i, int(np.flatnonzero(x == c.step)[0])]
+    return out
