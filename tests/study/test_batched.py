@@ -201,3 +201,17 @@ def test_bad_arguments_name_the_setting():
         finetune_problems(_net(bn="running"), ep, steps=1, lr=0.1, vectorize="true")
     with pytest.raises(ValueError, match="head must be"):
         probe_problems(net, ep, head="svm")
+
+
+def test_problem_fingerprints_identify_problems():
+    from metaft.finetune.batched import problem_fingerprints
+
+    ep = _episode(problems=3)
+    fp = problem_fingerprints(ep)
+    assert len(set(fp)) == 3 and all(len(f) == 16 for f in fp)
+    assert problem_fingerprints(ep[1]) == [fp[1]]  # a problem's own, whatever batch it is in
+    as_float32 = Episode(ep.support_x.float(), ep.support_y, ep.query_x.float(), ep.query_y)
+    assert problem_fingerprints(as_float32) == fp
+    moved = Episode(ep.support_x, ep.support_y, ep.query_x.clone(), ep.query_y)
+    moved.query_x[2, 0, 0, 0, 0] += 1
+    assert problem_fingerprints(moved)[:2] == fp[:2] and problem_fingerprints(moved)[2] != fp[2]

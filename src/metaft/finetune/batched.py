@@ -15,6 +15,7 @@ moments carried through the inner loop, which no learner of the platform does.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -83,6 +84,21 @@ def query_outputs(module: nn.Module, params: dict[str, Tensor], sx: Tensor, qx: 
     with support_statistics(module, sx.shape[0]):
         out = functional_call(module, params, (torch.cat([sx, qx]),))
     return out[: sx.shape[0]], out[sx.shape[0]:]
+
+
+def problem_fingerprints(episode: Episode) -> list[str]:
+    """One SHA-256 (16 hex digits, as ``MetaDataModule.fingerprint``) per problem of ``episode``,
+    over its support and query tensors: equal fingerprints mean the same target problem, the key
+    ``stats.paired_differences`` matches inits by. Hashed in float32 and int64 on the CPU, so a
+    problem keeps its fingerprint across devices and float precisions of the same images."""
+    out = []
+    for i in range(episode.num_tasks):
+        h = hashlib.sha256()
+        for t in (episode.support_x[i], episode.support_y[i], episode.query_x[i], episode.query_y[i]):
+            t = t.detach().cpu()
+            h.update((t.float() if t.is_floating_point() else t.long()).contiguous().numpy().tobytes())
+        out.append(h.hexdigest()[:16])
+    return out
 
 
 def use_vmap(net: nn.Module, device: torch.device, vectorize: str | bool = "auto") -> bool:
