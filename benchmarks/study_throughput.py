@@ -1,4 +1,4 @@
-"""Target problems adapted per second: ``metaft.finetune.batched`` against one Lightning
+"""Target problems adapted per second: ``metaft.study.problems`` against one Lightning
 fine-tuning run per problem (``train.py --config-name finetune``), on the same Omniglot problems,
 checking that both give the same test accuracy.
 
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from metaft.data.episode import Episode
-from metaft.finetune.batched import finetune_problems
+from metaft.study.problems import finetune_problems
 from metaft.models import Conv4
 
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.problems < 1 or args.steps < 1:
         ap.error("--problems and --steps must be >= 1")
     torch.set_num_threads(args.threads)
-    from metaft.finetune.run import (  # after sys.path: the checkout's code
+    from metaft.stages.finetune import (  # after sys.path: the checkout's code
         build,
         finetune,
     )

@@ -1,4 +1,4 @@
-"""metaft.finetune.batched: inductive batch norm, and batched fine-tuning against a hand-written
+"""metaft.study.problems: inductive batch norm, and batched fine-tuning against a hand-written
 per-problem loop with torch.optim.SGD on a deep-copied module (float64)."""
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from metaft.data.episode import Episode
-from metaft.finetune.batched import (
+from metaft.study.problems import (
     finetune_problems,
     probe_features,
     probe_problems,
     query_outputs,
 )
-from metaft.finetune.heads import linear_logits, prototype_head
+from metaft.study.heads import linear_logits, prototype_head
 from metaft.models.conv4 import Conv4
 
 
@@ -204,7 +204,7 @@ def test_bad_arguments_name_the_setting():
 
 
 def test_problem_fingerprints_identify_problems():
-    from metaft.finetune.batched import problem_fingerprints
+    from metaft.study.problems import problem_fingerprints
 
     ep = _episode(problems=3)
     fp = problem_fingerprints(ep)

@@ -1,4 +1,4 @@
-"""metaft.finetune.heads against scikit-learn, float64 optimality conditions and hand computations."""
+"""metaft.study.heads against scikit-learn, float64 optimality conditions and hand computations."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metaft.finetune.heads import (
+from metaft.study.heads import (
     CosineClassifier,
     cosine_logits,
     fit_cosine_head,

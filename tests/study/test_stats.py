@@ -1,4 +1,4 @@
-"""metaft.finetune.stats against hand computations and exact enumerations."""
+"""metaft.study.stats against hand computations and exact enumerations."""
 from __future__ import annotations
 
 import itertools
@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from metaft.finetune.stats import (
+from metaft.study.stats import (
     bootstrap_distribution,
     bootstrap_p,
     cohens_d,

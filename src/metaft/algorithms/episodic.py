@@ -22,6 +22,7 @@ from metaft.core.metrics import EpisodeStats
 from metaft.core.objective import Kind, Objective
 from metaft.data.episode import Episode
 from metaft.models.nets import MetaNet, batched_forward
+from metaft.models.norm import support_statistics
 from metaft.runtime.distributed import all_reduce_sum_
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -215,8 +216,24 @@ class MetaLearner(L.LightningModule):
             return self.net.body(x)  # the module's own weights: no functional_call swap (Python-heavy)
         return functional_call(self.net.body, body, (x,))
 
+    @property
+    def inductive(self) -> bool:
+        """Queries normalised with the support set's batch-norm statistics (``model.bn=inductive``)."""
+        return self.net.norm == "inductive"
+
+    def batch_norm(self) -> str:
+        """How batch norm normalises query examples, as results record it."""
+        if self.net.norm == "transductive":
+            return "transductive (episode)" if self.joint_forward else "transductive (query set)"
+        return "inductive (support set)" if self.inductive else self.net.norm
+
     def episode_features(self, net_params: Params, sx: Tensor, qx: Tensor) -> tuple[Tensor, Tensor]:
-        """Body features of one task's support and query inputs (see ``joint_forward``)."""
+        """Body features of one task's support and query inputs (see ``joint_forward``; with
+        inductive batch norm both sets are normalised with the support set's statistics)."""
+        if self.inductive:
+            with support_statistics(self.net.body, sx.shape[0]):
+                f = self.features(net_params, torch.cat([sx, qx]))
+            return f[: sx.shape[0]], f[sx.shape[0]:]
         if not self.joint_forward:
             return self.features(net_params, sx), self.features(net_params, qx)
         f = self.features(net_params, torch.cat([sx, qx]))

@@ -13,6 +13,7 @@ from metaft.algorithms import catalogue
 from metaft.algorithms.episodic import MetaLearner
 from metaft.core.inner_loop import Gradient, Params, adapt
 from metaft.models.nets import MetaNet, batched_forward, batched_gradient, per_example
+from metaft.models.norm import support_statistics
 
 Adapt = Literal["all", "head", "body"]
 ADAPT = ("all", "head", "body")
@@ -173,8 +174,19 @@ class GradientLearner(MetaLearner):
         forward, start, lr, sx, qx, gradient = self.inner_problem(meta, sx, qx, batched, self.zero_head_ways(sy))
         trajectory = adapt(forward, start, sx, sy, self.task_loss(batched), steps, lr, first_order, gradient)
         if all_steps:
-            return torch.stack([forward(p, qx) for p in trajectory], dim=int(batched))
-        return forward(trajectory[-1], qx)
+            return torch.stack([self.query_forward(forward, p, sx, qx, batched) for p in trajectory], dim=int(batched))
+        return self.query_forward(forward, trajectory[-1], sx, qx, batched)
+
+    def query_forward(self, forward: Callable, p: Params, sx: Tensor, qx: Tensor, batched: bool) -> Tensor:
+        """``forward(p, qx)``; with inductive batch norm, the query rows of a pass over support
+        and queries together, normalised with the support rows' statistics (``adapt=head`` has
+        its features from ``episode_features`` already)."""
+        if not self.inductive or self.adapt == "head":
+            return forward(p, qx)
+        d, n = int(batched), sx.shape[int(batched)]
+        with support_statistics(self.net, n):
+            out = forward(p, torch.cat([sx, qx], d))
+        return out.narrow(d, n, out.shape[d] - n)
 
 
 def _with_fixed(fn: Callable[..., Any], fixed: Params) -> Callable[..., Any]:

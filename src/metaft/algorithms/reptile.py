@@ -35,7 +35,7 @@ class Reptile(GradientLearner):
         def adapted(meta: dict[str, Any], sx: Tensor, sy: Tensor, qx: Tensor, batched: bool = False) -> tuple[dict, Tensor]:
             forward, start, lr, sx, qx, grad = self.inner_problem(meta, sx, qx, batched, self.zero_head_ways(sy))
             phi = adapt(forward, start, sx, sy, self.task_loss(batched), self.inner_steps, lr, True, grad)[-1]
-            return phi, forward(phi, qx)
+            return phi, self.query_forward(forward, phi, sx, qx, batched)
 
         # No outer graph: Reptile's update needs only the adapted weights.
         meta = tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, self.meta_params())

@@ -85,6 +85,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results.update(final_metrics(trainer, "test/"))
         results["ckpt"] = str(Path(best).resolve()) if best else None
         results["test_episodes_fingerprint"] = dm.fingerprint("test")
+    results["batch_norm"] = learner.batch_norm()
     log_hparams(trainer, cfg, results)
     return write_results(out, results)
 
@@ -112,6 +113,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer.test(learner, datamodule=dm)
     results = final_metrics(trainer, "test/")
     log_hparams(trainer, run_cfg, results)
-    return write_results(out, results, ckpt=str(ckpt_path), test_episodes_fingerprint=dm.fingerprint("test"))
+    return write_results(out, results, ckpt=str(ckpt_path), test_episodes_fingerprint=dm.fingerprint("test"),
+                         batch_norm=learner.batch_norm())
 
 

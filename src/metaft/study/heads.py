@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metaft.algorithms.feature_head import one_hot
-from metaft.algorithms.inner_loop import adapt
+from metaft.core.inner_loop import adapt
 
 
 def _check(fs: Tensor, sy: Tensor, ways: int) -> None:

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -28,11 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from metaft.algorithms.base import running_stats
+from metaft.core.tasks import has_conv, running_stats, vectorize_choice
 from metaft.algorithms.feature_head import FeatureHeadLearner
-from metaft.algorithms.inner_loop import adapt
+from metaft.core.inner_loop import adapt
 from metaft.data.episode import Episode
-from metaft.finetune.heads import (
+from metaft.study.heads import (
     cosine_logits,
     fit_cosine_head,
     linear_logits,
@@ -41,37 +39,11 @@ from metaft.finetune.heads import (
     prototype_head,
 )
 from metaft.models.nets import MetaNet
+from metaft.models.norm import support_statistics
 
 BN = Literal["inductive", "transductive"]
 HeadInit = Literal["prototypes", "zero", "keep"]
 Probe = Literal["logistic", "prototype", "cosine", "cosine_prototype"]
-
-
-@contextmanager
-def support_statistics(module: nn.Module, n_support: int) -> Iterator[None]:
-    """Within the block, every batch-statistics BatchNorm of ``module`` normalises all rows of its
-    input with the mean and (biased) variance of the first ``n_support`` rows: pass
-    ``cat([support, queries])`` and the support rows come out as in training, each query as if
-    it were normalised alone with the support's statistics. (Layers with running statistics are
-    left alone.) Works under ``functional_call`` (the layer's weights are read at call time)
-    and ``vmap``."""
-    patched = []
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.track_running_stats:
-            def forward(x: Tensor, m: nn.modules.batchnorm._BatchNorm = m) -> Tensor:
-                dims = [0, *range(2, x.dim())]
-                shape = [1, -1] + [1] * (x.dim() - 2)
-                s = x[:n_support]
-                mean, var = s.mean(dims), s.var(dims, unbiased=False)
-                y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + m.eps)
-                return y * m.weight.view(shape) + m.bias.view(shape) if m.affine else y
-            m.forward = forward  # an instance attribute: nn.Module.__call__ finds it first
-            patched.append(m)
-    try:
-        yield
-    finally:
-        for m in patched:
-            del m.forward
 
 
 def query_outputs(module: nn.Module, params: dict[str, Tensor], sx: Tensor, qx: Tensor, bn: BN) -> tuple[Tensor, Tensor]:
@@ -102,18 +74,13 @@ def problem_fingerprints(episode: Episode) -> list[str]:
 
 
 def use_vmap(net: nn.Module, device: torch.device, vectorize: str | bool = "auto") -> bool:
-    """``MetaLearner.use_vmap``'s rule: vmap over problems on accelerators and for
-    convolution-free models, loop for convolutional models on a CPU (faster there) and for
-    models with running batch-norm statistics (vmap cannot update them per problem)."""
+    """The learners' rule (``core.tasks.vectorize_choice``), over target problems."""
     v = str(vectorize).lower()
     if v not in ("auto", "true", "false"):
         raise ValueError(f"vectorize must be auto, true or false, got {vectorize!r}")
-    if v != "auto":
-        if v == "true" and running_stats(net):
-            raise ValueError("vectorize=true cannot update running batch-norm statistics per problem; use auto or false")
-        return v == "true"
-    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in net.modules())
-    return not running_stats(net) and (device.type != "cpu" or not has_conv)
+    if v == "true" and running_stats(net):
+        raise ValueError("vectorize=true cannot update running batch-norm statistics per problem; use auto or false")
+    return vectorize_choice(v, device, has_conv(net), running_stats(net))
 
 
 def _start(net: MetaNet, sx: Tensor, sy: Tensor, ways: int, head_init: HeadInit,
