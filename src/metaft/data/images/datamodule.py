@@ -1,0 +1,159 @@
+"""``FewShotImages``: N-way K-shot episodes of a natural-image benchmark (mini-ImageNet,
+tiered-ImageNet, CIFAR-FS, FC100, CUB, or any image folder), read from the files as distributed,
+decoded once into a memory-mapped cache, and sampled by class index."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from metaft.data.datamodule import EpisodicDataModule
+from metaft.data.episode import Episode
+from metaft.data.images.augment import augment
+from metaft.data.images.episodes import ClassTable, normalize, read_rows, to_float
+from metaft.data.images.readers import make_reader
+from metaft.data.images.source import SPLITS, ClassLists
+from metaft.data.images.store import ImageStore, build_store, source_key
+
+log = logging.getLogger(__name__)
+
+
+def _default_cache_dir() -> Path:
+    from metaft.data.omniglot import default_cache_dir
+
+    return default_cache_dir()
+
+
+class FewShotImages(EpisodicDataModule):
+    """Episodes of benchmark ``name``.
+
+    Args:
+        name: mini_imagenet | tiered_imagenet | cifar_fs | fc100 | cub | image_folder.
+        data_dir: the folder holding the distributed files (read only).
+        layout: which distribution of the files (mini_imagenet: pickle | metaoptnet | csv; the
+            others have one); None: the benchmark's first.
+        class_lists: ``{train, val, test}`` class names (lists or text files) replacing the
+            standard split (required for image_folder).
+        image_size: side of the square images (84; 32 for the CIFAR benchmarks).
+        channels: 3 (RGB) or 1 (grey).
+        ways, shots, queries, eval_queries, train_ways: as for Omniglot.
+        mean, std: per-channel normalisation after scaling to [0, 1] (None: none).
+        augment: augment meta-training (and pre-training) images: ``augment_crop`` (pad | resized
+            | null), ``augment_pad``, ``augment_flip``, ``augment_jitter`` (see ``augment.py``).
+        cache_dir: where the decoded stores are written (None: ``~/.cache/metaft``).
+        download: fetch missing archives where an official address exists (CIFAR-100, CUB).
+        verify: check published checksums of archives when decoding them.
+        common: ``EpisodicDataModule``'s arguments.
+    """
+
+    task = "classification"
+
+    def __init__(self, name: str, data_dir: str, layout: str | None = None, class_lists: ClassLists | None = None,
+                 image_size: int = 84, channels: int = 3, ways: int = 5, shots: int = 1, queries: int = 15,
+                 eval_queries: int | None = None, train_ways: int | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 augment: bool = False, augment_crop: str | None = "pad", augment_pad: int = 8,
+                 augment_flip: bool = True, augment_jitter: float = 0.0, cache_dir: str | None = None,
+                 download: bool = False, verify: bool = True, **common: int) -> None:
+        super().__init__(**common)
+        eval_queries = queries if eval_queries is None else eval_queries
+        train_ways = ways if train_ways is None else train_ways
+        for key, v in (("ways", ways), ("shots", shots), ("queries", queries), ("eval_queries", eval_queries),
+                       ("train_ways", train_ways), ("image_size", image_size)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"dataset.{key} must be a positive integer, got {v!r}")
+        if channels not in (1, 3):
+            raise ValueError(f"dataset.channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+        if (mean is None) != (std is None) or (mean is not None and not (len(mean) == len(std) == channels)):
+            raise ValueError(f"dataset.mean and dataset.std must both be null or both list {channels} numbers "
+                             f"(one per channel), got {mean} and {std}")
+        if mean is not None and min(std) <= 0:
+            raise ValueError(f"dataset.std must be positive, got {std}")
+        if augment_crop not in (None, "pad", "resized"):
+            raise ValueError(f"dataset.augment_crop must be pad, resized or null, got {augment_crop!r}")
+        self.name, self.image_size, self.channels = name, image_size, channels
+        self.ways, self.shots, self.queries, self.eval_queries, self.train_ways = ways, shots, queries, eval_queries, train_ways
+        self.mean = None if mean is None else [float(m) for m in mean]
+        self.std = None if std is None else [float(s) for s in std]
+        self.augment_options = ({"crop": augment_crop, "pad": int(augment_pad), "flip": bool(augment_flip),
+                                 "jitter": float(augment_jitter)} if augment else None)
+        self.data_dir = Path(data_dir).expanduser()
+        self.cache_dir = _default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+        lists = None if class_lists is None else {k: class_lists[k] for k in class_lists}
+        self.reader = make_reader(name, self.data_dir, layout, lists, bool(download), bool(verify))
+        self.layout = layout
+        self.sources = {s: self.reader.files(s) for s in SPLITS}  # missing files fail here, before any run
+        self._stores: dict[str, ImageStore] = {}
+        self._tables: dict[str, ClassTable] = {}
+
+    # ----------------------------------------------------------------------------- the data
+    def store(self, split: str) -> ImageStore:
+        """``split``'s decoded images (decoded on first use, then read from the cache)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        if split not in self._stores:
+            key = f"{self.name}_{split}_{self.image_size}px_" + source_key(self.sources[split], self.name, self.layout, split, self.image_size)
+            log.info("opening the %s %s images (decoded once into %s)", self.name, split, self.cache_dir)
+            store = build_store(self.cache_dir, key, self.image_size, lambda: self.reader.read(split, self.image_size))
+            self._check(split, store)
+            self._stores[split] = store
+            self._tables[split] = ClassTable(store)
+        return self._stores[split]
+
+    def table(self, split: str) -> ClassTable:
+        self.store(split)
+        return self._tables[split]
+
+    def _check(self, split: str, store: ImageStore) -> None:
+        n_classes = len(store.classes)
+        ways = self.split_ways(split)
+        if ways > n_classes:
+            key = "train_ways" if split == "train" and ways != self.ways else "ways"
+            raise ValueError(f"dataset.{key}={ways} but the {split} split of {self.name} has only {n_classes} classes; "
+                             f"lower dataset.{key}")
+        fewest = int(min(len(r) for r in store.rows_by_class()))
+        need = self.shots + (self.queries if split == "train" else self.eval_queries)
+        if need > fewest:
+            raise ValueError(f"dataset.shots + queries = {need} but a class of the {split} split of {self.name} has "
+                             f"only {fewest} images; lower dataset.shots or dataset.queries / eval_queries")
+
+    def num_classes(self, split: str) -> int:
+        return len(self.store(split).classes)
+
+    def class_names(self, split: str) -> list[str]:
+        return list(self.store(split).classes)
+
+    def split_ways(self, split: str) -> int:
+        return self.train_ways if split == "train" else self.ways
+
+    def images(self, split: str, rows: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Float images ``rows.shape + [C, S, S]`` of ``split``'s store rows, normalised; augmented
+        (with ``generator``) for the training split when ``augment`` is on."""
+        x = to_float(read_rows(self.store(split), rows), self.channels)
+        if self.augment_options and split == "train" and generator is not None:
+            x = augment(x, generator, **self.augment_options)
+        return normalize(x, self.mean, self.std)
+
+    # ------------------------------------------------------------------------- sampling
+    def sample(self, split: str, n: int, generator: torch.Generator) -> Episode:
+        q = self.queries if split == "train" else self.eval_queries
+        ways, s = self.split_ways(split), self.shots
+        rows = self.table(split).draw(n, ways, s + q, generator)
+        x = self.images(split, rows, generator)  # [n, ways, s+q, C, S, S]
+        labels = torch.arange(ways)
+        return Episode(
+            x[:, :, :s].reshape(n, ways * s, *x.shape[3:]),
+            labels.repeat_interleave(s).expand(n, -1).contiguous(),
+            x[:, :, s:].reshape(n, ways * q, *x.shape[3:]),
+            labels.repeat_interleave(q).expand(n, -1).contiguous(),
+        )
+
+    def labelled_batch(self, split: str, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``n`` images drawn uniformly (with replacement) from ``split`` and their class indices."""
+        store = self.store(split)
+        rows = torch.randint(len(store.labels), (n,), generator=generator)
+        y = torch.from_numpy(store.labels)[rows]
+        return self.images(split, rows, generator), y
