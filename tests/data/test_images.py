@@ -367,3 +367,21 @@ def test_train_on_mini_imagenet_then_cross_domain_eval_and_finetune_on_cub(run_c
     main(ft)
     res = json.loads((Path(ft.hydra.runtime.output_dir) / "results.json").read_text())
     assert res["test_examples"] == 9 and set(res["target_classes"]) <= set(cub["test"])
+
+
+@pytest.mark.parametrize("algorithm,model,filters,batch", [
+    ("maml", "Conv4", 32, 4), ("fomaml", "Conv4", 32, 4), ("anil", "Conv4", 32, 4), ("metasgd", "Conv4", 32, 4),
+    ("protonet", "Conv4", 64, 1), ("reptile", "Conv4", 32, 5), ("metaoptnet", "ResNet12", None, 8),
+    ("pretrain", "ResNet12", None, 4)])
+def test_mini_imagenet_paper_recipes_compose(run_config, algorithm, model, filters, batch):
+    import hydra
+
+    cfg = run_config("train", ["experiment=mini_imagenet_paper", f"algorithm={algorithm}"], algorithm)
+    assert cfg.dataset.name == "mini_imagenet" and cfg.dataset.queries in (1, 6, 15)
+    assert cfg.dataset.meta_batch_size == batch and cfg.model.in_channels == 3 and cfg.model.image_size == 84
+    net = hydra.utils.instantiate(cfg.model)
+    assert type(net).__name__ == model
+    if model == "Conv4":
+        assert cfg.model.filters == filters and net.feature_dim == filters * 5 * 5
+    else:  # MetaOptNet flattens the last map, RFS averages it
+        assert net.feature_dim == (16000 if algorithm == "metaoptnet" else 640)

@@ -40,6 +40,8 @@ class FewShotImages(EpisodicDataModule):
         image_size: side of the square images (84; 32 for the CIFAR benchmarks).
         channels: 3 (RGB) or 1 (grey).
         ways, shots, queries, eval_queries, train_ways: as for Omniglot.
+        train_shots: support images per class in meta-training (None: ``shots``; MetaOptNet
+            trains mini-ImageNet with 15 and tests with 1 or 5).
         mean, std: per-channel normalisation after scaling to [0, 1] (None: none).
         augment: augment meta-training (and pre-training) images: ``augment_crop`` (pad | resized
             | null), ``augment_pad``, ``augment_flip``, ``augment_jitter`` (see ``augment.py``).
@@ -53,7 +55,7 @@ class FewShotImages(EpisodicDataModule):
 
     def __init__(self, name: str, data_dir: str, layout: str | None = None, class_lists: ClassLists | None = None,
                  image_size: int = 84, channels: int = 3, ways: int = 5, shots: int = 1, queries: int = 15,
-                 eval_queries: int | None = None, train_ways: int | None = None,
+                 eval_queries: int | None = None, train_ways: int | None = None, train_shots: int | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  augment: bool = False, augment_crop: str | None = "pad", augment_pad: int = 8,
                  augment_flip: bool = True, augment_jitter: float = 0.0, cache_dir: str | None = None,
@@ -61,8 +63,9 @@ class FewShotImages(EpisodicDataModule):
         super().__init__(**common)
         eval_queries = queries if eval_queries is None else eval_queries
         train_ways = ways if train_ways is None else train_ways
+        train_shots = shots if train_shots is None else train_shots
         for key, v in (("ways", ways), ("shots", shots), ("queries", queries), ("eval_queries", eval_queries),
-                       ("train_ways", train_ways), ("image_size", image_size)):
+                       ("train_ways", train_ways), ("train_shots", train_shots), ("image_size", image_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"dataset.{key} must be a positive integer, got {v!r}")
         if channels not in (1, 3):
@@ -76,6 +79,7 @@ class FewShotImages(EpisodicDataModule):
             raise ValueError(f"dataset.augment_crop must be pad, resized or null, got {augment_crop!r}")
         self.name, self.image_size, self.channels = name, image_size, channels
         self.ways, self.shots, self.queries, self.eval_queries, self.train_ways = ways, shots, queries, eval_queries, train_ways
+        self.train_shots = train_shots
         self.mean = None if mean is None else [float(m) for m in mean]
         self.std = None if std is None else [float(s) for s in std]
         self.augment_options = ({"crop": augment_crop, "pad": int(augment_pad), "flip": bool(augment_flip),
@@ -115,10 +119,10 @@ class FewShotImages(EpisodicDataModule):
             raise ValueError(f"dataset.{key}={ways} but the {split} split of {self.name} has only {n_classes} classes; "
                              f"lower dataset.{key}")
         fewest = int(min(len(r) for r in store.rows_by_class()))
-        need = self.shots + (self.queries if split == "train" else self.eval_queries)
+        need = self.split_shots(split) + (self.queries if split == "train" else self.eval_queries)
         if need > fewest:
             raise ValueError(f"dataset.shots + queries = {need} but a class of the {split} split of {self.name} has "
-                             f"only {fewest} images; lower dataset.shots or dataset.queries / eval_queries")
+                             f"only {fewest} images; lower dataset.shots / train_shots or dataset.queries / eval_queries")
 
     def num_classes(self, split: str) -> int:
         return len(self.store(split).classes)
@@ -128,6 +132,9 @@ class FewShotImages(EpisodicDataModule):
 
     def split_ways(self, split: str) -> int:
         return self.train_ways if split == "train" else self.ways
+
+    def split_shots(self, split: str) -> int:
+        return self.train_shots if split == "train" else self.shots
 
     def images(self, split: str, rows: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Float images ``rows.shape + [C, S, S]`` of ``split``'s store rows, normalised; augmented
@@ -140,7 +147,7 @@ class FewShotImages(EpisodicDataModule):
     # ------------------------------------------------------------------------- sampling
     def sample(self, split: str, n: int, generator: torch.Generator) -> Episode:
         q = self.queries if split == "train" else self.eval_queries
-        ways, s = self.split_ways(split), self.shots
+        ways, s = self.split_ways(split), self.split_shots(split)
         rows = self.table(split).draw(n, ways, s + q, generator)
         x = self.images(split, rows, generator)  # [n, ways, s+q, C, S, S]
         labels = torch.arange(ways)
