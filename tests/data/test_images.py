@@ -189,6 +189,27 @@ def test_episodes_are_deterministic_and_normalised(tmp_path):
     assert x.shape == (16, 3, 84, 84) and torch.equal(marks(x)[0], y)  # the global label is the image's class
 
 
+def test_evaluation_episodes_are_kept_as_rows_and_pickle_without_images(tmp_path):
+    mn.mini_pickle(tmp_path, MINI)
+    dm = FewShotImages("mini_imagenet", str(tmp_path), class_lists=MINI, cache_dir=str(tmp_path / "c"), ways=3,
+                       shots=1, queries=2, eval_queries=3, test_episodes=7, eval_batch_size=3, seed=4)
+    fixed = dm.fixed_episodes("test")
+    assert len(fixed) == 3 and [r.shape[0] for r in dm.fixed_rows("test")] == [3, 3, 1]
+    # the same episodes the base class would keep: sample() with the split's generator, batch by batch
+    g = split_generator(4, "test")
+    for i, n in enumerate((3, 3, 1)):
+        ref = dm.sample("test", n, g)
+        for a, b in zip(fixed[i].__dict__.values(), ref.__dict__.values()):
+            assert torch.equal(a, b)
+    loaded = list(dm.test_dataloader())
+    assert len(loaded) == 3 and torch.equal(loaded[2].query_x, fixed[2].query_x)
+    assert len(dm.fingerprint("test")) == 16
+    blob = pickle.dumps(dm)  # a spawned DDP process's copy: no images in it
+    assert len(blob) < 200_000, len(blob)
+    assert torch.equal(pickle.loads(blob).sample("val", 2, split_generator(0, "val")).query_x,
+                       dm.sample("val", 2, split_generator(0, "val")).query_x)
+
+
 def test_sampling_is_far_faster_than_a_meta_step(tmp_path):
     """Drawing a 5-way 1-shot 15-query meta-batch of 4 at 84 px against one forward pass of its
     images through the smallest network a recipe uses (Conv4 with 32 filters): a meta-step costs

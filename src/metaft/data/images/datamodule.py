@@ -9,8 +9,9 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
-from metaft.data.datamodule import EpisodicDataModule
+from metaft.data.datamodule import EpisodicDataModule, split_generator
 from metaft.data.episode import Episode
 from metaft.data.images.augment import augment
 from metaft.data.images.episodes import ClassTable, normalize, read_rows, to_float
@@ -92,6 +93,14 @@ class FewShotImages(EpisodicDataModule):
         self.sources = {s: self.reader.files(s) for s in SPLITS}  # missing files fail here, before any run
         self._stores: dict[str, ImageStore] = {}
         self._tables: dict[str, ClassTable] = {}
+        self._fixed_rows: dict[str, list[Tensor]] = {}
+
+    def __getstate__(self) -> dict:
+        # Spawned data-parallel processes get a pickled copy: without this, numpy would pickle the
+        # memory-mapped images as a full in-memory copy (GBs). Each process reopens the cache.
+        state = self.__dict__.copy()
+        state["_stores"], state["_tables"] = {}, {}
+        return state
 
     # ----------------------------------------------------------------------------- the data
     def store(self, split: str) -> ImageStore:
@@ -145,10 +154,18 @@ class FewShotImages(EpisodicDataModule):
         return normalize(x, self.mean, self.std)
 
     # ------------------------------------------------------------------------- sampling
-    def sample(self, split: str, n: int, generator: torch.Generator) -> Episode:
+    def draw(self, split: str, n: int, generator: torch.Generator) -> Tensor:
+        """The random part of ``sample``: store rows ``[n, ways, shots + queries]``."""
         q = self.queries if split == "train" else self.eval_queries
-        ways, s = self.split_ways(split), self.split_shots(split)
-        rows = self.table(split).draw(n, ways, s + q, generator)
+        return self.table(split).draw(n, self.split_ways(split), self.split_shots(split) + q, generator)
+
+    def sample(self, split: str, n: int, generator: torch.Generator) -> Episode:
+        return self.episode(split, self.draw(split, n, generator), generator)
+
+    def episode(self, split: str, rows: Tensor, generator: torch.Generator | None = None) -> Episode:
+        """The episodes of drawn ``rows`` (``generator``: for training-image augmentation)."""
+        n, ways, s = rows.shape[0], rows.shape[1], self.split_shots(split)
+        q = rows.shape[2] - s
         x = self.images(split, rows, generator)  # [n, ways, s+q, C, S, S]
         labels = torch.arange(ways)
         return Episode(
@@ -164,3 +181,47 @@ class FewShotImages(EpisodicDataModule):
         rows = torch.randint(len(store.labels), (n,), generator=generator)
         y = torch.from_numpy(store.labels)[rows]
         return self.images(split, rows, generator), y
+
+    # ----------------------------------------------------------- evaluation episodes, lazily
+    # The base class keeps every fixed evaluation episode as images: 1,000 5-way 1-shot 15-query
+    # test episodes at 84 px are 6.8 GB of float32. Here only their rows are kept (the draws are
+    # the same as ``sample``'s: no augmentation outside training) and each batch is read when used.
+    def fixed_rows(self, split: str) -> list[Tensor]:
+        if split not in self._fixed_rows:
+            total = self.val_episodes if split == "val" else self.test_episodes
+            g = split_generator(self.seed, split)
+            sizes = [min(self.eval_batch_size, total - i) for i in range(0, total, self.eval_batch_size)]
+            self._fixed_rows[split] = [self.draw(split, n, g) for n in sizes]
+        return self._fixed_rows[split]
+
+    def fixed_episodes(self, split: str) -> "LazyEpisodes":  # type: ignore[override]
+        return LazyEpisodes(self, split, self.fixed_rows(split))
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        rank, world = self.rank_and_world()
+        rows = self.fixed_rows(split)
+        if world > 1:  # rank r evaluates tasks r, r+world, ... of every batch (see the base class)
+            rows = [r[rank::world] for r in rows if len(r[rank::world])]
+            if not rows:
+                raise ValueError(f"dataset.{split}_episodes is smaller than the {world} devices: every rank needs at "
+                                 f"least one episode; raise dataset.{split}_episodes or lower trainer.devices")
+        return DataLoader(LazyEpisodes(self, split, rows), batch_size=None, shuffle=False, collate_fn=_as_is)
+
+
+def _as_is(batch: Episode) -> Episode:
+    return batch
+
+
+class LazyEpisodes(Dataset):
+    """Evaluation batches as drawn rows, read into episodes on access."""
+
+    def __init__(self, dm: FewShotImages, split: str, rows: list[Tensor]) -> None:
+        self.dm, self.split, self.rows = dm, split, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Episode:
+        if not 0 <= i < len(self.rows):
+            raise IndexError(i)
+        return self.dm.episode(self.split, self.rows[i])
