@@ -357,7 +357,7 @@ FAST = ["trainer.max_steps=2", "trainer.val_check_interval=2", "checkpoint.every
         "logging.images=false", "progress=log"]
 
 
-@pytest.mark.parametrize("algorithm", ["maml", "protonet"])
+@pytest.mark.parametrize("algorithm", ["maml", "protonet", "pretrain"])
 def test_train_on_mini_imagenet_then_cross_domain_eval_and_finetune_on_cub(run_config, tmp_path, algorithm):
     mini, cub_dir, cache = tmp_path / "mini", tmp_path / "cub", tmp_path / "cache"
     mini.mkdir(), cub_dir.mkdir()
@@ -380,7 +380,8 @@ def test_train_on_mini_imagenet_then_cross_domain_eval_and_finetune_on_cub(run_c
     stored = json.loads(json.dumps(__import__("omegaconf").OmegaConf.to_container(
         __import__("omegaconf").OmegaConf.load(Path(ev.hydra.runtime.output_dir) / "eval_config.yaml"))))
     assert stored["dataset"]["name"] == "cub" and stored["model"]["channels"] == [4, 4, 6, 8]
-    ft = run_config("finetune", [f"meta_ckpt={ckpt}", "target=cub", f"target.data_dir={cub_dir}",
+    init = "init=pretrained" if algorithm == "pretrain" else "init=meta"
+    ft = run_config("finetune", [f"meta_ckpt={ckpt}", init, "target=cub", f"target.data_dir={cub_dir}",
                                  f"target.cache_dir={cache}", f"target.class_lists={_lists(cub)}", "target.verify=false",
                                  "target.image_size=32", "target.ways=3", "target.shots=2", "target.val_per_class=2",
                                  "target.test_per_class=3", "trainer.max_steps=3", "trainer.val_check_interval=3",
@@ -388,6 +389,30 @@ def test_train_on_mini_imagenet_then_cross_domain_eval_and_finetune_on_cub(run_c
     main(ft)
     res = json.loads((Path(ft.hydra.runtime.output_dir) / "results.json").read_text())
     assert res["test_examples"] == 9 and set(res["target_classes"]) <= set(cub["test"])
+
+
+def test_image_folder_stage_1_and_2_with_conv4_at_84_px(run_config, tmp_path):
+    names = [f"kind_{i}" for i in range(9)]
+    mn.image_folder(tmp_path / "imgs", names, per_class=8, size=40)
+    for s, part in (("train", names[:3]), ("val", names[3:6]), ("test", names[6:])):
+        (tmp_path / f"{s}.txt").write_text("\n".join(part) + "\n")
+    lists = [f"dataset.class_lists.{s}={tmp_path / s}.txt" for s in ("train", "val", "test")]
+    overrides = [o for o in FAST if not o.startswith(("model", "dataset.image_size"))]
+    cfg = run_config("train", ["dataset=image_folder", f"dataset.data_dir={tmp_path / 'imgs'}",
+                               f"dataset.cache_dir={tmp_path / 'c'}", *lists, "model=conv4_84", "model.filters=4",
+                               "algorithm=protonet", *overrides], "train")
+    assert cfg.model.in_channels == 3 and cfg.model.image_size == 84
+    main(cfg)
+    res = json.loads((Path(cfg.hydra.runtime.output_dir) / "results.json").read_text())
+    assert res["test/episodes"] == 3
+    ft = run_config("finetune", [f"meta_ckpt={res['ckpt']}", "target=image_folder",
+                                 f"target.data_dir={tmp_path / 'imgs'}", f"target.cache_dir={tmp_path / 'c'}",
+                                 *[o.replace("dataset.", "target.") for o in lists], "target.ways=3", "target.shots=2",
+                                 "target.val_per_class=2", "target.test_per_class=3", "trainer.max_steps=2",
+                                 "trainer.val_check_interval=2", "progress=log"], "finetune")
+    main(ft)
+    out = json.loads((Path(ft.hydra.runtime.output_dir) / "results.json").read_text())
+    assert out["train_examples"] == 6 and sorted(out["target_classes"]) == names[6:]
 
 
 @pytest.mark.parametrize("algorithm,model,filters,batch", [
