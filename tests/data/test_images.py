@@ -431,3 +431,25 @@ def test_mini_imagenet_paper_recipes_compose(run_config, algorithm, model, filte
         assert cfg.model.filters == filters and net.feature_dim == filters * 5 * 5
     else:  # MetaOptNet flattens the last map, RFS averages it
         assert net.feature_dim == (16000 if algorithm == "metaoptnet" else 640)
+
+
+@pytest.mark.slow
+def test_two_ranks_read_the_cache_and_give_the_one_rank_update(run_config, tmp_path):
+    """hardware=ddp_cpu spawns two processes, each with a pickled copy of the datamodule (which
+    reopens the memory-mapped cache) and its share of every meta-batch and test batch."""
+    (tmp_path / "mini").mkdir()
+    mn.mini_pickle(tmp_path / "mini", MINI)
+    runs = {}
+    for hw in ("cpu", "ddp_cpu"):
+        cfg = run_config("train", ["algorithm=protonet", "dataset=mini_imagenet", f"dataset.data_dir={tmp_path / 'mini'}",
+                                   f"dataset.cache_dir={tmp_path / 'cache'}", f"dataset.class_lists={_lists(MINI)}",
+                                   *FAST, "trainer.max_steps=3", "dataset.test_episodes=4", f"hardware={hw}"], hw)
+        main(cfg)
+        out = Path(cfg.hydra.runtime.output_dir)
+        runs[hw] = (torch.load(out / "checkpoints" / "last.ckpt", weights_only=True),
+                    json.loads((out / "results.json").read_text()))
+    (one, r1), (two, r2) = runs["cpu"], runs["ddp_cpu"]
+    diff = max((one["state_dict"][k] - two["state_dict"][k]).abs().max().item() for k in one["state_dict"])
+    assert diff < 1e-5
+    assert r1["test/episodes"] == r2["test/episodes"] == 4
+    assert r2["test/acc"] == pytest.approx(r1["test/acc"], rel=1e-4)
