@@ -57,10 +57,12 @@ def read_rows(store: ImageStore, rows: Tensor) -> Tensor:
 
 def to_float(images: Tensor, channels: int) -> Tensor:
     """uint8 ``[..., S, S, 3]`` -> float ``[..., channels, S, S]`` in [0, 1] (grey when ``channels`` is 1)."""
-    x = images.movedim(-1, -3).float().div_(255)
+    # Transposed while still uint8 (a quarter of the bytes a float transpose moves), then converted
+    # contiguously: about 5x faster than converting the strided view.
+    x = images.movedim(-1, -3).contiguous().float().div_(255)
     if channels == 1:
         x = (x * _LUMA.view(3, 1, 1)).sum(-3, keepdim=True)
-    return x.contiguous()
+    return x
 
 
 def normalize(x: Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> Tensor:
@@ -68,5 +70,5 @@ def normalize(x: Tensor, mean: Sequence[float] | None, std: Sequence[float] | No
     if mean is None:
         return x
     m = torch.tensor(list(mean), dtype=x.dtype).view(-1, 1, 1)
-    s = torch.tensor(list(std), dtype=x.dtype).view(-1, 1, 1)
-    return x.sub_(m).div_(s)
+    inv = 1 / torch.tensor(list(std), dtype=x.dtype).view(-1, 1, 1)
+    return x.sub_(m).mul_(inv)
