@@ -453,3 +453,30 @@ def test_two_ranks_read_the_cache_and_give_the_one_rank_update(run_config, tmp_p
     assert diff < 1e-5
     assert r1["test/episodes"] == r2["test/episodes"] == 4
     assert r2["test/acc"] == pytest.approx(r1["test/acc"], rel=1e-4)
+
+
+def test_download_checks_the_md5_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    import hashlib
+    import io
+    import urllib.request
+
+    from metaft.data.images import cifar
+
+    source = tmp_path / "served"
+    source.mkdir()
+    payload = mn.cifar100(source).read_bytes()
+    asked = []
+
+    def urlopen(url, timeout=None):
+        asked.append(url)
+        return io.BytesIO(payload)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    data = tmp_path / "data"
+    with pytest.raises(BadFileError, match=r"does not have the published MD5 eb9058c3a382ffc7106e4002c42a8d85"):
+        FewShotImages("cifar_fs", str(data), download=True, image_size=32)
+    assert asked == [cifar.URL] and not list(data.iterdir())  # nothing left behind
+    monkeypatch.setattr(cifar, "MD5", hashlib.md5(payload).hexdigest())  # as if the miniature were the official file
+    dm = FewShotImages("cifar_fs", str(data), download=True, image_size=32, queries=3, cache_dir=str(tmp_path / "c"), **RAW)
+    assert (data / cifar.ARCHIVE).read_bytes() == payload and [p.name for p in data.iterdir()] == [cifar.ARCHIVE]
+    assert dm.num_classes("test") == 20
