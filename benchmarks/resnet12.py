@@ -18,8 +18,16 @@ from functools import partial
 import torch
 
 from metaft.algorithms import ProtoNet
-from metaft.bench import (Suite, build_step, check_gradients, make_learner, metaft_step, paired_ratio, peak_memory_mb,
-                          time_alternating)
+from metaft.bench import (
+    Suite,
+    build_step,
+    check_gradients,
+    make_learner,
+    metaft_step,
+    paired_ratio,
+    peak_memory_mb,
+    time_alternating,
+)
 from metaft.data.episode import Episode
 from metaft.models import ResNet12
 

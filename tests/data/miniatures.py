@@ -110,8 +110,8 @@ def cifar100(root: Path, train_per_class: int = 4, test_per_class: int = 2, seed
     (the CIFAR-FS lists) and 20 superclass names (the FC100 lists); fine class i is in superclass
     i // 5 of the sorted superclass names (a miniature's mapping, not CIFAR's)."""
     rng = np.random.default_rng(seed)
-    fine = sorted(sum((packaged_classes("cifar_fs", s) for s in SPLITS), []))
-    coarse = sorted(sum((packaged_classes("fc100", s) for s in SPLITS), []))
+    fine = sorted(c for s in SPLITS for c in packaged_classes("cifar_fs", s))
+    coarse = sorted(c for s in SPLITS for c in packaged_classes("fc100", s))
     assert len(fine) == 100 and len(coarse) == 20
     members = {}
     for part, n in (("train", train_per_class), ("test", test_per_class)):

@@ -99,8 +99,8 @@ def test_cifar_benchmarks_use_the_standard_splits(tmp_path, name, counts):
     mn.cifar100(tmp_path)
     dm = FewShotImages(name, str(tmp_path), image_size=32, verify=False, cache_dir=str(tmp_path / "c"),
                        ways=5, shots=2, queries=4, **RAW)
-    fine = sorted(sum((packaged_classes("cifar_fs", s) for s in ("train", "val", "test")), []))
-    coarse = sorted(sum((packaged_classes("fc100", s) for s in ("train", "val", "test")), []))
+    fine = sorted([c for s in ("train", "val", "test") for c in packaged_classes("cifar_fs", s)])
+    coarse = sorted([c for s in ("train", "val", "test") for c in packaged_classes("fc100", s)])
     seen = []
     for split, n in zip(("train", "val", "test"), counts):
         names = dm.class_names(split)
@@ -112,7 +112,7 @@ def test_cifar_benchmarks_use_the_standard_splits(tmp_path, name, counts):
             assert sorted(names) == sorted(f for i, f in enumerate(fine) if i // 5 in supers)
         seen += names
         ep = dm.sample(split, 3, split_generator(1, split))
-        cls, idx = marks(ep.support_x)
+        cls, _ = marks(ep.support_x)
         # the mark is CIFAR's fine label: it must be the named class of the episode's label
         for t in range(3):
             for k in range(ep.support_y.shape[1]):
@@ -123,7 +123,7 @@ def test_cifar_benchmarks_use_the_standard_splits(tmp_path, name, counts):
 
 def test_cub_archive_and_folder_read_the_same(tmp_path):
     classes = mn.split_classes("cub", (3, 3, 3))
-    mn.cub(tmp_path, sum(classes.values(), []))
+    mn.cub(tmp_path, [c for v in classes.values() for c in v])
     a = FewShotImages("cub", str(tmp_path), class_lists=classes, verify=False, cache_dir=str(tmp_path / "c"),
                       ways=3, shots=1, queries=2, **RAW)
     import tarfile
@@ -140,13 +140,13 @@ def test_cub_archive_and_folder_read_the_same(tmp_path):
 
 
 def test_cub_standard_split_is_chen_et_al():
-    names = sorted(sum((packaged_classes("cub", s) for s in ("train", "val", "test")), []))
+    names = sorted([c for s in ("train", "val", "test") for c in packaged_classes("cub", s)])
     assert len(names) == 200 and names[0] == "001.Black_footed_Albatross" and names[-1].startswith("200.")
     assert packaged_classes("cub", "train") == names[0::2]
     assert packaged_classes("cub", "val") == names[1::4]
     assert packaged_classes("cub", "test") == names[3::4]
     mini = [packaged_classes("mini_imagenet", s) for s in ("train", "val", "test")]
-    assert [len(m) for m in mini] == [64, 16, 20] and len(set(sum(mini, []))) == 100
+    assert [len(m) for m in mini] == [64, 16, 20] and len({c for m in mini for c in m}) == 100
     assert "n01532829" in mini[0] and "n01855672" in mini[1] and "n01930112" in mini[2]
 
 
@@ -173,7 +173,7 @@ def test_image_folder_and_cache_reuse(tmp_path, monkeypatch):
 
 def test_episodes_are_deterministic_and_normalised(tmp_path):
     mn.mini_pickle(tmp_path, MINI)
-    kw = dict(layout="pickle", class_lists=MINI, cache_dir=str(tmp_path / "c"), ways=3, shots=1, queries=2)
+    kw = {"layout": "pickle", "class_lists": MINI, "cache_dir": str(tmp_path / "c"), "ways": 3, "shots": 1, "queries": 2}
     raw = FewShotImages("mini_imagenet", str(tmp_path), **kw, **RAW)
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     norm = FewShotImages("mini_imagenet", str(tmp_path), **kw, mean=mean, std=std)
@@ -259,7 +259,7 @@ def test_augment_changes_training_images_only(tmp_path):
     kw = dict(class_lists=MINI, cache_dir=str(tmp_path / "c"), ways=3, shots=1, queries=2, **RAW)
     plain = FewShotImages("mini_imagenet", str(tmp_path), **kw)
     aug = FewShotImages("mini_imagenet", str(tmp_path), augment=True, augment_jitter=0.4, **kw)
-    g = lambda split: split_generator(0, split)  # noqa: E731
+    g = lambda split: split_generator(0, split)
     assert not torch.equal(plain.sample("train", 2, g("train")).support_x, aug.sample("train", 2, g("train")).support_x)
     # the classes and images drawn are the same; augmentation comes after the draw
     assert torch.equal(plain.sample("train", 2, g("train")).support_y, aug.sample("train", 2, g("train")).support_y)
@@ -310,7 +310,7 @@ def test_archives_checksum_and_truncation(tmp_path):
     with pytest.raises(BadFileError, match=r"cifar-100-python.tar.gz: is not a readable CIFAR-100 archive"):
         FewShotImages("cifar_fs", str(tmp_path), image_size=32, verify=False, cache_dir=str(tmp_path / "c")).store("val")
     classes = mn.split_classes("cub", (2, 2, 2))
-    tgz = mn.cub(tmp_path, sum(classes.values(), []))
+    tgz = mn.cub(tmp_path, [c for v in classes.values() for c in v])
     tgz.write_bytes(gzip.compress(gzip.decompress(tgz.read_bytes())[:3000]))
     with pytest.raises(BadFileError, match=r"CUB_200_2011.tgz"):
         FewShotImages("cub", str(tmp_path), class_lists=classes, verify=False, cache_dir=str(tmp_path / "c")).store("test")
@@ -318,7 +318,7 @@ def test_archives_checksum_and_truncation(tmp_path):
 
 def test_bad_settings(tmp_path):
     mn.mini_pickle(tmp_path, MINI)
-    kw = dict(class_lists=MINI, cache_dir=str(tmp_path / "c"))
+    kw = {"class_lists": MINI, "cache_dir": str(tmp_path / "c")}
     with pytest.raises(ValueError, match=r"dataset.ways=4 but the val split of mini_imagenet has only 3 classes"):
         FewShotImages("mini_imagenet", str(tmp_path), ways=4, **kw).store("val")
     with pytest.raises(ValueError, match=r"dataset.shots \+ queries = 9 but a class of the train split"):
@@ -363,7 +363,7 @@ def test_train_on_mini_imagenet_then_cross_domain_eval_and_finetune_on_cub(run_c
     mini.mkdir(), cub_dir.mkdir()
     mn.mini_pickle(mini, MINI)
     cub = mn.split_classes("cub", (3, 3, 3))
-    mn.cub(cub_dir, sum(cub.values(), []), per_class=8)
+    mn.cub(cub_dir, [c for v in cub.values() for c in v], per_class=8)
     cfg = run_config("train", [f"algorithm={algorithm}", "dataset=mini_imagenet", f"dataset.data_dir={mini}",
                                f"dataset.cache_dir={cache}", f"dataset.class_lists={_lists(MINI)}", *FAST], "train")
     assert cfg.model.in_channels == 3 and cfg.model.image_size == 32
@@ -480,3 +480,25 @@ def test_download_checks_the_md5_and_leaves_no_partial_file(tmp_path, monkeypatc
     dm = FewShotImages("cifar_fs", str(data), download=True, image_size=32, queries=3, cache_dir=str(tmp_path / "c"), **RAW)
     assert (data / cifar.ARCHIVE).read_bytes() == payload and [p.name for p in data.iterdir()] == [cifar.ARCHIVE]
     assert dm.num_classes("test") == 20
+
+
+def test_damaged_cache_is_rebuilt_and_bad_images_are_named(tmp_path):
+    mn.tiered(tmp_path, MINI)
+    kw = dict(class_lists=MINI, cache_dir=str(tmp_path / "c"), ways=3, shots=1, queries=2, **RAW)
+    good = np.asarray(FewShotImages("tiered_imagenet", str(tmp_path), **kw).store("val").images).copy()
+    (store_dir,) = [p for p in (tmp_path / "c").iterdir() if p.name.startswith("tiered_imagenet_val")]
+    images = store_dir / "images.u8"
+    images.write_bytes(images.read_bytes()[:1000])  # a truncated cache file: only a cache, decoded again
+    assert np.array_equal(np.asarray(FewShotImages("tiered_imagenet", str(tmp_path), **kw).store("val").images), good)
+    path = tmp_path / "test_images_png.pkl"
+    pngs = pickle.loads(path.read_bytes())
+    pngs[2] = pngs[2][:40]  # one truncated PNG
+    path.write_bytes(pickle.dumps(pngs))
+    with pytest.raises(BadFileError, match=r"test_images_png.pkl: image \d+ cannot be decoded as an image"):
+        FewShotImages("tiered_imagenet", str(tmp_path), **kw).store("test")
+    path = tmp_path / "val_labels.pkl"
+    labels = pickle.loads(path.read_bytes())
+    labels["label_specific"] = labels["label_specific"][:-1]
+    path.write_bytes(pickle.dumps(labels))
+    with pytest.raises(BadFileError, match=r"val_images_png.pkl: holds 18 images, val_labels.pkl labels 17"):
+        FewShotImages("tiered_imagenet", str(tmp_path), **kw).store("val")

@@ -3,8 +3,6 @@ meta-gradient through it against plain autograd on that forward and finite diffe
 DropBlock, and every learner running on it."""
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 import torch
 import torch.nn.functional as F

@@ -8,7 +8,8 @@ forward must be a pure function of its parameters (and the batch, for transducti
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

@@ -13,8 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from metaft.data.images.source import (BadFileError, ClassLists, bad_file, check_classes, check_md5, class_list,
-                                       download, fill_from_array, missing_file)
+from metaft.data.images.source import (
+    BadFileError,
+    ClassLists,
+    bad_file,
+    check_classes,
+    check_md5,
+    class_list,
+    download,
+    fill_from_array,
+    missing_file,
+)
 from metaft.data.images.store import Decoded
 
 ARCHIVE = "cifar-100-python.tar.gz"

@@ -12,8 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from metaft.data.images.source import (IMAGE_EXTENSIONS, ClassLists, bad_file, check_classes, check_md5, class_list,
-                                       decode_image, download, missing_file)
+from metaft.data.images.source import (
+    IMAGE_EXTENSIONS,
+    ClassLists,
+    bad_file,
+    check_classes,
+    check_md5,
+    class_list,
+    decode_image,
+    download,
+    missing_file,
+)
 from metaft.data.images.store import Decoded
 
 NAME = "cub"

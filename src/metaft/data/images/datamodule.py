@@ -4,8 +4,9 @@ decoded once into a memory-mapped cache, and sampled by class index."""
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -23,9 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def _default_cache_dir() -> Path:
-    from metaft.data.omniglot import default_cache_dir
-
-    return default_cache_dir()
+    """``$XDG_CACHE_HOME/metaft``, else ``~/.cache/metaft`` (as ``paths.cache_dir`` defaults)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "metaft"
 
 
 class FewShotImages(EpisodicDataModule):
@@ -194,7 +194,7 @@ class FewShotImages(EpisodicDataModule):
             self._fixed_rows[split] = [self.draw(split, n, g) for n in sizes]
         return self._fixed_rows[split]
 
-    def fixed_episodes(self, split: str) -> "LazyEpisodes":  # type: ignore[override]
+    def fixed_episodes(self, split: str) -> LazyEpisodes:  # type: ignore[override]
         return LazyEpisodes(self, split, self.fixed_rows(split))
 
     def _eval_loader(self, split: str) -> DataLoader:

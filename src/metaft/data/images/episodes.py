@@ -6,7 +6,7 @@ memory-mapped store in one sorted fancy-index, so only the episode's rows are pa
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from metaft.data.images.source import IMAGE_EXTENSIONS, ClassLists, class_list, decode_image
+from metaft.data.images.source import (
+    IMAGE_EXTENSIONS,
+    ClassLists,
+    class_list,
+    decode_image,
+)
 from metaft.data.images.store import Decoded
 
 NAME = "image_folder"

@@ -16,8 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from metaft.data.images.source import (ClassLists, bad_file, check_classes, class_list, decode_image, fill_from_array,
-                                       load_pickle, missing_file)
+from metaft.data.images.source import (
+    ClassLists,
+    bad_file,
+    check_classes,
+    class_list,
+    decode_image,
+    fill_from_array,
+    load_pickle,
+    missing_file,
+)
 from metaft.data.images.store import Decoded
 
 NAME = "mini_imagenet"

@@ -3,7 +3,8 @@
 images per class and other images of the same classes for validation and test."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from omegaconf import DictConfig

@@ -14,8 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from metaft.data.images.source import (ClassLists, bad_file, check_classes, class_list, decode_image, load_pickle,
-                                       missing_file)
+from metaft.data.images.source import (
+    ClassLists,
+    bad_file,
+    check_classes,
+    class_list,
+    decode_image,
+    load_pickle,
+    missing_file,
+)
 from metaft.data.images.store import Decoded
 
 NAME = "tiered_imagenet"
