@@ -389,6 +389,8 @@ def test_train_on_mini_imagenet_then_cross_domain_eval_and_finetune_on_cub(run_c
     main(ft)
     res = json.loads((Path(ft.hydra.runtime.output_dir) / "results.json").read_text())
     assert res["test_examples"] == 9 and set(res["target_classes"]) <= set(cub["test"])
+    # evaluation and fine-tuning on CUB decoded its test split only
+    assert sorted(p.name.split("_")[1] for p in cache.iterdir() if p.name.startswith("cub_")) == ["test"]
 
 
 def test_image_folder_stage_1_and_2_with_conv4_at_84_px(run_config, tmp_path):

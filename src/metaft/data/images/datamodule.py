@@ -103,6 +103,12 @@ class FewShotImages(EpisodicDataModule):
         return state
 
     # ----------------------------------------------------------------------------- the data
+    def setup(self, stage: str) -> None:
+        """Open (or decode) the splits a stage uses before its first step, so a split that cannot
+        fill the episodes fails now; evaluation alone never decodes the training split."""
+        for split in {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ()):
+            self.store(split)
+
     def store(self, split: str) -> ImageStore:
         """``split``'s decoded images (decoded on first use, then read from the cache)."""
         if split not in SPLITS:
