@@ -354,7 +354,7 @@ def _lists(classes: dict[str, list[str]]) -> str:
 FAST = ["trainer.max_steps=2", "trainer.val_check_interval=2", "checkpoint.every_n_train_steps=2",
         "dataset.val_episodes=2", "dataset.test_episodes=3", "dataset.meta_batch_size=2", "dataset.eval_batch_size=3",
         "dataset.ways=3", "dataset.queries=2", "dataset.image_size=32", "model=resnet12", "model.channels=[4,4,6,8]",
-        "logging.images=false", "progress=log"]
+        "progress=log"]
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "protonet", "pretrain"])
