@@ -88,10 +88,18 @@ def test_tiered_imagenet_pngs(tmp_path):
         check_episodes(dm, split, MINI[split], 6)
 
 
-def test_tiered_imagenet_checks_the_class_count_without_lists(tmp_path):
-    mn.tiered(tmp_path, MINI)
+def test_tiered_imagenet_checks_the_split_without_lists(tmp_path):
+    # the distributed files name classes in words: only their number can be checked
+    words = {s: [f"synset name {s} {i}" for i in range(4)] for s in ("train", "val", "test")}
+    mn.tiered(tmp_path, words)
     with pytest.raises(BadFileError, match=r"train_labels.pkl: has 4 classes, tiered-ImageNet's train split has 351"):
         FewShotImages("tiered_imagenet", str(tmp_path), cache_dir=str(tmp_path / "c")).store("train")
+    # wnids are checked against Ren et al.'s lists: val classes in the test file's place are refused
+    tiered = {s: packaged_classes("tiered_imagenet", s) for s in ("train", "val", "test")}
+    assert [len(c) for c in tiered.values()] == [351, 97, 160] and len({c for v in tiered.values() for c in v}) == 608
+    mn.tiered(tmp_path, {"test": tiered["val"][:3]}, per_class=2)
+    with pytest.raises(BadFileError, match=r"test_labels.pkl: its classes are not the 160 classes of the test split"):
+        FewShotImages("tiered_imagenet", str(tmp_path), cache_dir=str(tmp_path / "c")).store("test")
 
 
 @pytest.mark.parametrize("name,counts", [("cifar_fs", (64, 16, 20)), ("fc100", (60, 20, 20))])

@@ -3,13 +3,17 @@ categories) as distributed: ``{split}_images_png.pkl`` (a list of PNG-encoded by
 and ``{split}_labels.pkl`` (a dict with ``label_specific`` per image, ``label_specific_str``
 names, ``label_general`` / ``label_general_str`` for the categories).
 
-The split is defined by the files themselves; its class names are checked against
-``dataset.class_lists`` when given, otherwise only the class count is checked. The PNGs are decoded
-once into the memory-mapped store, streaming: the decoded training split (~9.5 GB at 84 px)
-is never held in memory.
+The split is defined by the files themselves. Their class names are checked against
+``dataset.class_lists`` when given, else against the standard lists (Ren et al.'s wnids,
+``splits/tiered_imagenet/``) when the files name classes by wnid; the distributed files name them
+in words (``label_specific_str`` holds synset names), and then only the class count is checked.
+The PNGs were written by OpenCV from BGR arrays, so decoding them with Pillow gives RGB. They are
+decoded once into the memory-mapped store, streaming: the decoded training split (~9.5 GB at
+84 px) is never held in memory.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +31,7 @@ from metaft.data.images.store import Decoded
 
 NAME = "tiered_imagenet"
 CLASS_COUNT = {"train": 351, "val": 97, "test": 160}
+_WNID = re.compile(r"^n\d{8}$")
 _HOW = ("Put the {split}_images_png.pkl and {split}_labels.pkl files of tiered-ImageNet (as distributed with "
         "Ren et al.'s few-shot-ssl code) there; there is no official download address.")
 
@@ -55,7 +60,8 @@ class TieredImageNetReader:
         ids = sorted(set(raw.tolist()))
         names = meta.get("label_specific_str")
         found = [str(names[i]) if names is not None and i < len(names) else f"label{i}" for i in ids]
-        if self.class_lists and self.class_lists.get(split) is not None:
+        given = bool(self.class_lists and self.class_lists.get(split) is not None)
+        if given or all(_WNID.match(name) for name in found):
             expected = class_list(NAME, split, self.class_lists)
             check_classes(labels_path, found, expected, split)
         elif len(ids) != CLASS_COUNT[split]:
