@@ -284,7 +284,8 @@ def test_missing_files_say_which_file_goes_where(tmp_path):
         FewShotImages("cifar_fs", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=r"CUB_200_2011.tgz.*dataset.download=true"):
         FewShotImages("cub", str(tmp_path))
-    with pytest.raises(ValueError, match=r"mini_imagenet has no stable official download address"):
+    with pytest.raises(FileNotFoundError, match=r"mini_imagenet has no stable official download address; dataset "
+                       r"mini_imagenet needs mini-imagenet-cache-train.pkl in dataset.data_dir="):
         FewShotImages("mini_imagenet", str(tmp_path), download=True)
     with pytest.raises(ValueError, match=r"dataset.layout must be one of pickle, metaoptnet, csv"):
         FewShotImages("mini_imagenet", str(tmp_path), layout="hdf5")

@@ -50,6 +50,10 @@ def make_reader(name: str, data_dir: Path, layout: str | None = None, class_list
     else:
         reader = FolderReader(data_dir, **kw)
     if download and name not in ("cifar_fs", "fc100", "cub"):
-        raise ValueError(f"dataset.download=true: {name} has no stable official download address; put its files into "
-                         f"dataset.data_dir={data_dir} by hand (set dataset.download=false; the error then names them)")
+        for split in ("train", "val", "test"):
+            try:
+                reader.files(split)
+            except FileNotFoundError as e:  # say which file is missing, not only that none can be fetched
+                raise FileNotFoundError(f"dataset.download=true, but {name} has no stable official download address; "
+                                        f"{e}") from None
     return reader
