@@ -513,3 +513,36 @@ def test_damaged_cache_is_rebuilt_and_bad_images_are_named(tmp_path):
     path.write_bytes(pickle.dumps(labels))
     with pytest.raises(BadFileError, match=r"val_images_png.pkl: holds 18 images, val_labels.pkl labels 17"):
         FewShotImages("tiered_imagenet", str(tmp_path), **kw).store("val")
+
+
+def test_class_table_draws_uniformly_among_unequal_classes():
+    from metaft.data.images.episodes import ClassTable
+    from metaft.data.images.store import ImageStore
+
+    labels = np.repeat(np.arange(3), [3, 5, 10])[np.random.default_rng(0).permutation(18)]
+    store = ImageStore(np.zeros((18, 1, 1, 3), np.uint8), labels, ["a", "b", "c"])
+    rows = ClassTable(store).draw(6000, 2, 3, torch.Generator().manual_seed(0))
+    assert rows.shape == (6000, 2, 3) and rows.min() >= 0  # never a padding slot of a small class
+    cls = torch.from_numpy(labels)[rows]
+    assert (cls == cls[..., :1]).all() and (cls[:, 0] != cls[:, 1]).all()
+    assert all(len(set(r)) == 3 for r in rows.view(-1, 3).tolist()[:500])  # distinct images
+    # each class in 2/3 of the tasks, and every image of a class equally often
+    freq = torch.bincount(cls[..., 0].flatten(), minlength=3) / 6000
+    torch.testing.assert_close(freq, torch.full((3,), 2 / 3), atol=0.03, rtol=0)
+    for c, size in enumerate((3, 5, 10)):
+        hits = torch.bincount(rows[cls == c].flatten(), minlength=18)[torch.from_numpy(np.flatnonzero(labels == c))]
+        torch.testing.assert_close(hits.float() / hits.sum(), torch.full((size,), 1 / size), atol=0.02, rtol=0)
+
+
+def test_resized_crop_of_the_whole_image_is_the_image():
+    from metaft.data.images.augment import resized_crop
+
+    x = torch.rand(4, 3, 12, 12)
+    same = resized_crop(x, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
+    # a quarter-area box of a half-size side is a 2x enlargement of a 6x6 window: a constant
+    # image stays constant, and the crop never reads outside the image (values stay in range)
+    crop = resized_crop(x, torch.Generator().manual_seed(1), scale=(0.25, 0.25), ratio=(1.0, 1.0))
+    assert crop.min() >= x.min() and crop.max() <= x.max()
+    flat = resized_crop(torch.full((2, 3, 12, 12), 0.3), torch.Generator().manual_seed(1), scale=(0.25, 0.25))
+    torch.testing.assert_close(flat, torch.full_like(flat, 0.3))

@@ -32,13 +32,11 @@ class ClassTable:
     def num_classes(self) -> int:
         return len(self.counts)
 
-    def draw(self, n: int, ways: int, per_class: int, generator: torch.Generator,
-             classes: Tensor | None = None) -> Tensor:
-        """Rows ``[n, ways, per_class]``: per task ``ways`` distinct classes (of ``classes``, a
-        subset of class indices, when given) and ``per_class`` distinct images of each."""
-        pool = torch.arange(self.num_classes) if classes is None else classes
-        keys = torch.rand(n, len(pool), generator=generator)
-        picks = pool[keys.topk(ways, dim=-1).indices]  # [n, ways]
+    def draw(self, n: int, ways: int, per_class: int, generator: torch.Generator) -> Tensor:
+        """Rows ``[n, ways, per_class]``: per task ``ways`` distinct classes and ``per_class``
+        distinct images of each, all uniformly (the top k of i.i.d. uniforms)."""
+        keys = torch.rand(n, self.num_classes, generator=generator)
+        picks = keys.topk(ways, dim=-1).indices  # [n, ways]
         counts = self.counts[picks]
         u = torch.rand(n, ways, self.table.shape[1], generator=generator)
         u.masked_fill_(torch.arange(self.table.shape[1]) >= counts.unsqueeze(-1), -1.0)  # never a missing row
