@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from metaft.run import main
 from tests.data import miniatures as mn
@@ -43,9 +44,8 @@ def test_train_on_mini_imagenet_then_cross_domain_eval_and_finetune_on_cub(run_c
     main(ev)
     res = json.loads((Path(ev.hydra.runtime.output_dir) / "results.json").read_text())
     assert res["test/episodes"] == 4
-    stored = json.loads(json.dumps(__import__("omegaconf").OmegaConf.to_container(
-        __import__("omegaconf").OmegaConf.load(Path(ev.hydra.runtime.output_dir) / "eval_config.yaml"))))
-    assert stored["dataset"]["name"] == "cub" and stored["model"]["channels"] == [4, 4, 6, 8]
+    stored = OmegaConf.load(Path(ev.hydra.runtime.output_dir) / "eval_config.yaml")
+    assert stored.dataset.name == "cub" and list(stored.model.channels) == [4, 4, 6, 8]  # the checkpoint's model
     init = "init=pretrained" if algorithm == "pretrain" else "init=meta"
     ft = run_config("finetune", [f"meta_ckpt={ckpt}", init, "target=cub", f"target.data_dir={cub_dir}",
                                  f"target.cache_dir={cache}", f"target.class_lists={_lists(cub)}", "target.verify=false",
