@@ -37,6 +37,12 @@ def test_train_on_mini_imagenet_then_cross_domain_eval_and_finetune_on_cub(run_c
     results = main(cfg) or json.loads((Path(cfg.hydra.runtime.output_dir) / "results.json").read_text())
     assert results["test/episodes"] == 3 and 0 <= results["test/acc"] <= 100
     ckpt = results["ckpt"]
+    # the same checkpoint on its own test episodes (read again from the cache) gives the same numbers
+    same = run_config("eval", [f"ckpt_path={ckpt}"], "eval_same")
+    main(same)
+    again = json.loads((Path(same.hydra.runtime.output_dir) / "results.json").read_text())
+    assert again["test/acc"] == results["test/acc"]
+    assert again["test_episodes_fingerprint"] == results["test_episodes_fingerprint"]
     # cross-domain: the checkpoint's model, CUB's test classes
     ev = run_config("eval", [f"ckpt_path={ckpt}", "dataset=cub", f"dataset.data_dir={cub_dir}", f"dataset.cache_dir={cache}",
                              f"dataset.class_lists={_lists(cub)}", "dataset.verify=false", "dataset.image_size=32",
