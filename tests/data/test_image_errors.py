@@ -30,6 +30,12 @@ def test_missing_files_say_which_file_goes_where(tmp_path):
         FewShotImages("mini_imagenet", str(tmp_path), layout="hdf5")
     with pytest.raises(ValueError, match=r"dataset=image_folder needs dataset.class_lists"):
         FewShotImages("image_folder", str(tmp_path))
+    mn.image_folder(tmp_path / "imgs", ["a", "b"])
+    only_test = FewShotImages("image_folder", str(tmp_path / "imgs"), class_lists={"test": ["a", "b"]}, ways=2,
+                              shots=1, queries=2, cache_dir=str(tmp_path / "c"))
+    assert only_test.num_classes("test") == 2  # a split that is not used needs no list
+    with pytest.raises(ValueError, match=r"dataset.class_lists.train is not set, but the train split"):
+        only_test.setup("fit")
 
 
 def test_truncated_and_wrong_files_are_named(tmp_path):

@@ -81,7 +81,7 @@ def test_image_folder_stage_1_and_2_with_conv4_at_84_px(run_config, tmp_path):
     assert res["test/episodes"] == 3
     ft = run_config("finetune", [f"meta_ckpt={res['ckpt']}", "target=image_folder",
                                  f"target.data_dir={tmp_path / 'imgs'}", f"target.cache_dir={tmp_path / 'c'}",
-                                 *[o.replace("dataset.", "target.") for o in lists], "target.ways=3", "target.shots=2",
+                                 f"target.class_lists.test={tmp_path / 'test.txt'}", "target.ways=3", "target.shots=2",
                                  "target.val_per_class=2", "target.test_per_class=3", "trainer.max_steps=2",
                                  "trainer.val_check_interval=2", "progress=log"], "finetune")
     main(ft)

@@ -17,7 +17,7 @@ from metaft.data.episode import Episode
 from metaft.data.images.augment import augment
 from metaft.data.images.episodes import ClassTable, normalize, read_rows, to_float
 from metaft.data.images.readers import make_reader
-from metaft.data.images.source import SPLITS, ClassLists
+from metaft.data.images.source import SPLITS, ClassLists, SplitNotGiven
 from metaft.data.images.store import ImageStore, build_store, source_key
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,12 @@ class FewShotImages(EpisodicDataModule):
         lists = None if class_lists is None else {k: class_lists[k] for k in class_lists}
         self.reader = make_reader(name, self.data_dir, layout, lists, bool(download), bool(verify))
         self.layout = layout
-        self.sources = {s: self.reader.files(s) for s in SPLITS}  # missing files fail here, before any run
+        self.sources: dict[str, list[Path]] = {}
+        for s in SPLITS:  # missing files fail here, before any run
+            try:
+                self.sources[s] = self.reader.files(s)
+            except SplitNotGiven:
+                pass  # refused if that split is used (store())
         self._stores: dict[str, ImageStore] = {}
         self._tables: dict[str, ClassTable] = {}
         self._fixed_rows: dict[str, list[Tensor]] = {}
@@ -114,6 +119,8 @@ class FewShotImages(EpisodicDataModule):
         if split not in SPLITS:
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
         if split not in self._stores:
+            if split not in self.sources:
+                self.reader.files(split)  # raises, saying which setting to give
             key = f"{self.name}_{split}_{self.image_size}px_" + source_key(self.sources[split], self.name, self.layout, split, self.image_size)
             log.info("opening the %s %s images (decoded once into %s)", self.name, split, self.cache_dir)
             store = build_store(self.cache_dir, key, self.image_size, lambda: self.reader.read(split, self.image_size))

@@ -1,5 +1,6 @@
 """Any image folder ``ROOT/CLASS/*.{png,jpg,jpeg}``, split by class lists (``dataset.class_lists``:
-names, or text files with one name a line)."""
+names, or text files with one name a line). A split whose list is null is refused only when used
+(a fine-tuning target or an evaluation needs the test classes alone)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +10,7 @@ import numpy as np
 from metaft.data.images.source import (
     IMAGE_EXTENSIONS,
     ClassLists,
+    SplitNotGiven,
     class_list,
     decode_image,
 )
@@ -23,7 +25,7 @@ class FolderReader:
     def __init__(self, data_dir: Path, layout: str = "folder", class_lists: ClassLists | None = None) -> None:
         if layout != "folder":
             raise ValueError(f"dataset.layout must be 'folder' for image_folder, got {layout!r}")
-        if not class_lists or any(class_lists.get(s) is None for s in ("train", "val", "test")):
+        if not class_lists or all(class_lists.get(s) is None for s in ("train", "val", "test")):
             raise ValueError("dataset=image_folder needs dataset.class_lists.{train,val,test}: the class folders of "
                              "each split (lists of names, or text files with one name a line)")
         if not data_dir.is_dir():
@@ -32,6 +34,9 @@ class FolderReader:
         self.data_dir, self.class_lists = data_dir, class_lists
 
     def _images(self, split: str) -> tuple[list[str], list[list[Path]]]:
+        if self.class_lists.get(split) is None:
+            raise SplitNotGiven(f"dataset.class_lists.{split} is not set, but the {split} split of dataset=image_folder "
+                                "is used; give its class folders (a list of names, or a text file with one a line)")
         classes = class_list(NAME, split, self.class_lists)
         files = []
         for c in classes:

@@ -32,6 +32,11 @@ class BadFileError(ValueError):
     """A distributed file that exists but is not what the reader expects (wrong, truncated, swapped)."""
 
 
+class SplitNotGiven(ValueError):
+    """A split whose classes were not given (``dataset.class_lists.<split>: null`` for an image
+    folder): an error only once that split is used."""
+
+
 def bad_file(path: Path, what: str, fix: str = "replace it with a good copy of the distributed file") -> BadFileError:
     return BadFileError(f"{path}: {what}; {fix}")
 
