@@ -218,3 +218,17 @@ def test_target_draws_held_out_classes(tmp_path):
         pairs = set(zip(cls.tolist(), idx.tolist()))
         assert len(pairs) == 2 * n and not pairs & seen  # distinct images, disjoint splits
         seen |= pairs
+
+
+def test_another_class_list_gets_its_own_cache(tmp_path):
+    mn.mini_pickle(tmp_path, MINI)
+    kw = {"cache_dir": str(tmp_path / "c"), "ways": 2, "shots": 1, "queries": 2, **RAW}
+    a = FewShotImages("mini_imagenet", str(tmp_path), class_lists=MINI, **kw)
+    swapped = {**MINI, "test": MINI["test"][::-1]}
+    b = FewShotImages("mini_imagenet", str(tmp_path), class_lists=swapped, **kw)
+    assert b.class_names("test") == MINI["test"][::-1] and a.class_names("test") == MINI["test"]
+    x_a, y_a = a.store("test").images, a.store("test").labels
+    x_b, y_b = b.store("test").images, b.store("test").labels
+    # the same images, each under its class's new index
+    assert marks(torch.from_numpy(np.asarray(x_a[y_a == 0])).permute(0, 3, 1, 2).float() / 255)[0].unique().tolist() == [0]
+    assert marks(torch.from_numpy(np.asarray(x_b[y_b == 0])).permute(0, 3, 1, 2).float() / 255)[0].unique().tolist() == [2]

@@ -16,8 +16,8 @@ from metaft.data.datamodule import EpisodicDataModule, split_generator
 from metaft.data.episode import Episode
 from metaft.data.images.augment import augment
 from metaft.data.images.episodes import ClassTable, normalize, read_rows, to_float
-from metaft.data.images.readers import make_reader
-from metaft.data.images.source import SPLITS, ClassLists, SplitNotGiven
+from metaft.data.images.readers import LAYOUTS, make_reader
+from metaft.data.images.source import SPLITS, ClassLists, SplitNotGiven, class_list
 from metaft.data.images.store import ImageStore, build_store, source_key
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class FewShotImages(EpisodicDataModule):
         self.cache_dir = _default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
         lists = None if class_lists is None else {k: class_lists[k] for k in class_lists}
         self.reader = make_reader(name, self.data_dir, layout, lists, bool(download), bool(verify))
-        self.layout = layout
+        self.layout, self.class_lists = layout or LAYOUTS[name][0], lists
         self.sources: dict[str, list[Path]] = {}
         for s in SPLITS:  # missing files fail here, before any run
             try:
@@ -121,7 +121,12 @@ class FewShotImages(EpisodicDataModule):
         if split not in self._stores:
             if split not in self.sources:
                 self.reader.files(split)  # raises, saying which setting to give
-            key = f"{self.name}_{split}_{self.image_size}px_" + source_key(self.sources[split], self.name, self.layout, split, self.image_size)
+            # Keyed by the files and everything that changes what is decoded: a changed class list
+            # reorders (or picks other) classes, so it gets its own store.
+            given = self.class_lists.get(split) if self.class_lists else None
+            classes = class_list(self.name, split, self.class_lists) if given is not None else "standard"
+            parts = (self.name, self.layout, split, self.image_size, classes)
+            key = f"{self.name}_{split}_{self.image_size}px_{source_key(self.sources[split], *parts)}"
             log.info("opening the %s %s images (decoded once into %s)", self.name, split, self.cache_dir)
             store = build_store(self.cache_dir, key, self.image_size, lambda: self.reader.read(split, self.image_size))
             self._check(split, store)
