@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metaft.algorithms import ANIL, MAML, MetaOptNet, Pretrain, ProtoNet
+from metaft.algorithms import ANIL, MAML, MetaOptNet, MetaSGD, Pretrain, ProtoNet, Reptile
 from metaft.data.episode import Episode
 from metaft.models import ResNet12
 from metaft.models.resnet12 import DropBlock
@@ -141,7 +141,8 @@ def test_first_order_differs_and_matches_detached_reference(episode):
         torch.testing.assert_close(p.grad, total[k], rtol=1e-7, atol=1e-10, msg=k)
 
 
-@pytest.mark.parametrize("cls,kw", [(ANIL, {"vectorize": "true"}), (ANIL, {}), (ProtoNet, {"inner_steps": 0}),
+@pytest.mark.parametrize("cls,kw", [(ANIL, {"vectorize": "true"}), (ANIL, {}), (MetaSGD, {"vectorize": "true"}),
+                                    (Reptile, {"inner_steps": 2}), (ProtoNet, {"inner_steps": 0}),
                                     (MetaOptNet, {"inner_steps": 0}), (Pretrain, {"inner_steps": 0, "eval_inner_steps": 2})])
 def test_every_learner_trains_and_evaluates_resnet12(episode, cls, kw):
     net = ResNet12(in_channels=3, image_size=SIZE, channels=WIDTHS, out_features=WAYS).double()
