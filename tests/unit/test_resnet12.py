@@ -7,7 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metaft.algorithms import ANIL, MAML, MetaOptNet, MetaSGD, Pretrain, ProtoNet, Reptile
+from metaft.algorithms import (
+    ANIL,
+    MAML,
+    MetaOptNet,
+    MetaSGD,
+    Pretrain,
+    ProtoNet,
+    Reptile,
+)
 from metaft.data.episode import Episode
 from metaft.models import ResNet12
 from metaft.models.resnet12 import DropBlock
