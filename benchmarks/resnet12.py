@@ -1,6 +1,7 @@
 """One meta-step on ResNet-12 at 84 px, 5-way 1-shot, 15 queries per class, meta-batch 4: MAML
 second and first order (all tasks at once, in chunks of ``--task-chunk`` tasks, and one task at a
-time) and ProtoNet, time and peak memory, against the same MAML step written with ``higher``.
+time) and ProtoNet, time and peak memory, against the same MAML step written with ``higher``; and
+the time to sample such a meta-batch from a (synthetic) mini-ImageNet cache, against the steps.
 
     PYTHONPATH=src python benchmarks/resnet12.py [--device cuda] [--rounds 5] [--json out.json]
     PYTHONPATH=src python benchmarks/resnet12.py --widths 8,8,8,8 --image-size 32 --rounds 1   # a quick look
@@ -13,8 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
+import tempfile
+import time
 from functools import partial
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from metaft.algorithms import ProtoNet
@@ -28,7 +34,9 @@ from metaft.bench import (
     peak_memory_mb,
     time_alternating,
 )
+from metaft.data import split_generator
 from metaft.data.episode import Episode
+from metaft.data.images import FewShotImages
 from metaft.models import ResNet12
 
 WAYS, SHOTS, QUERIES = 5, 1, 15
@@ -47,6 +55,25 @@ def suite(widths: tuple[int, ...], size: int, tasks: int) -> Suite:
     return Suite(name="resnet12", task="classification", meta_batch=tasks, inner_lr=0.01,
                  make_net=lambda: ResNet12(in_channels=3, image_size=size, channels=widths, out_features=WAYS),
                  make_episode=partial(episode, size=size))
+
+
+def sampling_ms(tasks: int, size: int, repeats: int = 10) -> float:
+    """Milliseconds to sample one meta-batch from a mini-ImageNet cache (random images in the
+    distributed pickle layout, 20 classes of 40, decoded once into a temporary cache)."""
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        names = {s: [f"n{k:08d}" for k in range(20 * i, 20 * i + 20)] for i, s in enumerate(("train", "val", "test"))}
+        for split, classes in names.items():
+            data = {"image_data": rng.integers(0, 256, (800, 84, 84, 3), dtype=np.uint8),
+                    "class_dict": {c: list(range(40 * i, 40 * i + 40)) for i, c in enumerate(classes)}}
+            (Path(tmp) / f"mini-imagenet-cache-{split}.pkl").write_bytes(pickle.dumps(data, protocol=4))
+        dm = FewShotImages("mini_imagenet", tmp, class_lists=names, cache_dir=f"{tmp}/cache", image_size=size,
+                           ways=WAYS, shots=SHOTS, queries=QUERIES, mean=[0.47, 0.45, 0.41], std=[0.28, 0.27, 0.28])
+        dm.sample("train", tasks, split_generator(0, "train"))  # decode once
+        t = time.perf_counter()
+        for i in range(repeats):
+            dm.sample("train", tasks, split_generator(0, "train", i))
+        return (time.perf_counter() - t) / repeats * 1e3
 
 
 def main() -> None:
@@ -105,6 +132,10 @@ def main() -> None:
                      "vs_higher": ratio})
         print(f"{name:34s} {t.median * 1e3:9.1f} {t.noise:6.1%} {memory[name]:9.1f} "
               f"{'' if ratio is None else f'{ratio:8.2f}'}")
+    sample = sampling_ms(args.meta_batch, args.image_size)
+    fastest = min(t.median for t in timing.values()) * 1e3
+    print(f"\nsampling one meta-batch: {sample:.1f} ms, {fastest / sample:.0f}x faster than the fastest step above")
+    rows.append({"step": "sampling", "step_ms": sample})
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
