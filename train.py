@@ -11,9 +11,9 @@ log = logging.getLogger("metaft")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from metaft.run import main as run  # imported late so `--help` stays fast
-    from metaft.run_dirs import finished_results
-    from metaft.sweep import ERROR_FILE, record_exception
+    from metaft.stages import main as run  # imported late so `--help` stays fast
+    from metaft.runtime.run_dirs import finished_results
+    from metaft.runtime.sweep import ERROR_FILE, record_exception
 
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
@@ -24,7 +24,7 @@ def main(cfg: DictConfig) -> float | None:
         return run(cfg)
     except Exception as e:
         # Leave the error where the run's results would be, and its traceback in the run's log;
-        # then fail: a single run exits non-zero, a sweep's sweeper decides (see metaft.sweep).
+        # then fail: a single run exits non-zero, a sweep's sweeper decides (see metaft.runtime.sweep).
         # An earlier run's results that this one left untouched are kept; its own are marked failed.
         keep = earlier is not None and results.is_file() and results.read_bytes() == earlier
         record_exception(out, list(hc.overrides.task), e, keep_results=keep)

@@ -9,7 +9,7 @@ could in principle keep only one task's buffers alive while paying the per-opera
 per compiled call. This script builds that function for the sinusoid suite (MAML, second order,
 meta-batch 25, 10-shot, 10 queries), checks its meta-gradient against metaft's, then prints peak
 memory and tasks/s beside higher's, metaft's default and metaft's ``task_chunk=1``, timed in
-alternating rounds in one process (``metaft.bench``'s measurements). ``--cpp-wrapper`` sets
+alternating rounds in one process (``benchmarks/bench.py``'s measurements). ``--cpp-wrapper`` sets
 inductor's ``cpp_wrapper`` (the whole call sequence in C++, no Python per kernel). ``--per-task``
 compiles one task's meta-gradient instead (added into a running sum in place) and calls it once per
 task from Python, so the compiler cannot keep several tasks' buffers alive at once.
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, grad_and_value
 
-from metaft import bench
+import bench  # benchmarks/bench.py, beside this script
 
 
 def main() -> None:
@@ -91,7 +91,7 @@ def main() -> None:
     if err / scale > 1e-4:
         raise SystemExit("the compiled meta-gradient differs from metaft's")
 
-    # As in metaft.bench: each contender its own learner, every step run once before measuring.
+    # As in benchmarks/bench.py: each contender its own learner, every step run once before measuring.
     steps = {
         "compiled": lambda: compiled(*inputs),
         "metaft": bench.metaft_step(learner, episode),

@@ -7,14 +7,15 @@ the time to sample such a meta-batch from a (synthetic) mini-ImageNet cache, aga
     PYTHONPATH=src python benchmarks/resnet12.py --widths 8,8,8,8 --image-size 32 --rounds 1   # a quick look
 
 Before timing, a gate checks in float64, on small widths and images, that every metaft path and
-higher give the same meta-gradient (``metaft.bench.check_gradients``). Peak memory and the
-alternating timing rounds are ``metaft.bench``'s (see benchmarks/README.md).
+higher give the same meta-gradient (``bench.check_gradients``). Peak memory and the
+alternating timing rounds are ``benchmarks/bench.py``'s (see benchmarks/README.md).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import pickle
+import sys
 import tempfile
 import time
 from functools import partial
@@ -23,8 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metaft.algorithms import ProtoNet
-from metaft.bench import (
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]  # run as a script from anywhere
+
+# benchmarks/bench.py: the harness of the other suites (contenders, gate, memory, timing rounds)
+from bench import (
     Suite,
     build_step,
     check_gradients,
@@ -34,6 +38,8 @@ from metaft.bench import (
     peak_memory_mb,
     time_alternating,
 )
+
+from metaft.algorithms import ProtoNet
 from metaft.data import split_generator
 from metaft.data.episode import Episode
 from metaft.data.images import FewShotImages

@@ -1,5 +1,5 @@
 """metaft's Hydra plugins: a sweeper that survives failed jobs and submitit launchers that
-wait for every job (see ``metaft.sweep`` for how failures are recorded)."""
+wait for every job (see ``metaft.runtime.sweep`` for how failures are recorded)."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +12,7 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from omegaconf import OmegaConf, open_dict
 
-from metaft.sweep import ERROR_FILE, SweepFailed, failure_summary, record_failure
+from metaft.runtime.sweep import ERROR_FILE, SweepFailed, failure_summary, record_failure
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class ContinueSweeper(BasicSweeper):
             num += len(batch)
         failed = [r for rs in returns for r in rs if r.status != JobStatus.COMPLETED]
         if failed:
-            from metaft.utils.io import atomic_write_text  # late: plugin discovery stays light
+            from metaft.runtime.io import atomic_write_text  # late: plugin discovery stays light
 
             summary = failure_summary(failed, num)
             atomic_write_text(sweep_dir / "failed_jobs.txt", summary + "\n")

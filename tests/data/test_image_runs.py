@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from metaft.run import main
+from metaft.stages import main
 from tests.data import miniatures as mn
 from tests.data.miniatures import MINI
 
@@ -91,6 +91,7 @@ def test_image_folder_stage_1_and_2_with_conv4_at_84_px(run_config, tmp_path):
 
 @pytest.mark.parametrize("algorithm,model,filters,batch", [
     ("maml", "Conv4", 32, 4), ("fomaml", "Conv4", 32, 4), ("anil", "Conv4", 32, 4), ("metasgd", "Conv4", 32, 4),
+    ("boil", "Conv4", 32, 4),
     ("protonet", "Conv4", 64, 1), ("reptile", "Conv4", 32, 5), ("metaoptnet", "ResNet12", None, 8),
     ("pretrain", "ResNet12", None, 4)])
 def test_mini_imagenet_paper_recipes_compose(run_config, algorithm, model, filters, batch):

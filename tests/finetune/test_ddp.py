@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metaft.run import main
+from metaft.stages import main
 
 
 def test_two_ranks_give_the_one_rank_fine_tuning(run_config, mlp_ckpt, tmp_path):

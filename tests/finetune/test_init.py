@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metaft.algorithms.base import NonFiniteLossError
+from metaft.core.errors import NonFiniteLossError
 from metaft.finetune.module import FineTuner, init_head, metasgd_step_sizes
-from metaft.finetune.run import build
+from metaft.stages.finetune import build
 from metaft.models import MLP, Conv4
 from tests.finetune.conftest import FAST, MLP_CFG, save_ckpt
 
@@ -40,7 +40,7 @@ def test_study_mapping_and_init_kind_checks(run_config, mlp_ckpt, tmp_path):
         build(run_config("finetune", ["init=meta"], "d"))
     with pytest.raises(ValueError, match="needs a model"):
         build(run_config("finetune", ["init=random"], "e"))
-    from metaft.finetune.run import finetune
+    from metaft.stages.finetune import finetune
 
     with pytest.raises(ValueError, match=r"early_stopping.patience must be a number of validations >= 0 \(0 disables"):
         finetune(run_config("finetune", [f"meta_ckpt={mlp_ckpt}", "early_stopping.patience=-1", *FAST], "f"))
@@ -145,7 +145,7 @@ def test_diverging_fine_tuning_raises_a_clear_error():
 
 
 def test_resuming_a_fine_tuning_run_continues_it_exactly(run_config, mlp_ckpt):
-    from metaft.run import main
+    from metaft.stages import main
 
     common = [f"meta_ckpt={mlp_ckpt}", "trainer.val_check_interval=3", "early_stopping.patience=0", "test=false",
               "progress=log", "finetuner.optimizer.lr=0.01", "checkpoint.every_n_train_steps=3"]

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from metaft.finetune.data import FolderTarget, OmniglotTarget, SinusoidTarget
+from metaft.finetune.targets import FolderTarget, OmniglotTarget, SinusoidTarget
 from metaft.finetune.module import FineTuner
 from metaft.models import MLP
-from metaft.run import main
+from metaft.stages import main
 from tests.finetune.conftest import grey_level
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,7 +148,7 @@ def test_folder_fine_tune_end_to_end_matches_a_hand_evaluation(run_config, image
     out = Path(cfg.hydra.runtime.output_dir)
     res = json.loads((out / "results.json").read_text())
     assert res["head_init"] == "prototypes" and res["train_examples"] == 9 and res["test/examples"] == 9
-    from metaft.finetune.run import build
+    from metaft.stages.finetune import build
 
     dm, learner, _ = build(cfg)
     learner.load_state_dict(torch.load(res["ckpt"], weights_only=True)["state_dict"])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metaft.run import main
+from metaft.stages import main
 
 STEPS = ["trainer.max_steps=8", "trainer.val_check_interval=4", "dataset.meta_batch_size=8",
          "dataset.val_episodes=30", "dataset.test_episodes=60", "dataset.eval_batch_size=20",

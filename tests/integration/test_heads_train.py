@@ -11,7 +11,8 @@ import torch
 from hydra.errors import InstantiationException
 from omegaconf import open_dict
 
-from metaft.run import build, main
+from metaft.stages import main
+from metaft.stages.meta import build
 
 # (algorithm, overrides, meta-steps). Ridge with the paper's lambda=50 must first grow its logit
 # scale; pre-training learns a 40-class classifier from scratch rather than a 5-way episode rule.

@@ -21,8 +21,9 @@ from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 
 from metaft.data import OmniglotDataModule, OmniglotRunsDataModule, SinusoidDataModule, split_generator
-from metaft.data import omniglot as om
-from metaft.data.omniglot_runs import build_runs, main as runs_main
+from metaft.data.omniglot import images as omi
+from metaft.data.omniglot import store as om
+from metaft.data.omniglot.runs import build_runs, main as runs_main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -167,8 +168,8 @@ def test_rotation_is_pil_counter_clockwise(vinyals):
     img = Image.open(io.BytesIO(drawing("Angelic/character01", 3)))
     got = vinyals.gather(vinyals.classes["train"][c], torch.tensor([3]))[0, 0] * 255
     # The split authors' convention: PIL's rotate(DDD) (counter-clockwise) of the original.
-    assert torch.equal(got, om.preprocess(img.rotate(90), 28).float())
-    assert not torch.equal(got, om.preprocess(img.rotate(270), 28).float())
+    assert torch.equal(got, omi.preprocess(img.rotate(90), 28).float())
+    assert not torch.equal(got, omi.preprocess(img.rotate(270), 28).float())
     assert torch.equal(got.to(torch.uint8), torch.rot90(vinyals.images[char, 3], 1))
 
 
@@ -229,17 +230,17 @@ def test_affine_distort_against_pixel_references():
     """``affine_distort`` moves pixels as the map says: identity, a one-pixel shift, a quarter turn."""
     x = torch.rand(3, 1, 1, 8, 8)
     eye = torch.tensor([[1.0, 0, 0], [0, 1, 0]]).repeat(3, 1, 1)
-    torch.testing.assert_close(om.affine_distort(x, eye), x, rtol=0, atol=1e-6)
+    torch.testing.assert_close(omi.affine_distort(x, eye), x, rtol=0, atol=1e-6)
     shift = eye.clone()
     shift[:, 0, 2] = 2 / 8  # sample one pixel to the right: the image moves left, zeros come in
     expected = torch.cat([x[..., 1:], torch.zeros_like(x[..., :1])], -1)
-    torch.testing.assert_close(om.affine_distort(x, shift), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(omi.affine_distort(x, shift), expected, rtol=0, atol=1e-6)
     turn = torch.tensor([[0.0, -1, 0], [1, 0, 0]]).repeat(3, 1, 1)
-    torch.testing.assert_close(om.affine_distort(x, turn), torch.rot90(x, 1, dims=(-2, -1)), rtol=0, atol=1e-6)
-    theta = om.random_affine(1000, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(omi.affine_distort(x, turn), torch.rot90(x, 1, dims=(-2, -1)), rtol=0, atol=1e-6)
+    theta = omi.random_affine(1000, torch.Generator().manual_seed(0))
     linear = theta[:, :, :2]
     assert 0.55 < float(torch.linalg.det(linear).min()) and float(torch.linalg.det(linear).max()) < 1.6
-    assert float(theta[:, :, 2].abs().max()) <= 2 * om.AUGMENT_RANGES["shift"] + 1e-6
+    assert float(theta[:, :, 2].abs().max()) <= 2 * omi.AUGMENT_RANGES["shift"] + 1e-6
 
 
 def test_augment_distorts_meta_training_images_only(vinyals, cache_dir):
@@ -439,7 +440,7 @@ def test_runs_are_evaluation_only_and_need_the_directory(runs_dir, tmp_path):
     for call in (dm.train_dataloader, lambda: dm.fixed_episodes("train"), lambda: dm.sample("train", 1, split_generator(0, "train"))):
         with pytest.raises(ValueError, match="evaluation only.*dataset=omniglot"):
             call()
-    with pytest.raises(FileNotFoundError, match=r"lacks run01, run02, run03 \.\.\..*omniglot_runs build"):
+    with pytest.raises(FileNotFoundError, match=r"lacks run01, run02, run03 \.\.\..*omniglot\.runs build"):
         OmniglotRunsDataModule(str(tmp_path))
     with pytest.raises(ValueError, match="20-way 1-shot"):
         OmniglotRunsDataModule(str(runs_dir), ways=5)
@@ -447,7 +448,7 @@ def test_runs_are_evaluation_only_and_need_the_directory(runs_dir, tmp_path):
 
 # -------------------------------------------------------------------------- through train.py
 def test_train_maml_conv4_then_eval_on_runs(run_config, cache_dir, runs_dir):
-    from metaft.run import main
+    from metaft.stages import main
 
     # A narrow Conv4 keeps this a test of the plumbing (shapes, labels, metrics, checkpoints), not of learning.
     common = [f"paths.data_dir={DATA}", f"paths.cache_dir={cache_dir}", "dataset=omniglot", "model=conv4",
@@ -480,10 +481,28 @@ def test_experiment_configs_compose(run_config, experiment, ways, lr, eval_lr, s
     assert cfg.model.image_size == cfg.dataset.image_size == 28
 
 
-ALGORITHMS = ["maml", "fomaml", "metasgd", "anil", "reptile", "protonet", "metaoptnet", "pretrain"]
+ALGORITHMS = sorted(p.stem for p in (ROOT / "conf" / "algorithm").glob("*.yaml"))
+EXPERIMENTS = sorted(p.name for p in (ROOT / "conf" / "recipe").iterdir() if p.is_dir() and not p.name.startswith("_"))
 
 
-@pytest.mark.parametrize("experiment", ["omniglot_cpu", "omniglot_paper", "omniglot_paper_20way"])
+def test_an_experiment_without_the_algorithms_recipe_is_refused(tmp_path, monkeypatch):
+    """A recipe that is missing is an error naming the file (it used to fall back silently)."""
+    from metaft.stages import meta
+    from tests.conftest import compose
+
+    cfg = compose("train", ["experiment=omniglot_cpu", "algorithm=maml"], tmp_path / "run")
+    meta.check_recipe()  # present: nothing to say
+    # The same choice against a project whose omniglot_cpu recipes lack maml's.
+    recipes = tmp_path / "project" / "conf" / "recipe" / "omniglot_cpu"
+    shutil.copytree(ROOT / "conf" / "recipe" / "omniglot_cpu", recipes)
+    (recipes / "maml.yaml").unlink()
+    monkeypatch.setattr(meta, "project_root", lambda: tmp_path / "project")
+    with pytest.raises(ValueError, match="experiment=omniglot_cpu has no recipe for algorithm=maml: write "
+                                         "conf/recipe/omniglot_cpu/maml.yaml"):
+        meta.train(cfg)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_algorithm_gets_its_recipe(run_config, experiment):
     """``experiment=E algorithm=A`` picks conf/recipe/E/A.yaml: every learner builds (feature-head
     learners with no inner loop, the others with theirs) and episode sizes follow the recipe."""
@@ -507,7 +526,7 @@ def test_every_algorithm_gets_its_recipe(run_config, experiment):
 
 
 def test_train_ways_needs_a_learner_that_builds_its_head(run_config, cache_dir):
-    from metaft.run import build
+    from metaft.stages.meta import build
 
     cfg = run_config("train", ["dataset=omniglot", "model=conv4", "algorithm=maml", "dataset.train_ways=20",
                                f"paths.cache_dir={cache_dir}"])

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from metaft.algorithms.base import NonFiniteLossError
+from metaft.core.errors import NonFiniteLossError
 from metaft.data import SinusoidDataModule
-from metaft.run import main
-from metaft.utils.io import load_checkpoint
+from metaft.stages import main
+from metaft.runtime.io import load_checkpoint
 from tests.conftest import ROOT
 
 RUN = ["algorithm=metasgd", "trainer.max_steps=800", "trainer.val_check_interval=200",

@@ -17,10 +17,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from metaft.algorithms import MAML
-from metaft.callbacks import sinusoid_fit
+from metaft.runtime.callbacks import sinusoid_fit
 from metaft.data import Episode, EpisodicDataModule, SinusoidDataModule, split_generator
 from metaft.models import MLP, Conv4
-from metaft.run import build, main, make_trainer
+from metaft.runtime.trainer import make_trainer
+from metaft.stages import main
+from metaft.stages.meta import build
 
 FAST = ["trainer.max_steps=20", "trainer.val_check_interval=10", "trainer.log_every_n_steps=5",
         "dataset.val_episodes=20", "dataset.test_episodes=30", "dataset.meta_batch_size=4", "seed=0"]

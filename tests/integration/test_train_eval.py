@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from metaft.run import main
+from metaft.stages import main
 
 FAST = ["trainer.max_steps=6", "trainer.val_check_interval=3", "checkpoint.every_n_train_steps=2",
         "dataset.val_episodes=20", "dataset.test_episodes=30", "dataset.meta_batch_size=4", "seed=0"]

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from metaft import bench
+from benchmarks import bench
 from metaft.models import MLP, Conv4
 
 pytest.importorskip("higher")

@@ -158,7 +158,7 @@ def test_every_learner_trains_and_evaluates_resnet12(episode, cls, kw):
     if cls is Pretrain:
         learner.make_classifier(7)
         x, y = episode.query_x.flatten(0, 1), episode.query_y.flatten() * 2
-        loss, _ = learner.meta_backward(Episode(x[None, :0], y[None, :0], x[None], y[None]))
+        loss, _ = learner.batch_backward(x, y)  # a labelled batch over all 7 training classes
     else:
         loss, _ = learner.meta_backward(episode)
     grads = [p.grad for p in net.body.parameters()]
@@ -192,3 +192,21 @@ def test_bad_settings():
         ResNet12(image_size=8)
     with pytest.raises(ValueError, match="model.drop_rate"):
         ResNet12(drop_rate=1.0)
+
+
+@pytest.mark.parametrize("cls", [MAML, ProtoNet])
+def test_inductive_batch_norm_scores_each_query_alone(episode, cls):
+    """``model.bn=inductive``: a query's output does not depend on the other queries (it does with
+    transductive batch norm, which normalises the query set with its own statistics)."""
+    outs = {}
+    for bn in ("inductive", "transductive"):
+        torch.manual_seed(0)
+        net = ResNet12(in_channels=3, image_size=SIZE, channels=WIDTHS, out_features=WAYS, bn=bn).double()
+        learner = cls(net=net, task="classification", inner_lr=0.1, inner_steps=1 if cls is MAML else 0,
+                      optimizer=sgd()).double()
+        other = Episode(episode.support_x, episode.support_y, episode.query_x.clone(), episode.query_y)
+        other.query_x[:, 1:] = torch.randn_like(other.query_x[:, 1:])
+        with torch.no_grad():
+            a, b = (learner.query_outputs(e, learner.eval_inner_steps, first_order=True) for e in (episode, other))
+        outs[bn] = (a[:, 0] - b[:, 0]).abs().max().item()
+    assert outs["inductive"] < 1e-10 < outs["transductive"]

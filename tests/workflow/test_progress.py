@@ -8,9 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import metaft.progress as progress
-from metaft.progress import ProgressLog, progress_callbacks
-from metaft.run import main, make_trainer
+import metaft.runtime.progress as progress
+from metaft.runtime.progress import ProgressLog, progress_callbacks
+from metaft.runtime.trainer import make_trainer
+from metaft.stages import main
 
 FAST = ["trainer.max_steps=4", "trainer.val_check_interval=2", "dataset.meta_batch_size=4",
         "dataset.val_episodes=10", "dataset.test_episodes=10"]
@@ -27,7 +28,7 @@ class Clock:
 def test_lines_report_throughput_without_validation_time(monkeypatch, caplog):
     clock = Clock()
     monkeypatch.setattr(progress.time, "perf_counter", clock)
-    caplog.set_level(logging.INFO, logger="metaft.progress")
+    caplog.set_level(logging.INFO, logger="metaft.runtime.progress")
     cb = ProgressLog(every_n_steps=2)
     trainer = SimpleNamespace(world_size=2, global_step=0, max_steps=4, is_global_zero=True, sanity_checking=False,
                               callback_metrics={"train/loss": torch.tensor(0.25)})
@@ -56,7 +57,7 @@ def test_lines_report_throughput_without_validation_time(monkeypatch, caplog):
 
 
 def test_other_ranks_stay_quiet(caplog):
-    caplog.set_level(logging.INFO, logger="metaft.progress")
+    caplog.set_level(logging.INFO, logger="metaft.runtime.progress")
     cb = ProgressLog(every_n_steps=1)
     trainer = SimpleNamespace(world_size=2, global_step=1, max_steps=4, is_global_zero=False, sanity_checking=False,
                               callback_metrics={})
@@ -66,10 +67,10 @@ def test_other_ranks_stay_quiet(caplog):
 
 
 def test_training_logs_every_n_steps(run_config, caplog):
-    caplog.set_level(logging.INFO, logger="metaft.progress")
+    caplog.set_level(logging.INFO, logger="metaft.runtime.progress")
     cfg = run_config("train", [*FAST, "progress=log", "progress_every_n_steps=2"])
     main(cfg)
-    lines = [r.getMessage() for r in caplog.records if r.name == "metaft.progress"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "metaft.runtime.progress"]
     steps = [line for line in lines if line.startswith("step ")]
     assert [s.split(" | ")[0] for s in steps] == ["step 2/4", "step 4/4"]
     assert re.fullmatch(r"step 4/4 \| [\d.]+ tasks/s \| train/loss [\d.e+-]+ \| val/mse [\d.e+-]+ \(step 2\)", steps[1])

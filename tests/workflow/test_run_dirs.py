@@ -1,4 +1,4 @@
-"""Runs never share or overwrite a directory (``metaft.run_dirs``), and a failed or refused
+"""Runs never share or overwrite a directory (``metaft.runtime.run_dirs``), and a failed or refused
 command leaves a finished run's files as they were."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from metaft.run_dirs import KeepRuns
+from metaft.runtime.run_dirs import KeepRuns
 
 from .conftest import FAST, train_cli
 

@@ -155,7 +155,7 @@ def test_slurm_preset_needs_a_device_count(run_config, tmp_path):
 
 
 def test_optimized_metric_must_be_a_metric_of_the_run(run_config):
-    from metaft.run import main
+    from metaft.stages import main
 
     cfg = run_config("train", [*FAST, "test=false", "optimized_metric=val/acc"])  # sinusoid has val/mse
     with pytest.raises(ValueError, match="optimized_metric=val/acc is not a metric of this run; use one of: .*val/mse"):

@@ -1,7 +1,6 @@
-from metaft.data.datamodule import EpisodicDataModule, split_generator
+from metaft.data.episodic import EpisodicDataModule, split_generator
 from metaft.data.episode import Episode
-from metaft.data.omniglot import OmniglotDataModule
-from metaft.data.omniglot_runs import OmniglotRunsDataModule
+from metaft.data.omniglot import OmniglotDataModule, OmniglotRunsDataModule
 from metaft.data.sinusoid import SinusoidDataModule
 
 __all__ = ["Episode", "EpisodicDataModule", "OmniglotDataModule", "OmniglotRunsDataModule", "SinusoidDataModule",

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from metaft.data.datamodule import EpisodicDataModule
+from metaft.data.episodic import EpisodicDataModule
 from metaft.data.episode import Episode
 
 

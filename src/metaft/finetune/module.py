@@ -7,12 +7,12 @@ from typing import Any, Callable, Literal, Mapping
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from metaft.algorithms.base import NonFiniteLossError
+from metaft.core.errors import NonFiniteLossError
 from metaft.models.nets import MetaNet
-from metaft.utils.distributed import all_reduce_sum_
-from metaft.utils.metrics import EpisodeStats
+from metaft.runtime.distributed import all_reduce_sum_
+from metaft.core.metrics import EpisodeStats
 
 HEAD_INITS = ("auto", "keep", "zero", "prototypes", "random")
 

@@ -21,6 +21,8 @@ class MetaNet(nn.Module):
     body: nn.Module
     head: nn.Linear
     feature_dim: int
+    # How batch norm normalises at evaluation: none | transductive | inductive | running.
+    norm: str = "none"
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
@@ -115,7 +117,7 @@ def batched_forward(module: nn.Module) -> Callable[[dict[str, Tensor], Tensor], 
     all tasks (then any leading dimensions). Built from (batched) matrix products for modules of
     Linear and ReLU layers only (MLPs, linear heads), where it does the same arithmetic as
     ``vmap(functional_call)`` in about half the time on a CPU, whose per-operator batching
-    overhead dominates such small layers (``metaft.bench``). ``None`` for other modules."""
+    overhead dominates such small layers (``benchmarks/bench.py``). ``None`` for other modules."""
     layers = _layers(module)
     return None if layers is None else partial(_batched_call, layers)
 
@@ -144,7 +146,7 @@ def batched_gradient(module: nn.Module, loss: str) -> Callable[[dict[str, Tensor
     numbers as ``torch.autograd.grad`` with ``create_graph=True``, and differentiable the same way,
     but built from plain forward operators: on a CPU the inner loop of a small MLP or linear head
     otherwise spends much of its time in the autograd engine's double-backward bookkeeping
-    (``metaft.bench``), and it also works under inference mode and ``torch.func`` transforms."""
+    (``benchmarks/bench.py``), and it also works under inference mode and ``torch.func`` transforms."""
     layers = _layers(module)
     return None if layers is None else partial(_batched_gradient, layers, loss)
 

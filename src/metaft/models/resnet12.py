@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from metaft.models.nets import MetaNet, ScaledL2Norm
 
-BN = Literal["transductive", "running", "none"]
+BN = Literal["transductive", "inductive", "running", "none"]
 
 
 class DropBlock(nn.Module):
@@ -48,7 +48,8 @@ class DropBlock(nn.Module):
 def _norm(channels: int, bn: BN) -> nn.Module:
     if bn == "none":
         return nn.Identity()
-    # transductive: the batch's own statistics always (no running buffers), as Conv4's default.
+    # transductive: the batch's own statistics always (no running buffers), as Conv4's default;
+    # inductive: the same layer, the learners normalise queries with the support set's statistics.
     return nn.BatchNorm2d(channels, track_running_stats=bn == "running")
 
 
@@ -77,7 +78,7 @@ class ResNet12(MetaNet):
         in_channels, image_size: input shape ``[N, C, S, S]``.
         channels: the four blocks' widths (64-160-320-640 in the papers; tests use tiny ones).
         out_features: outputs of the head (the episode's ways).
-        bn: transductive | running | none (see Conv4).
+        bn: transductive | inductive | running | none (see Conv4).
         global_pool: average the last map to one vector (RFS), or flatten it (MetaOptNet).
         drop_rate, dropblock_size: DropBlock in the last two blocks (0: none).
         feature_scale: ``None``, or L2-normalised features times a learned scale starting there.
@@ -90,8 +91,9 @@ class ResNet12(MetaNet):
         channels = [int(c) for c in channels]
         if len(channels) != 4 or min(channels) <= 0:
             raise ValueError(f"model.channels must be four positive widths, got {channels}")
-        if bn not in ("transductive", "running", "none"):
-            raise ValueError(f"model.bn must be transductive, running or none, got {bn!r}")
+        if bn not in ("transductive", "inductive", "running", "none"):
+            raise ValueError(f"model.bn must be transductive, inductive, running or none, got {bn!r}")
+        self.norm = bn
         if min(in_channels, image_size, out_features) <= 0:
             raise ValueError("model sizes (in_channels, image_size, out_features) must be > 0")
         if not 0 <= drop_rate < 1:

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from metaft.data.datamodule import EpisodicDataModule, split_generator
 from metaft.data.episode import Episode
+from metaft.data.episodic import EpisodicDataModule, split_generator
 from metaft.data.images.augment import augment
 from metaft.data.images.episodes import ClassTable, normalize, read_rows, to_float
 from metaft.data.images.readers import LAYOUTS, make_reader

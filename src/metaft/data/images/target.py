@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from metaft.data.datamodule import split_generator
+from metaft.data.episodic import split_generator
 from metaft.data.images.datamodule import FewShotImages
 from metaft.data.images.source import ClassLists
-from metaft.finetune.data import Shots, Splits, SupervisedTarget, split_per_class
+from metaft.finetune.targets import Shots, Splits, SupervisedTarget, split_per_class
 
 
 class ImageTarget(SupervisedTarget):

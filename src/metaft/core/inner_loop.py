@@ -8,7 +8,7 @@ The same code serves one task or a whole meta-batch: ``MetaLearner`` passes eith
 parameters, or parameters with a leading task dimension, a ``forward`` vmapped over tasks and a
 loss summed over tasks (whose gradient is then every task's own gradient). The gradient is taken
 with plain ``torch.autograd.grad``, which is faster than ``torch.func.grad`` (measured in
-``metaft.bench``); under a ``torch.func`` transform, where autograd.grad is not allowed,
+``benchmarks/bench.py``); under a ``torch.func`` transform, where autograd.grad is not allowed,
 ``torch.func.grad`` takes its place with the same result.
 """
 from __future__ import annotations

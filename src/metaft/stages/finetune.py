@@ -9,9 +9,10 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig, OmegaConf
 
-from metaft.finetune.data import SupervisedTarget
+from metaft.finetune.targets import SupervisedTarget
 from metaft.finetune.module import FineTuner, init_head, load_body, metasgd_step_sizes
-from metaft.run import final_metrics, load_checkpoint, make_trainer, start_run, write_results
+from metaft.runtime.io import load_checkpoint
+from metaft.runtime.trainer import final_metrics, make_trainer, start_run, write_results
 
 
 INIT_KINDS = ("random", "pretrained", "meta")

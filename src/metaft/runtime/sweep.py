@@ -26,7 +26,7 @@ def record_failure(out_dir: str | Path, overrides: Sequence[str], error: str, de
     """Leave a failed run's error in its directory: ``error.txt`` for people, and a
     ``results.json`` with ``status: failed`` for ``metaft.report``. ``keep_results``: the
     directory's results.json is an earlier, finished run's (a resume that failed): keep it."""
-    from metaft.utils.io import atomic_write_text, write_json  # late: keeps torch out of `--help`
+    from metaft.runtime.io import atomic_write_text, write_json  # late: keeps torch out of `--help`
 
     out = Path(out_dir)
     text = f"overrides: {' '.join(overrides)}\nerror: {error}\n\n{detail}".rstrip() + "\n"

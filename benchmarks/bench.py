@@ -1,4 +1,4 @@
-"""``python -m metaft.bench``: one meta-training step of metaft against the same computation
+"""``python benchmarks/bench.py``: one meta-training step of metaft against the same computation
 written with ``higher`` and with ``torchopt``, measured side by side in one process.
 
 For every algorithm the contenders first pass a correctness gate (the same meta-gradient in
@@ -36,6 +36,7 @@ from metaft.algorithms import ANIL, MAML, MetaLearner, MetaSGD, Reptile
 from metaft.data import Episode, SinusoidDataModule
 from metaft.models import MLP, Conv4
 from metaft.models.nets import batched_forward
+from metaft.runtime.paths import project_root
 
 ALGORITHMS = ("maml", "fomaml", "metasgd", "anil", "reptile")
 CONTENDERS = ("metaft", "metaft-alt", "higher", "torchopt", "higher-same")
@@ -443,10 +444,6 @@ def time_alternating(steps: dict[str, Step], device: torch.device, rounds: int, 
 
 
 # ----------------------------------------------------------------------- data pipeline
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
 def _datamodule(suite: Suite, data_root: Path | None) -> tuple[Any, str]:
     """The suite's real training data module, or ``(None, reason)`` when it is unavailable and
     was not asked for (``--data-root``): the compute suites do not need it."""
@@ -458,7 +455,7 @@ def _datamodule(suite: Suite, data_root: Path | None) -> tuple[Any, str]:
         if data_root is not None:
             raise
         return None, f"metaft.data.omniglot is not available ({e})"
-    root = data_root or (_repo_root() / ".." / "shared" / "data" / "omniglot")
+    root = data_root or (project_root() / ".." / "shared" / "data" / "omniglot")
     if not root.exists():
         if data_root is not None:
             raise FileNotFoundError(f"--data-root {root} does not exist")
@@ -611,7 +608,7 @@ def load_summary() -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m metaft.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", choices=sorted(SUITES), default="sinusoid")
     p.add_argument("--algorithms", default=",".join(ALGORITHMS), help=f"comma-separated subset of {','.join(ALGORITHMS)}")
     p.add_argument("--contenders", default=None,
@@ -666,7 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         suite = Suite(**{**suite.__dict__, "meta_batch": args.meta_batch})
     rounds = args.rounds or (7 if suite.name == "sinusoid" else 3)
 
-    print(f"metaft.bench  suite={suite.name}  meta-batch={suite.meta_batch}  device={device}  threads={torch.get_num_threads()}  "
+    print(f"bench  suite={suite.name}  meta-batch={suite.meta_batch}  device={device}  threads={torch.get_num_threads()}  "
           f"torch {torch.__version__}  python {platform.python_version()}  {load_summary()}")
     limit, cpu_limit = matmul_gflops(device)
     print(f"machine: float32 matmul (2048x2048, median of 5) {limit:.1f} GFLOP/s of wall clock, {cpu_limit:.1f} "

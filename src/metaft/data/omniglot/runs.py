@@ -4,10 +4,10 @@ A runs directory holds ``run01`` .. ``run20``, each with ``training/class01..20.
 class), ``test/item01..20.png`` (one query per class) and ``class_labels.txt`` (lines
 ``runNN/test/itemMM.png runNN/training/classKK.png``): 400 trials in all. It is the layout of
 ``all_runs.zip`` in brendenlake/omniglot (python/one-shot-classification), and of what
-``python -m metaft.data.omniglot_runs build --data-dir OMNIGLOT --out DIR`` makes from
+``python -m metaft.data.omniglot.runs build --data-dir OMNIGLOT --out DIR`` makes from
 ``images_evaluation.zip`` (within-alphabet runs, class and test images by two different drawers).
 
-The images get the Omniglot preprocessing of ``metaft.data.omniglot.preprocess``. Lake's own
+The images get the Omniglot preprocessing of ``metaft.data.omniglot.images.preprocess``. Lake's own
 loader treats dark pixels as ink (``np.logical_not(imread(...))``), the polarity of the dataset
 PNGs; since copies of the runs circulate in both polarities, the polarity is decided per image
 from its majority (background) colour, so either gives the same tensors.
@@ -28,9 +28,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from metaft.data.datamodule import EpisodicDataModule
+from metaft.data.episodic import EpisodicDataModule
 from metaft.data.episode import Episode
-from metaft.data.omniglot import DRAWERS, area_resize, ink_image
+from metaft.data.omniglot.images import area_resize, ink_image
+from metaft.data.omniglot.store import DRAWERS
 
 RUNS, WAYS = 20, 20
 _LABEL_LINE = re.compile(r"^(run\d\d)/test/item(\d\d)\.png\s+(run\d\d)/training/class(\d\d)\.png$")
@@ -98,7 +99,7 @@ class OmniglotRunsDataModule(EpisodicDataModule):
             raise FileNotFoundError(
                 f"dataset.data_dir={self.data_dir} lacks {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}. "
                 "Point it at Lake's runs (all_runs.zip of brendenlake/omniglot, unzipped) or build a directory of the "
-                "same form with `python -m metaft.data.omniglot_runs build --data-dir OMNIGLOT_DIR --out DIR`"
+                "same form with `python -m metaft.data.omniglot.runs build --data-dir OMNIGLOT_DIR --out DIR`"
             )
         self.runs = Episode.cat([load_run(self.data_dir / f"run{r:02d}", image_size) for r in range(1, RUNS + 1)])
 
@@ -163,7 +164,7 @@ def build_runs(data_dir: str | Path, out: str | Path, seed: int = 0) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m metaft.data.omniglot_runs", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m metaft.data.omniglot.runs", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="make a 20-run one-shot benchmark directory from images_evaluation.zip")
     b.add_argument("--data-dir", required=True, help="the Omniglot directory holding images_evaluation.zip")

@@ -19,7 +19,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from metaft.data.datamodule import split_generator
+from metaft.data.episodic import split_generator
 
 Splits = dict[str, tuple[Tensor, Tensor]]
 Shots = int | str | None

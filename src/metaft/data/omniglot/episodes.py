@@ -1,0 +1,207 @@
+"""N-way K-shot Omniglot episodes (Lake, Salakhutdinov & Tenenbaum 2015).
+
+Rotations: a class ``ALPHABET/characterNN/rotDDD`` of the Vinyals split is the character turned
+DDD degrees counter-clockwise, the convention of the split's authors (their loaders call
+``PIL.Image.rotate(DDD)``, which turns counter-clockwise); here ``torch.rot90(img, DDD // 90)``
+on the cached image, which is the same turn (checked against Pillow in the tests).
+
+Sampling an episode is one ``index_select`` of (character, drawer) rows from the in-memory
+tensor plus a per-class choice among the four rotations; both zips are decoded once into a cache
+(sampling, decoding and loading times: docs/results.md).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from metaft.data.episode import Episode
+from metaft.data.episodic import EpisodicDataModule
+from metaft.data.omniglot.images import affine_distort, random_affine
+from metaft.data.omniglot.splits import lake_classes, read_split, vinyals_split_files
+from metaft.data.omniglot.store import DRAWERS, SETS, default_cache_dir, load_images, zip_paths
+
+class OmniglotDataModule(EpisodicDataModule):
+    """N-way K-shot Omniglot episodes.
+
+    Args:
+        data_dir: directory holding ``images_background.zip``, ``images_evaluation.zip`` and, for
+            the Vinyals split, ``splits/vinyals/{train,val,test}.txt``.
+        ways, shots: classes per task and support images per class.
+        queries: query images per class in meta-training; ``eval_queries`` at validation and
+            test (``None``: the same as ``queries``).
+        train_ways: classes per meta-training episode (``None``: ``ways``). Prototypical Networks
+            train with more ways than they test (60 for 5- and 20-way Omniglot): harder episodes,
+            more classes per step.
+        within_alphabet: draw every episode's classes from one alphabet (picked with probability
+            proportional to its classes), as in Lake's one-shot runs, instead of from the whole
+            split. Look-alike characters make these episodes harder; training on them teaches the
+            fine distinctions the runs test.
+        split: ``vinyals`` (the class lists of Vinyals et al. 2016: characters of all 50
+            alphabets, each rotation a class) or ``lake`` (background alphabets for training,
+            the last ``lake_val_alphabets`` of them, in sorted order, held out for validation;
+            evaluation alphabets for test).
+        rotations: ``None`` keeps the split's own choice (vinyals: the four listed rotations;
+            lake: none). ``True``/``False`` turns the four rotations-as-classes on/off.
+        image_size: side of the square images (area-averaged from 105).
+        cache_dir: where the decoded tensors are kept (``None``: ``default_cache_dir()``).
+        download: fetch missing zips (official URLs) into ``data_dir``.
+        augment: distort every meta-training image by a random affine map (``AUGMENT_RANGES``);
+            validation and test images stay as they are. Drawn after the classes and drawers,
+            so the episodes' classes and drawers are those of ``augment=false``.
+        common: ``EpisodicDataModule``'s arguments (meta_batch_size, val_episodes, ...).
+    """
+
+    task = "classification"
+
+    def __init__(
+        self,
+        data_dir: str,
+        ways: int = 5,
+        shots: int = 1,
+        queries: int = 15,
+        eval_queries: int | None = None,
+        train_ways: int | None = None,
+        within_alphabet: bool = False,
+        split: str = "vinyals",
+        rotations: bool | None = None,
+        lake_val_alphabets: int = 5,
+        image_size: int = 28,
+        cache_dir: str | None = None,
+        download: bool = False,
+        augment: bool = False,
+        **common: int,
+    ) -> None:
+        super().__init__(**common)
+        eval_queries = queries if eval_queries is None else eval_queries
+        train_ways = ways if train_ways is None else train_ways
+        for name, v in (("ways", ways), ("shots", shots), ("queries", queries), ("eval_queries", eval_queries),
+                        ("train_ways", train_ways), ("image_size", image_size)):
+            if v <= 0:
+                raise ValueError(f"dataset.{name} must be > 0, got {v}")
+        if shots + max(queries, eval_queries) > DRAWERS:
+            raise ValueError(
+                f"dataset.shots + dataset.queries/eval_queries = {shots} + {max(queries, eval_queries)} > {DRAWERS}: "
+                f"Omniglot has only {DRAWERS} drawers per character; lower shots or queries"
+            )
+        if split not in ("vinyals", "lake"):
+            raise ValueError(f"dataset.split must be 'vinyals' or 'lake', got {split!r}")
+        if split == "lake" and not 0 < lake_val_alphabets < 30:
+            raise ValueError(f"dataset.lake_val_alphabets must be in 1..29 (of the 30 background alphabets), "
+                             f"got {lake_val_alphabets}")
+        self.ways, self.shots, self.queries, self.eval_queries = ways, shots, queries, eval_queries
+        self.train_ways, self.within_alphabet = train_ways, within_alphabet
+        self.split, self.image_size = split, image_size
+        self.augment = bool(augment)
+        self.data_dir = Path(data_dir).expanduser()
+        cache = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+
+        zips = zip_paths(self.data_dir, download)
+        split_files = vinyals_split_files(self.data_dir) if split == "vinyals" else {}
+        chars: list[str] = []
+        parts = []
+        for name in SETS:
+            c, imgs = load_images(zips[name], image_size, cache)
+            chars += c
+            parts.append(imgs)
+        n_background = len(parts[0])
+        # All characters, uint8 [characters, drawers, H, W]; sampling indexes into this alone.
+        self.images = torch.cat(parts)
+        self.chars = chars
+        row = {c: i for i, c in enumerate(chars)}
+        if split == "vinyals":
+            self.classes = {s: read_split(f, row, rotations) for s, f in split_files.items()}
+        else:
+            self.classes = lake_classes(chars, n_background, lake_val_alphabets, bool(rotations))
+        alphabet_id = {a: i for i, a in enumerate(sorted({c.split("/")[0] for c in chars}))}
+        char_alphabet = torch.tensor([alphabet_id[c.split("/")[0]] for c in chars])
+        # Per split, each class's alphabet (for within_alphabet episodes), and a check that every
+        # split can fill its episodes: enough classes, or enough in at least one alphabet.
+        self.alphabet = {s: char_alphabet[cls[:, 0]] for s, cls in self.classes.items()}
+        for s, cls in self.classes.items():
+            n = self.split_ways(s)
+            most = int(self.alphabet[s].bincount().max()) if within_alphabet else len(cls)
+            if n > most:
+                key = "train_ways" if s == "train" and n != ways else "ways"
+                where = f"the {s} split of dataset.split={split}"
+                raise ValueError(
+                    f"dataset.{key}={n} but {'the largest alphabet of ' if within_alphabet else ''}{where} has only "
+                    f"{most} classes; lower dataset.{key}" + (" or set dataset.within_alphabet=false" if within_alphabet else "")
+                )
+
+    # ------------------------------------------------------------------------- sampling
+    def _classes(self, split: str) -> Tensor:
+        if split not in self.classes:
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
+        return self.classes[split]
+
+    def num_classes(self, split: str) -> int:
+        """How many classes (character x rotation) ``split`` has."""
+        return len(self._classes(split))
+
+    def class_names(self, split: str) -> list[str]:
+        """``ALPHABET/characterNN/rotDDD`` of every class of ``split``, by global class index."""
+        return [f"{self.chars[i]}/rot{90 * k:03d}" for i, k in self._classes(split).tolist()]
+
+    def gather(self, classes: Tensor, drawers: Tensor) -> Tensor:
+        """Float images in [0, 1] of split-table rows ``classes`` (``S + [2]``: character, quarter
+        turns) and drawers (``S + [m]``): ``S + [m, 1, H, W]``."""
+        char, turn = classes.unbind(-1)
+        rows = char.unsqueeze(-1) * DRAWERS + drawers  # S + [m]
+        size = self.image_size
+        x = self.images.view(-1, size, size).index_select(0, rows.flatten()).view(-1, rows.shape[-1], size, size)
+        # All four turns of the whole (small, uint8) batch, then each class picks its own: a fixed
+        # four rot90 calls and one block gather instead of a loop over tasks or classes.
+        turns = torch.stack([torch.rot90(x, k, dims=(-2, -1)) for k in range(4)])
+        x = turns[turn.flatten(), torch.arange(len(x))].view(*rows.shape, size, size)
+        return x.unsqueeze(-3).float().div_(255)
+
+    def split_ways(self, split: str) -> int:
+        """Classes per episode of ``split``: ``train_ways`` in meta-training, ``ways`` otherwise."""
+        return self.train_ways if split == "train" else self.ways
+
+    def draw(self, split: str, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The random part of ``sample``: per task ``ways`` distinct classes (indices into the
+        split's class list, ``[n, ways]``) and ``shots + queries`` distinct drawers per class
+        (``[n, ways, shots + queries]``)."""
+        table, ways = self._classes(split), self.split_ways(split)
+        q = self.queries if split == "train" else self.eval_queries
+        # The top ``ways`` of i.i.d. uniforms: a uniformly random ordered subset, O(classes).
+        keys = torch.rand(n, len(table), generator=generator)
+        if self.within_alphabet:
+            # The alphabet of a uniformly drawn class (of one with enough siblings), then only its
+            # classes compete for the top ``ways``.
+            alpha = self.alphabet[split]
+            sizes = alpha.bincount()[alpha]
+            lead = torch.rand(n, len(table), generator=generator).masked_fill_(sizes < ways, -1).argmax(-1)
+            keys.masked_fill_(alpha != alpha[lead].unsqueeze(-1), -1.0)
+        picks = keys.topk(ways, dim=-1).indices
+        drawers = torch.rand(n, ways, DRAWERS, generator=generator).argsort(-1)[..., : self.shots + q]
+        return picks, drawers
+
+    def sample(self, split: str, n: int, generator: torch.Generator) -> Episode:
+        picks, drawers = self.draw(split, n, generator)
+        x = self.gather(self._classes(split)[picks], drawers)  # [n, ways, shots+q, 1, H, W]
+        if self.augment and split == "train":  # after the draw: the same classes and drawers as without
+            x = affine_distort(x, random_affine(x.shape[:-3].numel(), generator))
+        s, ways = self.shots, x.shape[1]
+        q = x.shape[2] - s
+        labels = torch.arange(ways)
+        return Episode(
+            x[:, :, :s].reshape(n, ways * s, *x.shape[3:]),
+            labels.repeat_interleave(s).expand(n, -1).contiguous(),
+            x[:, :, s:].reshape(n, ways * q, *x.shape[3:]),
+            labels.repeat_interleave(q).expand(n, -1).contiguous(),
+        )
+
+    def labelled_batch(self, split: str, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``n`` images drawn uniformly (with replacement) from ``split``: ``[n, 1, H, W]`` in [0, 1]
+        and their global class indices in ``[0, num_classes(split))``."""
+        table = self._classes(split)
+        y = torch.randint(len(table), (n,), generator=generator)
+        drawer = torch.randint(DRAWERS, (n, 1), generator=generator)
+        x = self.gather(table[y], drawer)[:, 0]
+        if self.augment and split == "train":
+            x = affine_distort(x, random_affine(n, generator))
+        return x, y

@@ -1,0 +1,19 @@
+"""Where the project's files are: ``conf/`` and ``train.py`` live beside ``src/``, not in the package."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_root() -> Path:
+    """The directory holding ``conf/train.yaml`` and ``train.py``: ``$METAFT_ROOT`` if set, else the
+    checkout this package was installed from (an editable install or ``PYTHONPATH=src``)."""
+    env = os.environ.get("METAFT_ROOT")
+    candidates = [Path(env)] if env else [Path(__file__).resolve().parents[3], Path.cwd()]
+    for root in candidates:
+        if (root / "conf" / "train.yaml").is_file() and (root / "train.py").is_file():
+            return root
+    raise FileNotFoundError(
+        f"cannot find the metaft project (conf/train.yaml and train.py) in {', '.join(map(str, candidates))}: "
+        "run from the project directory, or set METAFT_ROOT to it"
+    )

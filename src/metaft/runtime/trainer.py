@@ -1,0 +1,133 @@
+"""The runtime both stages share: the run directory, resume, seeding, the Trainer, results."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from metaft.runtime.callbacks import monitoring_callbacks
+from metaft.runtime.checkpoints import AtomicLastCheckpoint, AtomicModelCheckpoint
+from metaft.runtime.io import load_checkpoint, write_json
+from metaft.runtime.progress import progress_callbacks
+
+log = logging.getLogger(__name__)
+
+# Config groups: an override of one (e.g. dataset=omniglot_runs) replaces the stored node whole.
+GROUPS = ("algorithm", "dataset", "model", "target")
+
+
+def run_dir() -> Path:
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def make_trainer(cfg: DictConfig, out: Path, monitor: str | None = None, mode: str = "min",
+                 callbacks: Sequence[Callback] = ()) -> L.Trainer:
+    callbacks = [*monitoring_callbacks(cfg), *callbacks]
+    if monitor is not None:
+        ckpt_dir = out / "checkpoints"
+        callbacks += [
+            AtomicModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+                            auto_insert_metric_name=False, enable_version_counter=False),
+            AtomicLastCheckpoint(ckpt_dir, cfg.checkpoint.every_n_train_steps),
+        ]
+    bar, progress = progress_callbacks(cfg)
+    callbacks += progress
+    logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
+    trainer_kwargs = hydra.utils.instantiate(cfg.trainer, _convert_="all")  # builds a configured strategy
+    devices = trainer_kwargs.get("devices")
+    if trainer_kwargs.get("accelerator") == "cpu" and isinstance(devices, int) and devices > (os.cpu_count() or 1):
+        raise ValueError(f"trainer.devices={devices} CPU processes is more than this machine's {os.cpu_count()} cores; lower trainer.devices")
+    if trainer_kwargs.get("enable_progress_bar") is None:
+        trainer_kwargs["enable_progress_bar"] = bar
+    return L.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=logger,
+                     callbacks=callbacks)
+
+
+def final_metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
+
+
+def write_results(out: Path, metrics: dict[str, float], **extra: Any) -> dict[str, Any]:
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    results = {**metrics, **extra, "overrides": overrides}
+    write_json(out / "results.json", results)
+    return results
+
+
+def resolve_resume(ckpt_path: str | None, out: Path) -> tuple[Path | None, Path]:
+    """(checkpoint file to resume, run dir to continue in) for ``ckpt_path``: a checkpoint file,
+    a run directory, or ``last`` (this run dir's ``checkpoints/last.ckpt`` when ``hydra.run.dir``
+    points at the old run, else the newest sibling run that has one)."""
+    if ckpt_path is None:
+        return None, out
+    if str(ckpt_path) == "last":
+        own = out / "checkpoints" / "last.ckpt"
+        siblings = [d / "checkpoints" / "last.ckpt" for d in out.parent.iterdir() if d != out] if out.parent.is_dir() else []
+        found = [own] if own.is_file() else sorted((c for c in siblings if c.is_file()), key=lambda c: c.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(
+                f"ckpt_path=last: no checkpoints/last.ckpt in {out} or in any run dir beside it; "
+                "give the run directory or the checkpoint file instead"
+            )
+        path = found[-1]
+    else:
+        path = Path(hydra.utils.to_absolute_path(str(ckpt_path)))
+        if path.is_dir():
+            path = path / "checkpoints" / "last.ckpt"
+    run = path.parent.parent if path.parent.name == "checkpoints" else out
+    if run != out:  # Hydra's new directory for this command only points at the continued run
+        (out / "RESUMED_INTO.txt").write_text(f"{run}\n")
+    return path, run
+
+
+def seed_everything(seed: Any) -> None:
+    """Lightning's seeding, with a clear error for a seed numpy cannot take."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    L.seed_everything(seed, workers=True)
+
+
+def start_run(cfg: DictConfig) -> tuple[DictConfig, Path | None, Path]:
+    """(config, checkpoint to resume or None, run dir) for a training stage, seeded. On resume the
+    interrupted run's own config is the base, so the continuation is the same run."""
+    resume, out = resolve_resume(cfg.ckpt_path, run_dir())
+    if resume is not None:
+        # Lightning restores the optimizer's and scheduler's state, learning rate included, so a
+        # changed setting would not apply, though the saved config would claim it.
+        stored = OmegaConf.create(load_checkpoint(resume)["metaft_config"])
+        state_keys = ("algorithm.optimizer", "algorithm.scheduler", "finetuner.optimizer", "finetuner.scheduler")
+        for override in HydraConfig.get().overrides.task:
+            key = override.split("=", 1)[0].lstrip("+~")
+            if key.startswith(state_keys) and OmegaConf.select(cfg, key) != OmegaConf.select(stored, key):
+                raise ValueError(
+                    f"{override}: resuming restores the optimizer and scheduler from the checkpoint "
+                    f"({key}={OmegaConf.select(stored, key)}), so this setting would not take effect; drop it to "
+                    "continue the run, or start a new run"
+                )
+        cfg = merged_config(cfg, OmegaConf.to_container(stored))
+        log.info("resuming %s in %s", resume, out)
+    seed_everything(cfg.seed)
+    return cfg, resume, out
+
+
+def merged_config(cfg: DictConfig, stored: dict) -> DictConfig:
+    """A stored run config with this command's overrides applied on top."""
+    merged = OmegaConf.create(stored)
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in ("ckpt_path",) or key.startswith("hydra."):
+            continue
+        if key in GROUPS:  # a group choice, e.g. dataset=omniglot_runs: take the whole node
+            merged[key] = cfg[key]
+        else:
+            OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
+    merged.task_name = cfg.task_name
+    return merged

@@ -1,0 +1,119 @@
+"""Stage 1: meta-train a learner from a Hydra config (``train``), or test a checkpoint (``evaluate``)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from metaft.algorithms.episodic import MetaLearner
+from metaft.algorithms import catalogue
+from metaft.data.episodic import EpisodicDataModule
+from metaft.runtime.callbacks import log_hparams
+from metaft.runtime.io import load_checkpoint
+from metaft.runtime.paths import project_root
+from metaft.runtime.trainer import (final_metrics, make_trainer, merged_config, run_dir, seed_everything,
+                                    start_run, write_results)
+
+
+
+def _per_episode_heads() -> str:
+    return (f"learner that builds its head from each episode ({catalogue.listed(catalogue.per_episode_head)}, or "
+            f"{catalogue.listed(catalogue.zero_head_capable)} with algorithm.zero_head=true)")
+
+
+def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
+    """Instantiate the datamodule and the learner (with its model) from a composed config."""
+    dm: EpisodicDataModule = hydra.utils.instantiate(cfg.dataset)
+    net = hydra.utils.instantiate(cfg.model)
+    learner: MetaLearner = hydra.utils.instantiate(cfg.algorithm, net=net, task=dm.task)
+    ways = getattr(dm, "ways", None)
+    train_ways = getattr(dm, "train_ways", ways)  # datasets without the option train on `ways`
+    sized_per_episode = learner.sizes_head_per_episode
+    if train_ways != ways and not sized_per_episode:
+        raise ValueError(
+            f"dataset.train_ways={train_ways} differs from dataset.ways={ways}, but algorithm {type(learner).__name__} "
+            f"classifies with the network's own head, sized for dataset.ways; drop dataset.train_ways, or use a "
+            f"{_per_episode_heads()}"
+        )
+    head = getattr(net, "head", None)
+    if ways is not None and not sized_per_episode and isinstance(head, torch.nn.Linear) and head.out_features != ways:
+        raise ValueError(
+            f"dataset.ways={ways} but the network's head has {head.out_features} outputs, and algorithm "
+            f"{type(learner).__name__} classifies with that head: use dataset.ways={head.out_features} (for a "
+            f"checkpoint, the ways it was trained on), or a {_per_episode_heads()}"
+        )
+    learner.run_config = OmegaConf.to_container(cfg, resolve=True)
+    return dm, learner
+
+
+def check_recipe() -> None:
+    """An experiment with per-algorithm recipes (``conf/recipe/<experiment>/``) must have one for
+    the chosen algorithm: without it the run would silently use settings meant for no protocol."""
+    if not HydraConfig.initialized():
+        return
+    choices = HydraConfig.get().runtime.choices
+    experiment, algorithm = choices.get("experiment"), choices.get("algorithm")
+    recipes = project_root() / "conf" / "recipe" / str(experiment)
+    if experiment in (None, "null") or not recipes.is_dir() or (recipes / f"{algorithm}.yaml").is_file():
+        return
+    have = ", ".join(sorted(p.stem for p in recipes.glob("*.yaml")))
+    raise ValueError(
+        f"experiment={experiment} has no recipe for algorithm={algorithm}: write conf/recipe/{experiment}/{algorithm}.yaml "
+        f"(its settings for this protocol; it may include another recipe through its defaults list), or choose one of: {have}"
+    )
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Meta-train (or resume), test the best checkpoint, write ``results.json``."""
+    check_recipe()
+    cfg, resume, out = start_run(cfg)
+    dm, learner = build(cfg)
+    monitor_mode = "min" if learner.metric_name == "mse" else "max"
+    trainer = make_trainer(cfg, out, monitor=f"val/{learner.metric_name}", mode=monitor_mode)
+    trainer.fit(learner, datamodule=dm, ckpt_path=resume, weights_only=True)
+    results: dict[str, Any] = final_metrics(trainer, "val/")
+    if cfg.test:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if best:
+            trainer.test(learner, datamodule=dm, ckpt_path=best, weights_only=True)
+        else:
+            trainer.test(learner, datamodule=dm)
+        results.update(final_metrics(trainer, "test/"))
+        results["ckpt"] = str(Path(best).resolve()) if best else None
+        results["test_episodes_fingerprint"] = dm.fingerprint("test")
+    results["batch_norm"] = learner.batch_norm()
+    log_hparams(trainer, cfg, results)
+    return write_results(out, results)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Test a meta-checkpoint on the fixed test episodes; write ``results.json``."""
+    if cfg.ckpt_path is None:
+        raise ValueError("--config-name eval needs the checkpoint to test: add ckpt_path=PATH (a .ckpt file, e.g. "
+                         "outputs/train/runs/<run>/checkpoints/best.ckpt)")
+    ckpt_path = Path(hydra.utils.to_absolute_path(str(cfg.ckpt_path)))
+    ckpt = load_checkpoint(ckpt_path)
+    run_cfg = merged_config(cfg, ckpt["metaft_config"])
+    seed_everything(run_cfg.seed)
+    dm, learner = build(run_cfg)
+    try:
+        learner.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise ValueError(
+            f"ckpt_path={ckpt_path} does not fit algorithm={run_cfg.algorithm._target_} with "
+            f"model={run_cfg.model._target_}: {e}"
+        ) from e
+    out = run_dir()
+    OmegaConf.save(run_cfg, out / "eval_config.yaml")
+    trainer = make_trainer(run_cfg, out)
+    trainer.test(learner, datamodule=dm)
+    results = final_metrics(trainer, "test/")
+    log_hparams(trainer, run_cfg, results)
+    return write_results(out, results, ckpt=str(ckpt_path), test_episodes_fingerprint=dm.fingerprint("test"),
+                         batch_norm=learner.batch_norm())
+
+
