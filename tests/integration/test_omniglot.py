@@ -509,9 +509,11 @@ def test_every_algorithm_gets_its_recipe(run_config, experiment):
     import hydra
 
     from metaft.algorithms.feature_head import FeatureHeadLearner
+    from metaft.stages.meta import check_recipe
 
     for algorithm in ALGORITHMS:
         cfg = run_config("train", [f"experiment={experiment}", f"algorithm={algorithm}"], f"{experiment}_{algorithm}")
+        check_recipe()  # the recipe is an optional default: composing alone would not miss it
         learner = hydra.utils.instantiate(cfg.algorithm, net=hydra.utils.instantiate(cfg.model), task="classification")
         learner.configure_optimizers()  # the recipe's optimizer takes its keys (no SGD key left on Adam)
         if isinstance(learner, FeatureHeadLearner):
