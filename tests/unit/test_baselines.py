@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from metaft.algorithms import Pretrain, ProtoNet
 from metaft.algorithms.warm_start import without_init_ckpt
 from metaft.models import MLP, Conv4
-from tests.unit.test_heads import QUERIES, WAYS, check_meta_gradient, episode, features_by_hand  # noqa: F401
+from tests.unit.test_heads import QUERIES, WAYS, check_meta_gradient, features_by_hand
+from tests.unit.test_heads import episode  # noqa: F401 (the fixture: 3 float64 tasks, 3-way 2-shot)
 from tests.unit.test_heads import make as make_any
 
 
@@ -37,7 +38,7 @@ def test_baselinepp_training_is_cosine_classification(learn_scale):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(10, 6, generator=g, dtype=torch.float64), torch.randint(7, (10,), generator=g)
     loss, _ = learner.batch_backward(x, y)
-    p = {k[len("net."):] if k.startswith("net.") else k: v for k, v in learner.named_parameters()}
+    p = {k.removeprefix("net."): v for k, v in learner.named_parameters()}
     scale = p["classifier.scale"] if learn_scale else 3.0
     cos = unit(features_by_hand(p, x)) @ unit(p["classifier.weight"]).T  # [10, 7]
     ref = -torch.log_softmax(scale * cos, -1)[torch.arange(10), y].mean()
