@@ -11,9 +11,18 @@ from omegaconf import OmegaConf
 from metaft.algorithms import Pretrain, ProtoNet
 from metaft.algorithms.warm_start import without_init_ckpt
 from metaft.models import MLP, Conv4
-from tests.unit.test_heads import QUERIES, WAYS, check_meta_gradient, features_by_hand
-from tests.unit.test_heads import episode  # noqa: F401 (the fixture: 3 float64 tasks, 3-way 2-shot)
+from metaft.data import Episode, split_generator
+from tests.gaussian_clusters import GaussianClusters
+from tests.unit.test_heads import QUERIES, SHOTS, WAYS, check_meta_gradient, features_by_hand
 from tests.unit.test_heads import make as make_any
+
+
+@pytest.fixture
+def episode() -> Episode:
+    """test_heads' episode: 3 tasks, 3-way 2-shot, 4 queries per class; float64 inputs."""
+    dm = GaussianClusters(ways=WAYS, shots=SHOTS, queries=QUERIES, signal_dims=3, noise_dims=3, noise=1.0)
+    ep = dm.sample("train", 3, split_generator(0, "train"))
+    return Episode(ep.support_x.double(), ep.support_y, ep.query_x.double(), ep.query_y)
 
 
 def make(cls, **kw):

@@ -7,7 +7,7 @@ the study, issue #17). Every function takes features with a leading problem dime
 * ``logistic_regression``: RFS's probe (Tian et al. 2020): multinomial logistic regression with an
   L2 penalty on L2-normalised features, solved exactly by Newton's method.
 * ``fit_cosine_head``: Baseline++'s classifier (Chen et al. 2019), ``scale * cos(feature, w_c)``
-  (``cosine_logits`` / ``CosineClassifier``, from ``metaft.models.heads``), fitted per problem.
+  (``metaft.models.heads``: ``cosine_logits``, ``CosineClassifier``), fitted per problem.
 """
 from __future__ import annotations
 
@@ -17,9 +17,7 @@ from torch import Tensor
 
 from metaft.algorithms.feature_head import one_hot
 from metaft.core.inner_loop import adapt
-
-# Baseline++'s classifier lives with the models (pre-training uses it too); re-exported here.
-from metaft.models.heads import CosineClassifier, cosine_logits  # noqa: F401
+from metaft.models.heads import cosine_logits  # with the models: pre-training (Baseline++) uses it too
 
 
 def _check(fs: Tensor, sy: Tensor, ways: int) -> None:
