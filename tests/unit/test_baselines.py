@@ -176,9 +176,30 @@ def test_init_ckpt_of_another_architecture_is_refused_naming_both(tmp_path):
 
 
 def test_evaluation_rebuilds_without_the_runs_starting_point():
-    cfg = OmegaConf.create({"algorithm": {"init_ckpt": "/gone/best.ckpt", "distance": "cosine"}})
+    stored = {"algorithm": {"init_ckpt": "/gone/best.ckpt", "distance": "cosine"}}
+    cfg = OmegaConf.create(stored)
     assert without_init_ckpt(cfg).algorithm == {"init_ckpt": None, "distance": "cosine"}
-    assert cfg.algorithm.init_ckpt == "/gone/best.ckpt"  # the stored config is left as it was
+    assert without_init_ckpt(stored)["algorithm"] == {"init_ckpt": None, "distance": "cosine"}
+    # The stored configs are left as they were.
+    assert cfg.algorithm.init_ckpt == stored["algorithm"]["init_ckpt"] == "/gone/best.ckpt"
+
+
+def test_study_loads_a_metabaseline_checkpoint_whose_start_is_gone(tmp_path):
+    from metaft.core.objective import Objective
+    from metaft.study.evaluate import Init
+
+    torch.manual_seed(0)
+    trained = ProtoNet(net=MLP(6, (5, 4), WAYS), task="classification", distance="cosine")
+    with torch.no_grad():
+        trained.scale.fill_(7.0)
+    config = {"model": {"_target_": "metaft.models.MLP", "in_features": 6, "hidden": [5, 4], "out_features": WAYS},
+              "algorithm": {"_target_": "metaft.algorithms.ProtoNet", "distance": "cosine",
+                            "init_ckpt": str(tmp_path / "gone.ckpt")}}
+    torch.save({"state_dict": trained.state_dict(), "metaft_config": config}, tmp_path / "metabaseline.ckpt")
+    init = Init("metabaseline", 0, tmp_path / "metabaseline.ckpt", OmegaConf.create({"adapt": {"bn": "inductive"}}),
+                Objective("classification"))
+    assert float(init.learner.scale) == 7.0
+    torch.testing.assert_close(init.net.body[0].weight, trained.net.body[0].weight, rtol=0, atol=0)
 
 
 def test_options_for_the_other_variant_are_refused():

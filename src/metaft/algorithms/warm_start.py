@@ -2,12 +2,16 @@
 meta-stage begins from a pre-trained body (a ``pretrain`` or ``baselinepp`` checkpoint)."""
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, open_dict
 
 from metaft.finetune.module import load_body
 from metaft.models.nets import MetaNet
 from metaft.runtime.io import load_checkpoint
+
+Config = TypeVar("Config", DictConfig, dict[str, Any])
 
 
 def describe(net: MetaNet) -> str:
@@ -26,11 +30,14 @@ def load_init_body(net: MetaNet, path: str, setting: str = "algorithm.init_ckpt"
     load_body(net, ckpt["state_dict"], f"{setting}={path}", ckpt_model, describe(net), user="model of this run", fix=fix)
 
 
-def without_init_ckpt(cfg: DictConfig) -> DictConfig:
-    """``cfg`` with ``algorithm.init_ckpt`` unset, for rebuilding a learner whose checkpoint is loaded
-    next (evaluation): the training run's starting point is overwritten, so its file need not exist."""
+def without_init_ckpt(cfg: Config) -> Config:
+    """A run config (``DictConfig`` or plain dict) with ``algorithm.init_ckpt`` unset, for rebuilding
+    a learner whose checkpoint is loaded next (evaluation, the study): the training run's starting
+    point is overwritten, so its file need not exist any more. ``cfg`` itself is left as it was."""
     if not (cfg.get("algorithm") or {}).get("init_ckpt"):
         return cfg
+    if not isinstance(cfg, DictConfig):
+        return {**cfg, "algorithm": {**cfg["algorithm"], "init_ckpt": None}}
     cfg = cfg.copy()
     with open_dict(cfg):
         cfg.algorithm.init_ckpt = None
