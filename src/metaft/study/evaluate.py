@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metaft.algorithms.episodic import MetaLearner
+from metaft.algorithms.warm_start import without_init_ckpt
 from metaft.core.objective import Objective
 from metaft.data.episode import Episode
 from metaft.models.nets import MetaNet
@@ -35,7 +36,8 @@ class Init:
             data = load_checkpoint(ckpt, what=f"the checkpoint of init {name}")
             self.config = data["metaft_config"]
             self.net = hydra.utils.instantiate(self.config["model"])
-            self.learner = hydra.utils.instantiate(self.config["algorithm"], net=self.net, task=objective.kind)
+            algorithm = without_init_ckpt(self.config)["algorithm"]  # the checkpoint replaces every weight
+            self.learner = hydra.utils.instantiate(algorithm, net=self.net, task=objective.kind)
             self.learner.load_state_dict(data["state_dict"])
             self.learner.eval()
         if cfg.adapt.bn == "inductive" and self.net.norm == "transductive":
