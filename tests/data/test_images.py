@@ -13,7 +13,7 @@ import torch
 from metaft.data import split_generator
 from metaft.data.images import FewShotImages
 from metaft.data.images.source import BadFileError, packaged_classes
-from metaft.data.images.target import ImageTarget
+from metaft.finetune.image_targets import ImageTarget
 from tests.data import miniatures as mn
 from tests.data.miniatures import MINI, RAW, marks
 

@@ -84,3 +84,30 @@ def test_a_checkpoint_of_another_dataset_is_refused_before_anything_runs(tmp_pat
     assert "give one per seed" in capsys.readouterr().err
     assert main(["sinusoid", "target.nosuch=1"]) == 2
     assert "write KEY=VALUE with a key of conf/study/sinusoid.yaml" in capsys.readouterr().err
+
+
+def test_meta_baselines_stage_one_starts_from_the_same_seeds_pretrained_body(tmp_path, monkeypatch):
+    """Stage 1 trains an init named in CKPT(...) first, then passes its checkpoint of the same
+    seed to the dependent run (Meta-Baseline from Baseline++), without running anything here."""
+    from metaft.study import driver, stage1
+
+    cfg = driver.load_config("omniglot", ["stage1.seeds=[3,4]"])
+    launched: list[list[str]] = []
+
+    def fake_run_all(cmds, logs, jobs):
+        for cmd in cmds:
+            launched.append(cmd)
+            run = Path(next(a for a in cmd if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+            (run / "checkpoints").mkdir(parents=True)
+            (run / "checkpoints" / "best.ckpt").write_text("")
+            (run / "results.json").write_text("{}")
+        return [0] * len(cmds)
+
+    monkeypatch.setattr(stage1, "run_all", fake_run_all)
+    ckpts = stage1.train_missing(cfg, tmp_path, {})
+    order = [next(a for a in c if a.startswith("hydra.run.dir=")).rsplit("/", 1)[1] for c in launched]
+    assert order.index("metabaseline_seed3") > order.index("baselinepp_seed3")
+    meta = next(c for c in launched if c[-1].endswith("metabaseline_seed4"))
+    assert "algorithm=metabaseline" in meta
+    assert f"algorithm.init_ckpt={ckpts['baselinepp', 4]}" in meta
+    assert ckpts["random", 3] is None and "trainer.max_time=00:00:04:00" in meta

@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from metaft.algorithms.episodic import MetaLearner
-from metaft.algorithms import catalogue
+import metaft.algorithms.catalogue as catalogue
 from metaft.algorithms.warm_start import without_init_ckpt
 from metaft.data.episodic import EpisodicDataModule
 from metaft.runtime.callbacks import log_hparams

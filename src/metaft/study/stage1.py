@@ -3,6 +3,7 @@ budget, run side by side as subprocesses of ``train.py``; runs already finished 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +14,23 @@ from omegaconf import DictConfig
 from metaft.runtime.paths import project_root
 
 
-def command(cfg: DictConfig, algorithm: str, seed: int, run: Path) -> list[str]:
-    """``train.py`` for one stage-1 run of ``algorithm`` (a ``variants`` name expands to its
-    algorithm and settings) into ``run``."""
-    variant = list(cfg.get("variants", {}).get(algorithm, [algorithm]))
+def variant(cfg: DictConfig, algorithm: str) -> list[str]:
+    """``[algorithm, overrides...]`` of a stage-1 algorithm name (``variants`` expand)."""
+    return [str(v) for v in cfg.get("variants", {}).get(algorithm, [algorithm])]
+
+
+def needs(cfg: DictConfig, algorithm: str) -> list[str]:
+    """The inits whose checkpoint (same seed) this one starts from: ``CKPT(<init>)`` in its settings."""
+    return [m.group(1) for v in variant(cfg, algorithm) for m in re.finditer(r"CKPT\((\w+)\)", v)]
+
+
+def command(cfg: DictConfig, algorithm: str, seed: int, run: Path, ckpts: dict[tuple[str, int], Any]) -> list[str]:
+    """``train.py`` for one stage-1 run of ``algorithm`` into ``run``; ``CKPT(<init>)`` in its
+    settings becomes that init's checkpoint of the same seed (Meta-Baseline's pre-trained body)."""
+    variant_ = [re.sub(r"CKPT\((\w+)\)", lambda m: str(ckpts[m.group(1), seed]), v) for v in variant(cfg, algorithm)]
     experiment = cfg.stage1.get("experiment")
     return [sys.executable, str(project_root() / "train.py"), *([f"experiment={experiment}"] if experiment else []),
-            f"algorithm={variant[0]}", *cfg.stage1.overrides, *variant[1:], f"seed={seed}", f"hydra.run.dir={run}"]
+            f"algorithm={variant_[0]}", *cfg.stage1.overrides, *variant_[1:], f"seed={seed}", f"hydra.run.dir={run}"]
 
 
 def checkpoint_of(run: Path) -> Path | None:
@@ -51,26 +62,32 @@ def run_all(cmds: Sequence[list[str]], logs: Sequence[Path], jobs: int) -> list[
 
 def train_missing(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> dict[tuple[str, int], Any]:
     """Every (init, seed)'s checkpoint: given ones, finished runs under ``out/stage1``, and the
-    rest trained now. ``None`` for the random init."""
+    rest trained now (an init that starts from another's checkpoint after it). ``None`` for the
+    random init."""
     ckpts: dict[tuple[str, int], Any] = {}
-    todo = []
-    for init, algorithm in cfg.inits.items():
-        for i, seed in enumerate(cfg.stage1.seeds):
-            if algorithm is None:
-                ckpts[init, seed] = None
-            elif init in given:
-                ckpts[init, seed] = Path(given[init][i])
-            else:
-                run = out / "stage1" / f"{init}_seed{seed}"
-                ckpt = checkpoint_of(run)
-                if ckpt is None:
-                    todo.append((init, seed, command(cfg, algorithm, seed, run), run / "stdout.log"))
-                ckpts[init, seed] = ckpt or run
-    if todo:
-        codes = run_all([t[2] for t in todo], [t[3] for t in todo], int(cfg.stage1.jobs))
-        failed = [f"{init} seed {seed} (exit {c}; see {log})" for (init, seed, _, log), c in zip(todo, codes) if c]
-        if failed:
-            raise RuntimeError("stage-1 training failed for " + "; ".join(failed))
-        for init, seed, _, _ in todo:
-            ckpts[init, seed] = checkpoint_of(out / "stage1" / f"{init}_seed{seed}")
+    waiting = dict(cfg.inits)
+    while waiting:
+        ready = {i: a for i, a in waiting.items() if a is None or all(d not in waiting for d in needs(cfg, a))}
+        if not ready:
+            raise ValueError(f"study inits {sorted(waiting)} start from each other's checkpoints (CKPT(...)) in a circle")
+        todo = []
+        for init, algorithm in ready.items():
+            for i, seed in enumerate(cfg.stage1.seeds):
+                if algorithm is None:
+                    ckpts[init, seed] = None
+                elif init in given:
+                    ckpts[init, seed] = Path(given[init][i])
+                else:
+                    run = out / "stage1" / f"{init}_seed{seed}"
+                    ckpts[init, seed] = checkpoint_of(run)
+                    if ckpts[init, seed] is None:
+                        todo.append((init, seed, command(cfg, algorithm, seed, run, ckpts), run / "stdout.log"))
+        if todo:
+            codes = run_all([t[2] for t in todo], [t[3] for t in todo], int(cfg.stage1.jobs))
+            failed = [f"{init} seed {seed} (exit {c}; see {log})" for (init, seed, _, log), c in zip(todo, codes) if c]
+            if failed:
+                raise RuntimeError("stage-1 training failed for " + "; ".join(failed))
+            for init, seed, _, _ in todo:
+                ckpts[init, seed] = checkpoint_of(out / "stage1" / f"{init}_seed{seed}")
+        waiting = {i: a for i, a in waiting.items() if i not in ready}
     return ckpts
