@@ -111,3 +111,18 @@ def test_meta_baselines_stage_one_starts_from_the_same_seeds_pretrained_body(tmp
     assert "algorithm=metabaseline" in meta
     assert f"algorithm.init_ckpt={ckpts['baselinepp', 4]}" in meta
     assert ckpts["random", 3] is None and "trainer.max_time=00:00:04:00" in meta
+
+
+def test_a_problem_on_which_one_init_diverged_is_left_out_for_every_init():
+    from metaft.study.analysis import Study
+
+    def row(init, fp, v):
+        return {"init": init, "seed": "0", "ways": "5", "shots": "1", "adaptation": "finetune", "fingerprint": fp,
+                "metric": str(v)}
+
+    rows = [row("a", "p1", 50), row("a", "p2", 60), row("a", "p3", 70),
+            row("b", "p1", 40), row("b", "p2", float("nan")), row("b", "p3", 90)]
+    study = Study(rows, pretrained=["a"], lower_is_better=False, n_boot=100, alpha=0.05, seed=0)
+    assert study.excluded == {("5", "1", "finetune"): {"p2"}}
+    diff = study.differences(("5", "finetune"))["b"]["1"]["holm"].raw.mean
+    assert diff == ((40 - 50) + (90 - 70)) / 2  # p2 dropped for both inits, the rest still paired

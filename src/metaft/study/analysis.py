@@ -13,7 +13,7 @@ import numpy as np
 from metaft.study import stats
 
 FIELDS = ["init", "seed", "ways", "shots", "adaptation", "problem", "fingerprint", "metric", "bn",
-          "chosen_step", "steps_to_final", "seconds_to_final", "auc"]
+          "chosen_step", "chosen_lr", "steps_to_final", "seconds_to_final", "auc"]
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -34,7 +34,16 @@ class Study:
         self.n_boot, self.alpha, self.seed = n_boot, alpha, seed
         self.cells: dict[tuple[str, str], dict[str, dict[str, dict[str, dict[str, float]]]]] = defaultdict(
             lambda: defaultdict(lambda: defaultdict(dict)))
+        # A problem on which some init's adaptation diverged (a non-finite metric) is left out for
+        # every init of that (N, K, adaptation): the comparison stays paired; the count is reported.
+        diverged = {(r["ways"], r["shots"], r["adaptation"], r["fingerprint"]) for r in rows
+                    if not np.isfinite(float(r["metric"]))}
+        self.excluded: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+        for w, k, a, fp in diverged:
+            self.excluded[w, k, a].add(fp)
         for r in rows:
+            if (r["ways"], r["shots"], r["adaptation"], r["fingerprint"]) in diverged:
+                continue
             self.cells[r["ways"], r["adaptation"]][r["init"]][r["shots"]].setdefault(r["seed"], {})[r["fingerprint"]] = float(r["metric"])
         self.shots = sorted({r["shots"] for r in rows}, key=_k_key)
 
@@ -113,6 +122,10 @@ def answer(study: Study, metric: str, bn: str, meta: list[str]) -> list[str]:
 
 def markdown(study: Study, metric: str, bn: str, meta: list[str], header: list[str]) -> str:
     lines = [*header, "", "## The answer", "", *answer(study, metric, bn, meta), ""]
+    if study.excluded:
+        lines += ["Problems left out for every init because some init's adaptation diverged on them (a "
+                  "non-finite metric): " + "; ".join(f"N={w}, K={k}, {a}: {len(v)}"
+                                                    for (w, k, a), v in sorted(study.excluded.items())), ""]
     better = "lower" if study.lower else "higher"
     for key in sorted(study.cells):
         ways, adaptation = key

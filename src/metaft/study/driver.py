@@ -22,7 +22,6 @@ from typing import Sequence
 
 import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metaft.core.objective import Objective
@@ -158,22 +157,20 @@ def _adapt(init: evaluate.Init, adaptation: str, test: list, val: list, n_ft: in
             return []
         values = np.concatenate(parts)
         return [{"problem": i, "fingerprint": fp, "metric": float(v)} for i, (fp, v) in enumerate(zip(fps, values))]
-    # Full fine-tuning: the step count chosen on validation problems, then the test problems.
-    val_curves = [evaluate.finetune_curves(init, ep, cfg, objective) for ep in val]
-    merged = type(val_curves[0])(val_curves[0].steps, torch.cat([c.acc for c in val_curves]), None, None, None)
-    j = evaluate.choose_step(merged, objective)
+    # Full fine-tuning: step size and count chosen on validation problems, then the test problems.
+    lr, j = evaluate.choose(init, val, cfg, objective)
     rows: list[dict[str, object]] = []
     done = 0
     for ep in test:
         take = min(ep.num_tasks, n_ft - done)
         if take <= 0:
             break
-        c = evaluate.finetune_curves(init, ep[:take], cfg, objective)
+        c = evaluate.finetune_curves(init, ep[:take], cfg, objective, lr)
         sign = -1.0 if objective.regression else 1.0  # convergence reads "higher is better"
         conv = curves_convergence(c.steps, sign * c.acc.double().numpy(), c.seconds.numpy(), tol=float(cfg.tolerance))
         for i in range(take):
             rows.append({"problem": done + i, "fingerprint": fps[done + i], "metric": float(c.acc[i, j]),
-                         "chosen_step": c.steps[j], "steps_to_final": conv["steps"][i],
+                         "chosen_step": c.steps[j], "chosen_lr": lr, "steps_to_final": conv["steps"][i],
                          "seconds_to_final": conv["seconds"][i], "auc": sign * conv["auc"][i]})
         done += take
     return rows

@@ -74,16 +74,33 @@ def probe(init: Init, episode: Episode, cfg: DictConfig, objective: Objective) -
                             C=float(cfg.adapt.probe.C)).double().numpy()
 
 
-def finetune_curves(init: Init, episode: Episode, cfg: DictConfig, objective: Objective) -> P.Curves:
+def learning_rates(cfg: DictConfig) -> list[float]:
+    lr = cfg.adapt.finetune.lr
+    return [float(v) for v in lr] if OmegaConf.is_list(lr) else [float(lr)]
+
+
+def finetune_curves(init: Init, episode: Episode, cfg: DictConfig, objective: Objective, lr: float) -> P.Curves:
     ft = cfg.adapt.finetune
-    return P.finetune_problems(init.net, episode, int(ft.max_steps), float(ft.lr), int(ft.eval_every),
+    return P.finetune_problems(init.net, episode, int(ft.max_steps), lr, int(ft.eval_every),
                                head_init=ft.head_init, bn=cfg.adapt.bn, objective=objective)
 
 
-def choose_step(curves: P.Curves, objective: Objective) -> int:
-    """The evaluation point with the best mean metric (validation problems)."""
-    mean = curves.acc.double().mean(0)
-    return int(mean.argmin() if objective.regression else mean.argmax())
+def choose(init: Init, val: list[Episode], cfg: DictConfig, objective: Objective) -> tuple[float, int]:
+    """Full fine-tuning's step size and step count (an evaluation point's index): the pair with
+    the best mean metric on the validation problems. A diverged problem (non-finite metric)
+    counts as the worst possible, so a step size that diverges anywhere is not chosen over one
+    that does not."""
+    best: tuple[float, float, int] | None = None
+    for lr in learning_rates(cfg):
+        acc = torch.cat([finetune_curves(init, ep, cfg, objective, lr).acc for ep in val]).double()
+        worst = float("inf") if objective.regression else 0.0
+        score = torch.where(torch.isfinite(acc), acc, torch.full_like(acc, worst)).mean(0)
+        score = score if objective.regression else -score  # lower is better from here
+        j = int(score.argmin())
+        if best is None or float(score[j]) < best[0]:
+            best = (float(score[j]), lr, j)
+    assert best is not None
+    return best[1], best[2]
 
 
 def inner(init: Init, episode: Episode, ways: int | None, objective: Objective) -> np.ndarray | None:
