@@ -447,11 +447,12 @@ def test_runs_are_evaluation_only_and_need_the_directory(runs_dir, tmp_path):
 
 
 # -------------------------------------------------------------------------- through train.py
-def test_train_maml_conv4_then_eval_on_runs(run_config, cache_dir, runs_dir):
+def test_train_maml_conv4_on_lake_then_eval_on_runs(run_config, cache_dir, runs_dir):
     from metaft.stages import main
 
     # A narrow Conv4 keeps this a test of the plumbing (shapes, labels, metrics, checkpoints), not of learning.
-    common = [f"paths.data_dir={DATA}", f"paths.cache_dir={cache_dir}", "dataset=omniglot", "model=conv4",
+    # Lake's split: the runs come from its test alphabets (a Vinyals checkpoint is refused there).
+    common = [f"paths.data_dir={DATA}", f"paths.cache_dir={cache_dir}", "dataset=omniglot", "dataset.split=lake", "model=conv4",
               "model.filters=8", "algorithm=maml", "algorithm.inner_lr=0.4", "dataset.meta_batch_size=2",
               "dataset.queries=2", "dataset.eval_queries=3", "dataset.val_episodes=4", "dataset.test_episodes=10",
               "dataset.eval_batch_size=5", "trainer.max_steps=2", "trainer.val_check_interval=2",

@@ -240,12 +240,11 @@ class OmniglotTarget(SupervisedTarget):
     def check_meta_dataset(self, meta_dataset: dict[str, Any] | None) -> None:
         """Refuse a meta-checkpoint whose Omniglot split differs: its training classes could
         then include this target's classes."""
-        if not meta_dataset or "Omniglot" not in str(meta_dataset.get("_target_", "")):
-            return
-        theirs = meta_dataset.get("split", "vinyals")
-        if theirs != self.split:
-            raise ValueError(f"the meta-checkpoint was trained on Omniglot split={theirs}, the target uses "
-                             f"split={self.split}; set target.split={theirs} so the target classes are held out")
+        from metaft.data.omniglot.splits import check_held_out, held_out_split
+
+        theirs = held_out_split(meta_dataset)
+        check_held_out(meta_dataset, self.split, f"target.split={self.split}",
+                       f"Set target.split={theirs} so the target classes are held out.")
 
     def build(self) -> Splits:
         labels = torch.arange(self.ways)

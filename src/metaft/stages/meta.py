@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from metaft.algorithms.base import MetaLearner
 from metaft.algorithms.feature_head import FeatureHeadLearner
 from metaft.data.episodic import EpisodicDataModule
+from metaft.data.omniglot.splits import check_held_out, held_out_split
 from metaft.runtime.callbacks import log_hparams
 from metaft.runtime.io import load_checkpoint
 from metaft.runtime.trainer import (final_metrics, make_trainer, merged_config, run_dir, seed_everything,
@@ -75,6 +76,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(hydra.utils.to_absolute_path(str(cfg.ckpt_path)))
     ckpt = load_checkpoint(ckpt_path)
     run_cfg = merged_config(cfg, ckpt["metaft_config"])
+    # Before loading any data: a checkpoint must not be scored on classes it was trained on.
+    tested = held_out_split(run_cfg.get("dataset"))
+    what = "dataset=omniglot_runs (Lake's runs)" if "OmniglotRuns" in str(run_cfg.dataset.get("_target_")) else \
+        f"dataset.split={tested}"
+    check_held_out(ckpt["metaft_config"].get("dataset"), tested, what,
+                   "Evaluate a checkpoint trained with dataset.split=" + str(tested) + ", or drop the dataset/split "
+                   "override to test on the checkpoint's own split.")
     seed_everything(run_cfg.seed)
     dm, learner = build(run_cfg)
     try:
