@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 
-from metaft.data import OmniglotDataModule, OmniglotRunsDataModule, SinusoidDataModule, split_generator
+from metaft.data import Episode, OmniglotDataModule, OmniglotRunsDataModule, SinusoidDataModule, split_generator
 from metaft.data.omniglot import images as omi
 from metaft.data.omniglot import store as om
 from metaft.data.omniglot.runs import build_runs, main as runs_main
@@ -527,3 +527,19 @@ def test_train_ways_needs_a_learner_that_builds_its_head(run_config, cache_dir):
     with pytest.raises(ValueError, match="dataset.ways=20 but the network's head has 5 outputs.*use dataset.ways=5"):
         build(run_config("train", ["dataset=omniglot", "model=conv4", "algorithm=maml", "dataset.ways=20",
                                    "model.out_features=5", f"paths.cache_dir={cache_dir}"], "head5"))
+
+
+def test_evaluation_episodes_do_not_depend_on_batch_size_or_count(cache_dir):
+    """Episode i of an Omniglot split is the same whatever ``eval_batch_size`` and the episode
+    count, and equals one task drawn from its own generator (the batched gather is a shortcut)."""
+    from metaft.data.episodic import episode_generator
+
+    make = lambda **kw: OmniglotDataModule(str(OMNI), ways=5, shots=1, queries=2, eval_queries=3, within_alphabet=True,
+                                           cache_dir=str(cache_dir), **kw)
+    a, b = make(test_episodes=12, eval_batch_size=12), make(test_episodes=7, eval_batch_size=3)
+    ea, eb = (Episode.cat(dm.fixed_episodes("test")) for dm in (a, b))
+    assert torch.equal(ea.support_x[:7], eb.support_x) and torch.equal(ea.query_x[:7], eb.query_x)
+    for i in (0, 6, 11):
+        one = a.sample("test", 1, episode_generator(a.seed, "test", i))
+        assert torch.equal(ea.support_x[i], one.support_x[0]) and torch.equal(ea.query_x[i], one.query_x[0])
+    assert a.fingerprint("test") == make(test_episodes=12, eval_batch_size=5).fingerprint("test")
