@@ -156,3 +156,21 @@ def test_folder_fine_tune_end_to_end_matches_a_hand_evaluation(run_config, image
     with torch.no_grad():
         acc = (learner.net(x).argmax(-1) == y).double().mean().item() * 100
     assert res["test/acc"] == pytest.approx(acc, abs=1e-4)
+
+
+def test_omniglot_target_takes_one_rotation_per_character(tmp_path):
+    """With rotations as classes, a target never holds two turns of one character (the same
+    drawings, turned, would be one class's training data and another's test data)."""
+    data = _tiny_omniglot(tmp_path / "omniglot")
+    kw = dict(data_dir=str(data), split="lake", lake_val_alphabets=1, rotations=True, image_size=8,
+              cache_dir=str(tmp_path / "cache"))
+    rotations = set()
+    for seed in range(8):
+        t = OmniglotTarget(ways=6, shots=1, seed=seed, **kw)  # all 6 held-out characters
+        chars = [n.rsplit("/", 1)[0] for n in t.class_names()]
+        assert len(set(chars)) == 6, t.class_names()
+        rotations |= {n.rsplit("/", 1)[1] for n in t.class_names()}
+    assert len(rotations) == 4  # the rotation of each is still random
+    assert OmniglotTarget(ways=None, classes="alphabet", alphabet="E0", seed=0, **kw).ways == 3
+    with pytest.raises(ValueError, match=r"target.ways=7: choose 2..6 \(held-out characters"):
+        OmniglotTarget(ways=7, **kw)

@@ -188,7 +188,8 @@ class SinusoidTarget(SupervisedTarget):
 class OmniglotTarget(SupervisedTarget):
     """A new ``ways``-way problem of Omniglot classes never used in meta-training: the test split
     of ``split`` (Vinyals: held-out characters; Lake: the evaluation alphabets), which is disjoint
-    from the meta-training and meta-validation classes. Per class ``shots`` drawers for training,
+    from the meta-training and meta-validation classes. Every class is a different character
+    (in one of the split's rotations). Per class ``shots`` drawers for training,
     ``val_per_class`` for validation and ``test_per_class`` for test (disjoint drawers).
 
     Args:
@@ -224,10 +225,17 @@ class OmniglotTarget(SupervisedTarget):
             candidates = [i for i, c in enumerate(held_out) if c.split("/")[0] == alphabet]
         else:
             candidates = list(range(len(held_out)))
-        ways = len(candidates) if ways is None else int(ways)
-        if not 1 < ways <= len(candidates):
-            raise ValueError(f"target.ways={ways}: choose 2..{len(candidates)} (held-out classes available)")
-        pick = torch.tensor(candidates)[torch.randperm(len(candidates), generator=g)[:ways]]
+        # One rotation per character: two turns of one character as two classes would put the
+        # same drawings, turned, into one class's training set and another's test set.
+        char_of = self.omniglot.classes["test"][:, 0].tolist()
+        distinct: dict[int, int] = {}
+        for c in torch.tensor(candidates)[torch.randperm(len(candidates), generator=g)].tolist():
+            distinct.setdefault(char_of[c], c)  # the first (random) rotation drawn of each character
+        ways = len(distinct) if ways is None else int(ways)
+        if not 1 < ways <= len(distinct):
+            raise ValueError(f"target.ways={ways}: choose 2..{len(distinct)} (held-out characters available; each "
+                             "target class is one character, in one rotation)")
+        pick = torch.tensor(list(distinct.values())[:ways])
         self.table = self.omniglot.classes["test"][pick]
         self.names = [held_out[i] for i in pick.tolist()]
         self.ways = ways
