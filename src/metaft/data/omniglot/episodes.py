@@ -98,8 +98,12 @@ class OmniglotDataModule(EpisodicDataModule):
         self.data_dir = Path(data_dir).expanduser()
         cache = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
 
+        # download=true cannot fetch the Vinyals lists: check them before fetching any zip. Without
+        # it, a missing data directory is named first (the likelier mistake).
+        if download and split == "vinyals":
+            vinyals_split_files(self.data_dir, download)
         zips = zip_paths(self.data_dir, download)
-        split_files = vinyals_split_files(self.data_dir) if split == "vinyals" else {}
+        split_files = vinyals_split_files(self.data_dir, download) if split == "vinyals" else {}
         chars: list[str] = []
         parts = []
         for name in SETS:

@@ -15,16 +15,25 @@ from torch import Tensor
 _SPLIT_LINE = re.compile(r"^([^/]+/character\d+)/rot(\d{3})$")
 
 
-def vinyals_split_files(data_dir: Path) -> dict[str, Path]:
-    """The Vinyals class lists ``splits/vinyals/{train,val,test}.txt`` under ``data_dir``, checked present."""
+VINYALS_SOURCE = "data/omniglot/splits/vinyals/ of github.com/jakesnell/prototypical-networks"
+
+
+def vinyals_split_files(data_dir: Path, download: bool = False) -> dict[str, Path]:
+    """The Vinyals class lists ``splits/vinyals/{train,val,test}.txt`` under ``data_dir``, checked
+    present. No official source publishes them for download (they come with the ProtoNet code), so
+    ``download=true`` cannot fetch them: checked before any zip is fetched, the error says which
+    files to put where."""
     files = {s: data_dir / "splits" / "vinyals" / f"{s}.txt" for s in ("train", "val", "test")}
-    for p in files.values():
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"dataset.split=vinyals needs the class list {p} (lines ALPHABET/characterNN/rotDDD, from "
-                "Vinyals et al. 2016 as published with jakesnell/prototypical-networks); put it there or use "
-                "dataset.split=lake, which needs no list"
-            )
+    missing = [p for p in files.values() if not p.is_file()]
+    if missing:
+        fetched = (" dataset.download=true fetches the image zips only (nothing was downloaded): these lists have "
+                   "no official download." if download else "")
+        raise FileNotFoundError(
+            f"dataset.split=vinyals needs the class lists {', '.join(str(p) for p in missing)} (lines "
+            f"ALPHABET/characterNN/rotDDD, Vinyals et al. 2016's split, published as train.txt, val.txt and test.txt "
+            f"in {VINYALS_SOURCE}).{fetched} Put them in {data_dir / 'splits' / 'vinyals'}, or use "
+            "dataset.split=lake, which needs no list"
+        )
     return files
 
 
