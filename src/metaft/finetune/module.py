@@ -182,13 +182,38 @@ def class_prototypes(net: MetaNet, x: Tensor, y: Tensor, ways: int) -> Tensor:
     return torch.zeros(ways, feats.shape[1], dtype=feats.dtype).index_add_(0, y, feats) / counts.unsqueeze(1)
 
 
+# Learners that classify from the body's features and never train ``net.head``: ProtoNet and
+# MetaOptNet build a head per episode, pre-training trains its own ``classifier``.
+FEATURE_HEAD_LEARNERS = ("ProtoNet", "MetaOptNet", "Pretrain")
+
+
+def untrained_head_rule(ckpt: Mapping[str, Any], ckpt_cfg: Mapping[str, Any], task: str) -> str | None:
+    """How ``head_init=auto`` starts a head the checkpoint's learner never trained, or ``None``
+    when its ``net.head`` was trained. Read from the checkpoint's ``metaft_head_trained`` when the
+    learner wrote it, else from its stored config: the feature-head learners
+    (``FEATURE_HEAD_LEARNERS``) get ``prototypes`` (the linear form of their nearest-prototype
+    rule; ``zero`` for regression), and learners with ``algorithm.zero_head=true``, whose every
+    task started from a zero head, get ``zero``."""
+    algo = ckpt_cfg.get("algorithm") or {}
+    name = str(algo.get("_target_", "")).rsplit(".", 1)[-1]
+    feature_head = name in FEATURE_HEAD_LEARNERS
+    trained = ckpt.get("metaft_head_trained")
+    if trained is None:
+        trained = not (feature_head or bool(algo.get("zero_head", False)))
+    if trained:
+        return None
+    return "prototypes" if feature_head and task == "classification" else "zero"
+
+
 @torch.no_grad()
 def init_head(net: MetaNet, rule: str, state_dict: Mapping[str, Tensor] | None, task: str,
-              train: tuple[Tensor, Tensor] | None = None) -> str:
+              train: tuple[Tensor, Tensor] | None = None, untrained: str | None = None) -> str:
     """Set ``net.head`` by ``rule``; return the rule applied.
 
-    auto: the checkpoint's head when it has the target's shape, else ``zero`` (random without a
-    checkpoint). keep: the checkpoint's head (shapes must match). zero: W = 0, b = 0 (the
+    auto: the checkpoint's head when it has the target's shape and was trained (``untrained`` is
+    ``None``); a head its learner never trained gets the rule ``untrained`` names (see
+    ``untrained_head_rule``); a trained head of another shape gets ``zero``; no checkpoint:
+    ``random``. keep: the checkpoint's head (shapes must match). zero: W = 0, b = 0 (the
     logits start uniform and every class is treated alike). prototypes: the linear layer that
     equals a nearest-prototype classifier (Triantafillou et al. 2020):
     W_c = 2 mu_c, b_c = -|mu_c|^2, mu_c the mean body feature of class c's training examples.
@@ -199,7 +224,12 @@ def init_head(net: MetaNet, rule: str, state_dict: Mapping[str, Tensor] | None, 
     head = {k[len("net.head."):]: v for k, v in (state_dict or {}).items() if k.startswith("net.head.")}
     fits = bool(head) and not _shape_table(net.head.state_dict(), head, "head.")
     if rule == "auto":
-        rule = "keep" if fits else ("zero" if state_dict is not None else "random")
+        if state_dict is None:
+            rule = "random"
+        elif untrained is not None:  # its values are the module's random init: never use them
+            rule = untrained if (untrained != "prototypes" or train is not None) else "zero"
+        else:
+            rule = "keep" if fits else "zero"
     if rule == "keep":
         if not fits:
             raise ValueError(

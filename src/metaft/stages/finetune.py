@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig, OmegaConf
 
 from metaft.finetune.targets import SupervisedTarget
-from metaft.finetune.module import FineTuner, init_head, load_body, metasgd_step_sizes
+from metaft.finetune.module import FineTuner, init_head, load_body, metasgd_step_sizes, untrained_head_rule
 from metaft.runtime.io import load_checkpoint
 from metaft.runtime.trainer import final_metrics, make_trainer, start_run, write_results
 
@@ -87,7 +87,8 @@ def build(cfg: DictConfig) -> tuple[SupervisedTarget, FineTuner, dict[str, Any]]
     state = ckpt["state_dict"] if (ckpt and path) else None
     if state is not None:
         load_body(net, state, f"meta_ckpt={path}", ckpt_cfg.get("model"), model_cfg)
-    head_rule = init_head(net, str(cfg.head_init), state, dm.task, dm.splits["train"])
+    untrained = untrained_head_rule(ckpt, ckpt_cfg, dm.task) if state is not None else None
+    head_rule = init_head(net, str(cfg.head_init), state, dm.task, dm.splits["train"], untrained=untrained)
     scales = None
     if cfg.metasgd_lrs:
         if state is None:
@@ -99,6 +100,8 @@ def build(cfg: DictConfig) -> tuple[SupervisedTarget, FineTuner, dict[str, Any]]
                         lr_scales=scales, grad_clip=float(ft.grad_clip))
     learner.run_config = OmegaConf.to_container(cfg, resolve=True)
     info = {"init": str(cfg.init), "init_kind": kind, "meta_ckpt": path, "head_init": head_rule,
+            # Whether the checkpoint's net.head was trained (None: no checkpoint weights used).
+            "head_trained": (untrained is None) if state is not None else None,
             "meta_algorithm": (ckpt_cfg.get("algorithm") or {}).get("_target_") if path else None,
             "shots": getattr(dm, "shots", None), **dm.describe()}
     return dm, learner, info
