@@ -210,3 +210,32 @@ def test_a_checkpoint_can_say_its_head_was_trained():
     assert untrained_head_rule({}, cfg, "regression") == "zero"
     assert untrained_head_rule({"metaft_head_trained": True}, cfg, "classification") is None
     assert untrained_head_rule({}, {"algorithm": {"_target_": "metaft.algorithms.Reptile"}}, "regression") is None
+
+
+def test_a_preset_model_does_not_override_the_checkpoints_architecture(run_config, tmp_path, image_folder):
+    """A study preset's plain Conv4 (``feature_scale: null``) with a checkpoint trained with
+    ``model.feature_scale=40``: the checkpoint's architecture is built and loaded whole; init=random
+    still takes the preset's model; an explicit model.* override still applies on top."""
+    from omegaconf import OmegaConf, open_dict
+
+    from tests.finetune.conftest import CONV_CFG
+
+    torch.manual_seed(7)
+    scaled = {**CONV_CFG, "feature_scale": 40.0}
+    net = Conv4(filters=4, out_features=5, feature_scale=40.0)
+    ckpt = save_ckpt(tmp_path / "scaled.ckpt", net, scaled)
+    common = [f"meta_ckpt={ckpt}", "target=folder", f"target.root={image_folder}", "target.shots=3",
+              "target.val_per_class=2", "target.test_per_class=3", *FAST]
+
+    def with_preset_model(cfg):
+        with open_dict(cfg):  # what `override /model: conv4` in a preset's defaults gives
+            cfg.model = OmegaConf.create({**CONV_CFG, "feature_scale": None})
+        return cfg
+
+    _, learner, _ = build(with_preset_model(run_config("finetune", common, "meta")))
+    body = learner.net.body.state_dict()
+    assert all(torch.equal(v, net.body.state_dict()[k]) for k, v in body.items()) and "5.scale" in body
+    _, learner, _ = build(with_preset_model(run_config("finetune", ["init=random", *common], "random")))
+    assert "5.scale" not in learner.net.body.state_dict()
+    with pytest.raises(ValueError, match="another architecture"):
+        build(run_config("finetune", [*common, "model=conv4", "model.filters=4", "model.feature_scale=null"], "explicit"))

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig, OmegaConf
@@ -63,6 +64,29 @@ def check_inputs(net: torch.nn.Module, dm: SupervisedTarget, model_cfg: dict, me
         ) from e
 
 
+def model_config(cfg: DictConfig, ckpt_cfg: dict[str, Any], from_checkpoint: bool) -> dict[str, Any]:
+    """The fine-tuning model's config. Weights from a checkpoint: the checkpoint's own model, with
+    this command's explicit ``model``/``model.*`` overrides on top (as ``--config-name eval`` does),
+    so a preset's default model (a study's plain Conv4) cannot contradict the checkpoint's
+    architecture. ``init=random``: ``model`` if set, else the checkpoint's architecture."""
+    if from_checkpoint and ckpt_cfg.get("model"):
+        model = OmegaConf.create(dict(ckpt_cfg["model"]))
+        overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+        for override in overrides:
+            key = override.split("=", 1)[0].lstrip("+~")
+            if key == "model":  # a group choice replaces the whole node
+                model = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+            elif key.startswith("model."):
+                OmegaConf.update(model, key[len("model."):], OmegaConf.select(cfg, key), force_add=True)
+        return OmegaConf.to_container(model, resolve=True)
+    if cfg.get("model") is not None:
+        return OmegaConf.to_container(cfg.model, resolve=True)
+    if ckpt_cfg.get("model"):
+        return dict(ckpt_cfg["model"])  # fine-tune the architecture that was meta-trained
+    raise ValueError("init=random without a checkpoint needs a model: give model=mlp|conv4 (or meta_ckpt=PATH, "
+                     "whose architecture is then used)")
+
+
 def build(cfg: DictConfig) -> tuple[SupervisedTarget, FineTuner, dict[str, Any]]:
     """The target, the initialised fine-tuner and what was done (for results.json)."""
     dm: SupervisedTarget = hydra.utils.instantiate(cfg.target)
@@ -74,13 +98,7 @@ def build(cfg: DictConfig) -> tuple[SupervisedTarget, FineTuner, dict[str, Any]]
         _check_kind(kind, ckpt_cfg, path)
         if hasattr(dm, "check_meta_dataset"):
             dm.check_meta_dataset(ckpt_cfg.get("dataset"))
-    if cfg.get("model") is not None:
-        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    elif ckpt_cfg.get("model"):
-        model_cfg = dict(ckpt_cfg["model"])  # fine-tune the architecture that was meta-trained
-    else:
-        raise ValueError("init=random without a checkpoint needs a model: give model=mlp|conv4 (or meta_ckpt=PATH, "
-                         "whose architecture is then used)")
+    model_cfg = model_config(cfg, ckpt_cfg, from_checkpoint=path is not None)
     model_cfg["out_features"] = dm.num_outputs
     net = hydra.utils.instantiate(model_cfg)
     check_inputs(net, dm, model_cfg, ckpt_cfg.get("dataset"))
