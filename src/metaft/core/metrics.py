@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from statistics import mean, stdev
-from typing import Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import torch
 from torch import Tensor
@@ -69,8 +69,8 @@ class EpisodeStats(Metric):
 
     full_state_update = False
 
-    def __init__(self, n: int) -> None:
-        super().__init__()
+    def __init__(self, n: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # torchmetrics' options, e.g. sync_on_compute
         self.n = n
         self.add_state("values", default=[], dist_reduce_fx="cat")
 

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from metaft.core.errors import NonFiniteLossError
 from metaft.models.nets import MetaNet
-from metaft.runtime.distributed import all_reduce_sum_
+from metaft.runtime.distributed import all_reduce_sum_, global_batchnorm
 from metaft.core.metrics import EpisodeStats
 
 HEAD_INITS = ("auto", "keep", "zero", "prototypes", "random")
@@ -36,7 +36,9 @@ class FineTuner(L.LightningModule):
         super().__init__()
         if task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
-        self.net, self.task = net, task
+        # Data parallel shares each training batch out: batch norm must see the whole batch for N
+        # ranks to give the one-process update (plain batch norm in one process).
+        self.net, self.task = global_batchnorm(net), task
         self.optimizer_factory, self.scheduler_factory, self.grad_clip = optimizer, scheduler, grad_clip
         self.scaled: list[str] = []
         for name, scale in (lr_scales or {}).items():
@@ -102,9 +104,10 @@ class FineTuner(L.LightningModule):
 
     # ---------------------------------------------------------------------- validation, test
     def on_validation_epoch_start(self) -> None:
-        # Per-example values through the stage-1 metric path: mean and 95% CI, summed over ranks.
-        self.eval_stats = EpisodeStats(1).to(self.device)
-        self.eval_loss = EpisodeStats(1).to(self.device)
+        # Per-example values through the stage-1 metric path: mean and 95% CI. Every rank
+        # evaluates every example (see SupervisedTarget._eval_loader), so nothing is gathered.
+        self.eval_stats = EpisodeStats(1, sync_on_compute=False).to(self.device)
+        self.eval_loss = EpisodeStats(1, sync_on_compute=False).to(self.device)
 
     on_test_epoch_start = on_validation_epoch_start
 

@@ -4,8 +4,10 @@ A target is a ``SupervisedTarget`` subclass that says how to build its three spl
 batching, seeding, resumption and device sharding live here once. Training batch ``i`` depends
 only on (seed, i): a random subset of ``min(batch_size, n_train)`` training examples, drawn
 without replacement within the batch. Under data parallelism every rank draws the same global
-batch and takes its contiguous share, and the loss is normalised by the *global* batch size, so
-summing the ranks' gradients gives exactly the one-process gradient (shares may be uneven).
+batch and takes its contiguous share, the loss is normalised by the *global* batch size and batch
+norm uses the global batch's statistics (``FineTuner``: ``GlobalBatchNorm``), so summing the
+ranks' gradients gives the one-process gradient (shares may be uneven). Evaluation runs the
+whole split on every rank, so its metrics do not depend on the number of ranks.
 """
 from __future__ import annotations
 
@@ -67,7 +69,7 @@ class SupervisedTarget(L.LightningDataModule):
     """Base of every fine-tuning target. Args:
     batch_size: training examples per step (global, over all devices; capped at the training set).
     eval_batch_size: examples per evaluation batch (memory only; metrics do not depend on it,
-        except through the batch statistics of transductive BatchNorm).
+        except through the batch statistics of transductive batch norm).
     seed: selects the task (function, classes, drawers) and the training batches.
     """
 
@@ -110,11 +112,11 @@ class SupervisedTarget(L.LightningDataModule):
         return DataLoader(_TrainBatches(self), batch_size=None, num_workers=0)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        # Rank r evaluates examples r, r+world, ...: each exactly once (a distributed sampler would
-        # pad with duplicates); the per-example metric states are sums over ranks.
-        rank, world = self.rank_and_world()
+        # Every rank evaluates the whole split in the same batches: with transductive batch norm a
+        # prediction depends on the batch it is in, so sharding would make the metric depend on
+        # the number of ranks. The evaluation sets are small; the metric is not gathered.
         x, y = self.splits[split]
-        return DataLoader(TensorDataset(x[rank::world], y[rank::world]), batch_size=self.eval_batch_size, shuffle=False)
+        return DataLoader(TensorDataset(x, y), batch_size=self.eval_batch_size, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

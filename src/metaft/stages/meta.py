@@ -10,9 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from metaft.algorithms.base import MetaLearner
 from metaft.algorithms.feature_head import FeatureHeadLearner
+from metaft.algorithms.pretrain import Pretrain
 from metaft.data.episodic import EpisodicDataModule
 from metaft.data.omniglot.splits import check_held_out, held_out_split
 from metaft.runtime.callbacks import log_hparams
+from metaft.runtime.distributed import global_batchnorm
 from metaft.runtime.io import load_checkpoint
 from metaft.runtime.trainer import (final_metrics, make_trainer, merged_config, run_dir, seed_everything,
                                     start_run, write_results)
@@ -26,6 +28,11 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
     dm: EpisodicDataModule = hydra.utils.instantiate(cfg.dataset)
     net = hydra.utils.instantiate(cfg.model)
     learner: MetaLearner = hydra.utils.instantiate(cfg.algorithm, net=net, task=dm.task)
+    if isinstance(learner, Pretrain):
+        # Its labelled batches are shared out across data-parallel ranks: batch norm must use the
+        # whole batch's statistics for N ranks to give the one-process update (a no-op in one
+        # process). Never for episodic learners: a task's statistics stay within the task.
+        global_batchnorm(net)
     ways = getattr(dm, "ways", None)
     train_ways = getattr(dm, "train_ways", ways)  # datasets without the option train on `ways`
     # A zero head takes each episode's size; a learned head (or Meta-SGD's step sizes for it) has one.
