@@ -108,7 +108,7 @@ def _real_omniglot() -> Path:
     return (d if d.is_absolute() else (ROOT / d).resolve()) / "omniglot"
 
 
-@pytest.mark.skipif(not _real_omniglot().is_dir(), reason="no Omniglot data under paths.data_dir")
+@pytest.mark.needs_data(_real_omniglot(), "Omniglot data")
 def test_real_omniglot_target_never_uses_meta_training_characters():
     from metaft.data.omniglot import default_cache_dir
 

@@ -36,7 +36,7 @@ def _data_dir() -> Path:
 
 DATA = _data_dir()
 OMNI = DATA / "omniglot"
-pytestmark = pytest.mark.skipif(not OMNI.is_dir(), reason=f"no Omniglot data at {OMNI} (paths.data_dir/omniglot)")
+pytestmark = pytest.mark.needs_data(OMNI, "Omniglot data")  # skipped without it; an error under CI
 
 
 @pytest.fixture(scope="session")
