@@ -84,6 +84,10 @@ class _WaitForAll:
             (k if k in queue_keys else f"{self._EXECUTOR}_{k}"): v
             for k, v in self.params.items() if k not in init_keys
         })
+        if self._EXECUTOR == "slurm":
+            # A data-parallel job's tasks are its ranks: one that fails must end the others (which
+            # would otherwise wait in a collective until the time limit) and the job.
+            executor.update_parameters(slurm_srun_args=["--kill-on-bad-exit=1"])
         return executor
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:

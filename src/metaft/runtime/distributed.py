@@ -22,6 +22,15 @@ class MetaDDPStrategy(DDPStrategy):
 
     strategy_name = "meta_ddp"
 
+    def _configure_launcher(self) -> None:
+        # Under SLURM's srun (or torchrun) every task already is one of the ranks: spawning more
+        # processes here would start world x devices of them and hang in the rendezvous. Lightning
+        # skips its launcher only for start_method=popen; the spawn preset must do the same.
+        if self.cluster_environment is not None and self.cluster_environment.creates_processes_externally:
+            self._launcher = None
+            return
+        super()._configure_launcher()
+
     def configure_ddp(self) -> None:
         # Same starting weights on every rank (what DDP's constructor would broadcast).
         _sync_module_states(self.model)
