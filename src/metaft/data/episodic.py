@@ -183,7 +183,8 @@ class EpisodicDataModule(L.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         # Rank r evaluates tasks r, r+world, ... of every batch: every episode exactly once (a
         # distributed sampler would pad with duplicates), every rank some however few the batches
-        # are, and EpisodeStats sums the ranks' shares.
+        # are, and EpisodeStats gathers the ranks' values. A task's numbers do not depend on the
+        # other tasks of its batch (batch norm normalises within a task), so nor on the ranks.
         rank, world = self.rank_and_world()
         batches = self.fixed_episodes(split)
         if world > 1:

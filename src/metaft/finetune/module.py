@@ -59,7 +59,7 @@ class FineTuner(L.LightningModule):
     def per_example_metric(self, out: Tensor, y: Tensor) -> Tensor:
         if self.task == "regression":
             return (out - y).pow(2).flatten(1).mean(1)
-        return (out.argmax(-1) == y).double() * 100.0
+        return (out.argmax(-1) == y).float() * 100.0  # float32: every device has it
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

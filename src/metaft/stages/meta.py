@@ -58,6 +58,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Meta-train (or resume), test the best checkpoint, write ``results.json``."""
     cfg, resume, out = start_run(cfg)
     dm, learner = build(cfg)
+    if isinstance(learner, Pretrain) and learner.classifier is None:
+        # Made here, in the launching process, rather than in Pretrain.setup: spawned ranks would
+        # draw its initial weights from their own random state, so N ranks would not start (and
+        # so not train) as one process does.
+        learner.make_classifier(dm.num_classes("train"))
     monitor_mode = "min" if learner.metric_name == "mse" else "max"
     trainer = make_trainer(cfg, out, monitor=f"val/{learner.metric_name}", mode=monitor_mode)
     trainer.fit(learner, datamodule=dm, ckpt_path=resume, weights_only=True)
