@@ -27,7 +27,7 @@ def hand_test_mse(cfg, ckpt: str) -> float:
     steps = a.inner_steps if a.get("eval_inner_steps") is None else a.eval_inner_steps
     lr = a.inner_lr if a.get("eval_inner_lr") is None else a.eval_inner_lr
     lrs = {k[len("inner_lrs."):].replace("__", "."): v for k, v in state.items() if k.startswith("inner_lrs.")}
-    head_only = a._target_.endswith(".ANIL") or a.get("adapt_head_only")
+    head_only = a._target_.endswith(".ANIL") or a.get("adapt") == "head" or a.get("adapt_head_only")
     adapted = [k for k, _ in net.named_parameters() if k.startswith("head.") or not head_only]
     errors = []
     for batch in hydra.utils.instantiate(cfg.dataset).fixed_episodes("test"):

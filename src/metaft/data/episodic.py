@@ -169,11 +169,16 @@ class EpisodicDataModule(L.LightningDataModule):
 
     def fingerprint(self, split: str) -> str:
         """SHA-256 of the fixed episodes of ``split``: equal fingerprints mean paired comparisons."""
+        # One stream per field, so the digest does not depend on how the episodes are chunked;
+        # one pass over the episodes (datasets may read their images on access).
+        fields = ("support_x", "support_y", "query_x", "query_y")
+        streams = {name: hashlib.sha256() for name in fields}
+        for ep in self.fixed_episodes(split):
+            for name in fields:
+                streams[name].update(getattr(ep, name).contiguous().numpy().tobytes())
         h = hashlib.sha256()
-        episodes = self.fixed_episodes(split)
-        for name in ("support_x", "support_y", "query_x", "query_y"):  # field by field: not by chunk
-            for ep in episodes:
-                h.update(getattr(ep, name).contiguous().numpy().tobytes())
+        for name in fields:
+            h.update(streams[name].digest())
         return h.hexdigest()[:16]
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,248 @@
+"""The data-efficiency study, end to end:
+
+    python -m metaft.study omniglot|sinusoid [--out DIR] [--ckpt INIT=PATH[,PATH...]] [key=value ...]
+    python -m metaft.study report DIR
+
+``conf/study/<name>.yaml`` holds the protocol (target problems, adaptations, stage-1 budget,
+inits); ``key=value`` arguments override it (``target.problems=100``). The driver (1) checks every
+given checkpoint, (2) trains the missing stage-1 checkpoints (``stage1``), (3) adapts every
+(init, stage-1 seed) on the same target problems for each N, K and adaptation, writing one file
+of rows per piece under ``DIR/rows/`` (a rerun with the same ``--out`` continues where it
+stopped), (4) writes ``study.csv``, ``study.md`` and the plots (also into ``DIR/tensorboard``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from metaft.core.objective import Objective
+from metaft.runtime.io import atomic_write_text, load_checkpoint
+from metaft.runtime.paths import project_root
+from metaft.runtime.run_dirs import claim
+from metaft.study import analysis, evaluate, stage1, targets
+from metaft.study.problems import problem_fingerprints
+from metaft.study.stats import curves_convergence
+
+CONFIG = "study_config.yaml"
+
+
+def load_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    path = project_root() / "conf" / "study" / f"{name}.yaml"
+    if not path.is_file():
+        have = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+        raise ValueError(f"no study named {name!r}: conf/study/{name}.yaml does not exist (studies: {have})")
+    cfg = OmegaConf.load(path)
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if "=" not in o or OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise ValueError(f"study override {o!r}: write KEY=VALUE with a key of conf/study/{name}.yaml")
+        # The value replaces the setting whole (a dict of inits is not merged into the default one).
+        OmegaConf.update(cfg, key, OmegaConf.select(OmegaConf.from_dotlist([o]), key), merge=False)
+    return cfg
+
+
+def output_dir(cfg: DictConfig, out: str | None) -> Path:
+    """A new claimed directory, or ``out``: new, or a study of the same config to continue."""
+    if out is None:
+        return claim(project_root() / "outputs" / "study" / cfg.name / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    d = Path(out)
+    saved = d / CONFIG
+    if saved.is_file():
+        before = OmegaConf.load(saved)
+        if before != cfg:
+            diff = [k for k in set(_flat(before)) | set(_flat(cfg)) if _flat(before).get(k) != _flat(cfg).get(k)]
+            raise ValueError(f"--out {d} holds a study with other settings ({', '.join(sorted(diff)[:5])}); continue it "
+                             "with the same settings, or choose another --out")
+    elif d.exists() and any(d.iterdir()):
+        raise ValueError(f"--out {d} is not empty and holds no study ({CONFIG} is missing); choose another directory")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _flat(cfg: DictConfig) -> dict[str, object]:
+    out: dict[str, object] = {}
+
+    def walk(prefix: str, node: object) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}{k}.", v)
+        else:
+            out[prefix.rstrip(".")] = node
+
+    walk("", OmegaConf.to_container(cfg))
+    return out
+
+
+def given_checkpoints(cfg: DictConfig, specs: Sequence[str]) -> dict[str, list[str]]:
+    """``INIT=PATH[,PATH...]`` (one per stage-1 seed), each checked against the study before any run."""
+    given: dict[str, list[str]] = {}
+    for spec in specs:
+        init, _, paths = spec.partition("=")
+        if init not in cfg.inits or not paths:
+            raise ValueError(f"--ckpt {spec!r}: write INIT=PATH[,PATH...] with INIT one of {', '.join(cfg.inits)}")
+        given[init] = paths.split(",")
+        if len(given[init]) != len(cfg.stage1.seeds):
+            raise ValueError(f"--ckpt {init}: {len(given[init])} checkpoints for {len(cfg.stage1.seeds)} stage-1 seeds "
+                             f"({list(cfg.stage1.seeds)}); give one per seed, comma-separated")
+        for p in given[init]:
+            evaluate.check(init, load_checkpoint(p, what=f"--ckpt {init}")["metaft_config"], cfg)
+    return given
+
+
+def _write_rows(path: Path, rows: list[dict[str, object]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=analysis.FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())  # a piece is there whole or not at all
+
+
+def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
+    """Adapt every (init, seed) on the target problems; return ``study.csv``."""
+    OmegaConf.save(cfg, out / CONFIG)
+    dataset_cls = hydra.utils.get_class(cfg.dataset._target_)
+    objective = Objective(dataset_cls.task)
+    ckpts = stage1.train_missing(cfg, out, given)
+    for (init, seed), ckpt in ckpts.items():
+        if ckpt is not None:
+            evaluate.check(init, load_checkpoint(ckpt, what=f"the checkpoint of init {init}")["metaft_config"], cfg)
+    inits = {key: evaluate.Init(key[0], key[1], ckpt, cfg, objective) for key, ckpt in ckpts.items()}
+    t, ft = cfg.target, cfg.adapt.finetune
+    for ways in t.ways:
+        for shots in t.shots:
+            k = targets.shots_value(shots, int(t.all_shots))
+            piece = out / "rows" / f"N{ways}_K{shots}"
+            todo = [(key, a) for key in inits for a in evaluate.ADAPTATIONS
+                    if not (piece / f"{key[0]}_seed{key[1]}_{a}.csv").is_file()]
+            if not todo:
+                continue
+            dm = targets.datamodule(cfg.dataset, ways, k, int(t.test_per_class))
+            test = targets.problems(dm, t.split, int(t.problems), int(t.seed), f"N{ways}_K{shots}", int(t.chunk))
+            val = targets.problems(dm, "val", int(ft.val_problems), int(t.seed), f"N{ways}_K{shots}", int(t.chunk))
+            fps = [fp for ep in test for fp in problem_fingerprints(ep)]
+            n_ft = int(t.finetune_problems)
+            for (init, seed), adaptation in todo:
+                began = time.perf_counter()
+                rows = _adapt(inits[init, seed], adaptation, test, val, n_ft, fps, cfg, objective)
+                common = {"init": init, "seed": seed, "ways": ways, "shots": shots, "adaptation": adaptation,
+                          "bn": cfg.adapt.bn}
+                _write_rows(piece / f"{init}_seed{seed}_{adaptation}.csv", [{**common, **r} for r in rows])
+                print(f"N={ways} K={shots} {init} seed {seed} {adaptation}: {len(rows)} problems in "
+                      f"{time.perf_counter() - began:.1f}s", flush=True)
+    rows = [r for f in sorted((out / "rows").rglob("*.csv")) for r in analysis.read_rows(f)]
+    _write_rows(out / "study.csv", rows)
+    return out / "study.csv"
+
+
+def _adapt(init: evaluate.Init, adaptation: str, test: list, val: list, n_ft: int, fps: list[str],
+           cfg: DictConfig, objective: Objective) -> list[dict[str, object]]:
+    """One (init, seed, N, K, adaptation): a row per problem (none when it does not apply)."""
+    if adaptation == "probe":
+        values = np.concatenate([evaluate.probe(init, ep, cfg, objective) for ep in test])
+        return [{"problem": i, "fingerprint": fp, "metric": float(v)} for i, (fp, v) in enumerate(zip(fps, values))]
+    if adaptation == "inner":
+        if not cfg.adapt.inner:
+            return []
+        parts = [evaluate.inner(init, ep, _ways(ep, objective), objective) for ep in test]
+        if any(p is None for p in parts):
+            return []
+        values = np.concatenate(parts)
+        return [{"problem": i, "fingerprint": fp, "metric": float(v)} for i, (fp, v) in enumerate(zip(fps, values))]
+    # Full fine-tuning: the step count chosen on validation problems, then the test problems.
+    val_curves = [evaluate.finetune_curves(init, ep, cfg, objective) for ep in val]
+    merged = type(val_curves[0])(val_curves[0].steps, torch.cat([c.acc for c in val_curves]), None, None, None)
+    j = evaluate.choose_step(merged, objective)
+    rows: list[dict[str, object]] = []
+    done = 0
+    for ep in test:
+        take = min(ep.num_tasks, n_ft - done)
+        if take <= 0:
+            break
+        c = evaluate.finetune_curves(init, ep[:take], cfg, objective)
+        sign = -1.0 if objective.regression else 1.0  # convergence reads "higher is better"
+        conv = curves_convergence(c.steps, sign * c.acc.double().numpy(), c.seconds.numpy(), tol=float(cfg.tolerance))
+        for i in range(take):
+            rows.append({"problem": done + i, "fingerprint": fps[done + i], "metric": float(c.acc[i, j]),
+                         "chosen_step": c.steps[j], "steps_to_final": conv["steps"][i],
+                         "seconds_to_final": conv["seconds"][i], "auc": sign * conv["auc"][i]})
+        done += take
+    return rows
+
+
+def _ways(episode, objective: Objective) -> int | None:
+    return None if objective.regression else int(episode.support_y.max()) + 1
+
+
+def report(out: Path) -> str:
+    """``study.md`` and the plots from ``study.csv`` and the saved config."""
+    cfg = OmegaConf.load(out / CONFIG)
+    rows = analysis.read_rows(out / "study.csv")
+    if not rows:
+        raise ValueError(f"{out / 'study.csv'} has no rows; run the study first")
+    lower = hydra.utils.get_class(cfg.dataset._target_).task == "regression"
+    metric = "mse" if lower else "acc"
+    study = analysis.Study(rows, list(cfg.pretrained), lower, int(cfg.bootstrap.n), float(cfg.bootstrap.alpha),
+                           int(cfg.bootstrap.seed))
+    meta = [i for i, a in cfg.inits.items() if a is not None and i not in cfg.pretrained]
+    seeds = sorted({r["seed"] for r in rows})
+    header = [f"# Data-efficiency study: {cfg.name}", "",
+              f"Command: `python -m metaft.study {cfg.name} --out {out}` (settings: `{CONFIG}`).",
+              f"Batch norm: {rows[0]['bn']} at adaptation and test"
+              + (" (queries normalised with the support set's statistics)." if rows[0]["bn"] == "inductive"
+                 else " (TRANSDUCTIVE: queries share their batch statistics)."),
+              f"Stage-1 seeds: {', '.join(seeds)} (the outer unit of the bootstrap); target problems per (N, K): "
+              f"{cfg.target.problems} ({cfg.target.finetune_problems} for full fine-tuning), the same for every init.",
+              f"CIs: hierarchical percentile bootstrap ({cfg.bootstrap.n} draws; seeds resampled, then problems within "
+              f"each), differences Holm-corrected over K at alpha={cfg.bootstrap.alpha}; Cohen's d_z of the paired "
+              "differences. Full fine-tuning's step count is chosen per (init, N, K) on validation-class problems."]
+    text = analysis.markdown(study, metric, rows[0]["bn"], meta, header)
+    text += "\n" + "\n".join(analysis.convergence_table(rows))
+    atomic_write_text(out / "study.md", text)
+    pictures = analysis.plot(out, study, metric)
+    _tensorboard(out, pictures)
+    return text
+
+
+def _tensorboard(out: Path, pictures: list[Path]) -> None:
+    import matplotlib.image as mpimg
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(out / "tensorboard")) as w:
+        for p in pictures:
+            w.add_image(f"study/{p.stem}", mpimg.imread(p)[..., :3], dataformats="HWC")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m metaft.study", description=__doc__.split("\n\n")[0])
+    p.add_argument("name", help="a study of conf/study/ (omniglot, sinusoid), or 'report'")
+    p.add_argument("rest", nargs="*", help="key=value overrides of the study's config; for report: the study's DIR")
+    p.add_argument("--out", default=None, help="output directory (an existing one of the same study continues)")
+    p.add_argument("--ckpt", action="append", default=[], help="INIT=PATH[,PATH...]: stage-1 checkpoints, one per seed")
+    args = p.parse_args(argv)
+    try:
+        if args.name == "report":
+            if len(args.rest) != 1:
+                raise ValueError("python -m metaft.study report DIR: give the study's output directory")
+            print(report(Path(args.rest[0])))
+            return 0
+        cfg = load_config(args.name, args.rest)
+        given = given_checkpoints(cfg, args.ckpt)
+        out = output_dir(cfg, args.out)
+        print(f"study directory: {out}", flush=True)
+        run(cfg, out, given)
+        print(report(out))
+        print(f"\nwritten: {out / 'study.md'}, {out / 'study.csv'}", flush=True)
+        return 0
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
