@@ -21,6 +21,23 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """``@pytest.mark.needs_data(path, what)``: skip when ``path`` is absent, with the reason in the
+    summary (``-rs``); when the environment variable ``CI`` is set, fail instead, so CI cannot pass
+    without running the data checks (split disjointness, Lake's runs). Before any fixture, so a
+    data fixture never turns the skip into an error."""
+    mark = item.get_closest_marker("needs_data")
+    if mark is None or Path(mark.args[0]).exists():
+        return
+    what = mark.args[1] if len(mark.args) > 1 else "data"
+    msg = f"no {what} at {mark.args[0]} (paths.data_dir)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{msg}; CI is set, so the tests that need it fail rather than skip: provide the data there",
+                    pytrace=False)
+    pytest.skip(msg)
+
+
 @pytest.fixture
 def sinusoid_episode():
     """A float64 meta-batch of 4 sinusoid tasks, 5-shot, 7 queries."""

@@ -57,6 +57,30 @@ except ImportError:  # the `sweep` extra is not installed; the configs that need
     _Local = _Slurm = None  # type: ignore[assignment,misc]
 
 
+# SLURM reasons for a pending job that waiting cannot cure: the request exceeds what the partition
+# or the account may ever give one job (squeue's %r; "Resources" or "Priority" only mean "busy").
+_NEVER = ("PartitionNodeLimit", "PartitionTimeLimit", "PartitionConfig", "BadConstraints")
+_RESOURCES = ("nodes", "tasks_per_node", "gpus_per_node", "cpus_per_task", "mem_per_cpu", "mem_gb", "timeout_min",
+              "partition", "account", "qos", "constraint")
+
+
+def never_runs(reason: str) -> bool:
+    """Whether a pending job's SLURM reason says it can never start (limits per job, not load)."""
+    return reason.startswith(_NEVER) or reason.endswith("PerJob") or "PerJob," in reason
+
+
+def pending_reason(job_id: str) -> str:
+    """squeue's reason for a job still pending ('' once it runs or ends, or without squeue)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-t", "PENDING", "-o", "%r"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
+
+
 class _WaitForAll:
     """Submits like hydra-submitit-launcher, but waits for every job and turns a job that the
     cluster killed (time limit, ``scancel``, out of memory: no result is ever written) into a
@@ -84,6 +108,10 @@ class _WaitForAll:
             (k if k in queue_keys else f"{self._EXECUTOR}_{k}"): v
             for k, v in self.params.items() if k not in init_keys
         })
+        if self._EXECUTOR == "slurm":
+            # A data-parallel job's tasks are its ranks: one that fails must end the others (which
+            # would otherwise wait in a collective until the time limit) and the job.
+            executor.update_parameters(slurm_srun_args=["--kill-on-bad-exit=1"])
         return executor
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -102,7 +130,7 @@ class _WaitForAll:
     def _outcome(self, job: Any, overrides: list[str], num: int) -> JobReturn:
         from submitit.core.utils import FailedJobError, UncompletedJobError
 
-        job.wait()  # until a result appears or the cluster's accounting says the job ended
+        self._wait(job)
         result = job.task(0).paths.result_pickle  # rank 0's, the one a sweep uses
         try:
             if not result.exists() and not str(job.state).upper().startswith("COMPLETED"):
@@ -122,6 +150,30 @@ class _WaitForAll:
             log.error(f"#{num}: {error}; see {out / ERROR_FILE}")
             return JobReturn(overrides=overrides, working_dir=str(out), status=JobStatus.FAILED,
                              _return_value=RuntimeError(error))
+
+    def _wait(self, job: Any, poll_s: float = 15.0) -> None:
+        """``job.wait()`` (until a result appears or the cluster's accounting says the job ended),
+        except that a SLURM job pending for a reason no wait can cure is cancelled at once and
+        fails naming the resources asked for, rather than holding the sweep in the queue forever."""
+        if self._EXECUTOR != "slurm":
+            job.wait()
+            return
+        import subprocess
+        import time
+
+        while not job.done():
+            reason = pending_reason(job.job_id)
+            if reason and never_runs(reason):
+                # Every task of the array asks the same: cancel them all.
+                subprocess.run(["scancel", str(job.job_id).split("_")[0]], capture_output=True, timeout=60)
+                asked = ", ".join(f"{k}={self.params[k]}" for k in _RESOURCES if self.params.get(k) is not None)
+                raise RuntimeError(
+                    f"SLURM job {job.job_id} can never start ({reason}): the request exceeds what the cluster allows "
+                    f"one job: {asked}. Lower them (hydra.launcher.*, trainer.devices, trainer.num_nodes) or choose "
+                    "another hydra.launcher.partition; the sweep's jobs were cancelled"
+                )
+            time.sleep(poll_s)
+        job.wait()
 
     def _job_dir(self, overrides: list[str], num: int) -> Path:
         """The job's output directory, composed exactly as the job itself composed it."""

@@ -17,42 +17,12 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import mean, stdev
 from typing import Sequence
 
-# Two-sided 95% quantiles of Student's t (0.975 quantile) for 1..30 degrees of freedom.
-_T975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004,
-         2.262157, 2.228139, 2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905,
-         2.109816, 2.100922, 2.093024, 2.085963, 2.079614, 2.073873, 2.068658, 2.063899,
-         2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272)
-_Z975 = 1.959963984540054
+from metaft.core.metrics import mean_ci95, t975  # noqa: F401 (t975: re-exported)
+
 _IGNORED_KEYS = ("seed",)
 _SKIPPED = re.compile(r"(_ci95|_step\d+)$|/(episodes|loss)$")
-
-
-def t975(df: int) -> float:
-    """0.975 quantile of Student's t with ``df`` degrees of freedom (table up to 30; above, the
-    Cornish-Fisher expansion in 1/df, Abramowitz & Stegun 26.7.5, exact to ~1e-6)."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = _Z975
-    g1 = (z**3 + z) / 4
-    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
-    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
-    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
-    return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
-
-
-def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and 95% CI half-width of the mean, ``t(n-1) * s / sqrt(n)``; with few seeds the
-    normal 1.96 would claim far too much certainty (n=3: t=4.30). NaN half-width for n=1."""
-    if not values:
-        return math.nan, math.nan
-    if len(values) == 1:
-        return float(values[0]), math.nan
-    return mean(values), t975(len(values) - 1) * stdev(values) / math.sqrt(len(values))
 
 
 @dataclass

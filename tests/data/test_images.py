@@ -188,12 +188,18 @@ def test_evaluation_episodes_are_kept_as_rows_and_pickle_without_images(tmp_path
                        shots=1, queries=2, eval_queries=3, test_episodes=7, eval_batch_size=3, seed=4)
     fixed = dm.fixed_episodes("test")
     assert len(fixed) == 3 and [r.shape[0] for r in dm.fixed_rows("test")] == [3, 3, 1]
-    # the same episodes the base class would keep: sample() with the split's generator, batch by batch
-    g = split_generator(4, "test")
+    # the same episodes the base class would keep: episode j is sample() with its own generator,
+    # so another eval_batch_size chunks the same episodes differently
+    from metaft.data import Episode
+    from metaft.data.episodic import episode_generator
+
     for i, n in enumerate((3, 3, 1)):
-        ref = dm.sample("test", n, g)
+        ref = Episode.cat([dm.sample("test", 1, episode_generator(4, "test", 3 * i + j)) for j in range(n)])
         for a, b in zip(fixed[i].__dict__.values(), ref.__dict__.values()):
             assert torch.equal(a, b)
+    one_batch = FewShotImages("mini_imagenet", str(tmp_path), class_lists=MINI, cache_dir=str(tmp_path / "c"), ways=3,
+                              shots=1, queries=2, eval_queries=3, test_episodes=7, eval_batch_size=7, seed=4)
+    assert one_batch.fingerprint("test") == dm.fingerprint("test")
     loaded = list(dm.test_dataloader())
     assert len(loaded) == 3 and torch.equal(loaded[2].query_x, fixed[2].query_x)
     assert len(dm.fingerprint("test")) == 16

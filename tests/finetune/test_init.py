@@ -163,3 +163,82 @@ def test_resuming_a_fine_tuning_run_continues_it_exactly(run_config, mlp_ckpt):
     assert a["global_step"] == b["global_step"] == 6
     for k in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("algorithm, extra, expected", [
+    ("metaft.algorithms.ProtoNet", {}, "prototypes"), ("metaft.algorithms.MetaOptNet", {}, "prototypes"),
+    ("metaft.algorithms.Pretrain", {}, "prototypes"), ("metaft.algorithms.MAML", {"zero_head": True}, "zero"),
+    ("metaft.algorithms.ANIL", {"zero_head": True}, "zero"), ("metaft.algorithms.MAML", {"zero_head": False}, "keep")])
+def test_auto_never_keeps_a_head_that_was_not_trained(run_config, tmp_path, algorithm, extra, expected):
+    """The head of a feature-head or zero-head learner is its random initialisation even when it
+    fits the target: ``auto`` replaces it, and results say whether it was trained."""
+    from tests.finetune.conftest import CONV_CFG
+
+    torch.manual_seed(5)
+    net = Conv4(filters=4, out_features=3)
+    ckpt = save_ckpt(tmp_path / "c.ckpt", net, {**CONV_CFG, "out_features": 3}, algorithm=algorithm)
+    stored = torch.load(ckpt, weights_only=True)
+    stored["metaft_config"]["algorithm"].update(extra)
+    torch.save(stored, ckpt)
+    init = "pretrained" if "Pretrain" in algorithm else "meta"
+    folder = tmp_path / "images"
+    for c in range(3):  # a 3-way target: the checkpoint's head fits it
+        (folder / f"c{c}").mkdir(parents=True)
+        for i in range(8):
+            from PIL import Image
+
+            Image.new("L", (28, 28), 20 + 70 * c + 3 * i).save(folder / f"c{c}" / f"{i}.png")
+    dm, learner, info = build(run_config("finetune", [f"init={init}", f"meta_ckpt={ckpt}", "target=folder",
+                                                      f"target.root={folder}", "target.shots=3", "target.val_per_class=2",
+                                                      "target.test_per_class=3", *FAST]))
+    assert info["head_init"] == expected and info["head_trained"] == (expected == "keep")
+    head = learner.net.head
+    if expected == "keep":
+        assert torch.equal(head.weight, net.head.weight)
+    elif expected == "zero":
+        assert not head.weight.any() and not head.bias.any()
+    else:  # W_c = 2 mu_c from the training images' features (one batch: batch norm sees them all)
+        x, y = dm.splits["train"]
+        with torch.no_grad():
+            feats = learner.net.body(x).flatten(1)
+        mu = torch.stack([feats[y == c].mean(0) for c in range(3)])
+        torch.testing.assert_close(head.weight, 2 * mu)
+
+
+def test_a_checkpoint_can_say_its_head_was_trained():
+    from metaft.finetune.module import untrained_head_rule
+
+    cfg = {"algorithm": {"_target_": "metaft.algorithms.ProtoNet"}}
+    assert untrained_head_rule({}, cfg, "classification") == "prototypes"
+    assert untrained_head_rule({}, cfg, "regression") == "zero"
+    assert untrained_head_rule({"metaft_head_trained": True}, cfg, "classification") is None
+    assert untrained_head_rule({}, {"algorithm": {"_target_": "metaft.algorithms.Reptile"}}, "regression") is None
+
+
+def test_a_preset_model_does_not_override_the_checkpoints_architecture(run_config, tmp_path, image_folder):
+    """A study preset's plain Conv4 (``feature_scale: null``) with a checkpoint trained with
+    ``model.feature_scale=40``: the checkpoint's architecture is built and loaded whole; init=random
+    still takes the preset's model; an explicit model.* override still applies on top."""
+    from omegaconf import OmegaConf, open_dict
+
+    from tests.finetune.conftest import CONV_CFG
+
+    torch.manual_seed(7)
+    scaled = {**CONV_CFG, "feature_scale": 40.0}
+    net = Conv4(filters=4, out_features=5, feature_scale=40.0)
+    ckpt = save_ckpt(tmp_path / "scaled.ckpt", net, scaled)
+    common = [f"meta_ckpt={ckpt}", "target=folder", f"target.root={image_folder}", "target.shots=3",
+              "target.val_per_class=2", "target.test_per_class=3", *FAST]
+
+    def with_preset_model(cfg):
+        with open_dict(cfg):  # what `override /model: conv4` in a preset's defaults gives
+            cfg.model = OmegaConf.create({**CONV_CFG, "feature_scale": None})
+        return cfg
+
+    _, learner, _ = build(with_preset_model(run_config("finetune", common, "meta")))
+    body = learner.net.body.state_dict()
+    assert all(torch.equal(v, net.body.state_dict()[k]) for k, v in body.items()) and "5.scale" in body
+    _, learner, _ = build(with_preset_model(run_config("finetune", ["init=random", *common], "random")))
+    assert "5.scale" not in learner.net.body.state_dict()
+    with pytest.raises(ValueError, match="another architecture"):
+        build(run_config("finetune", [*common, "model=conv4", "model.filters=4", "model.feature_scale=null"], "explicit"))

@@ -97,7 +97,7 @@ def test_omniglot_target_splits_are_disjoint_held_out_and_counted(tmp_path):
         OmniglotTarget(classes="alphabet", alphabet="A0", **kw)
     with pytest.raises(ValueError, match="target.shots=12 but only 11"):
         OmniglotTarget(ways=2, shots=12, val_per_class=4, test_per_class=5, **kw)
-    with pytest.raises(ValueError, match="set target.split=vinyals"):
+    with pytest.raises(ValueError, match="Set target.split=vinyals"):
         t.check_meta_dataset({"_target_": "metaft.data.OmniglotDataModule", "split": "vinyals"})
 
 
@@ -108,7 +108,7 @@ def _real_omniglot() -> Path:
     return (d if d.is_absolute() else (ROOT / d).resolve()) / "omniglot"
 
 
-@pytest.mark.skipif(not _real_omniglot().is_dir(), reason="no Omniglot data under paths.data_dir")
+@pytest.mark.needs_data(_real_omniglot(), "Omniglot data")
 def test_real_omniglot_target_never_uses_meta_training_characters():
     from metaft.data.omniglot import default_cache_dir
 
@@ -148,11 +148,43 @@ def test_folder_fine_tune_end_to_end_matches_a_hand_evaluation(run_config, image
     out = Path(cfg.hydra.runtime.output_dir)
     res = json.loads((out / "results.json").read_text())
     assert res["head_init"] == "prototypes" and res["train_examples"] == 9 and res["test/examples"] == 9
+    from metaft.models import Conv4
     from metaft.stages.finetune import build
 
-    dm, learner, _ = build(cfg)
-    learner.load_state_dict(torch.load(res["ckpt"], weights_only=True)["state_dict"])
-    x, y = dm.splits["test"]
+    # The reference shares no pipeline code: the test images are the files of each class that the
+    # run did not train or validate on (found by grey level), loaded here with PIL, and scored by
+    # a fresh Conv4 holding the scored checkpoint's weights (the best by validation).
+    assert Path(res["ckpt"]).name == "best.ckpt"
+    dm, _, _ = build(cfg)
+    used = {round(float(x[0, 20, 20]) * 255) for s in ("train", "val") for x in dm.splits[s][0]}
+    files = [(c, root) for c, name in enumerate(["cat", "dog", "emu"]) for i, root in
+             enumerate(sorted((image_folder / name).glob("*.png"))) if grey_level(c, i) not in used]
+    assert len(files) == 9 and [c for c, _ in files] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    x = torch.stack([torch.tensor(list(Image.open(f).convert("L").getdata()), dtype=torch.float32).div(255).view(1, 28, 28)
+                     for _, f in files])
+    state = torch.load(res["ckpt"], weights_only=True)["state_dict"]
+    net = Conv4(filters=4, out_features=3)
+    net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
+    start = torch.load(conv_ckpt, weights_only=True)["state_dict"]
+    assert not torch.equal(state["net.body.0.0.weight"], start["net.body.0.0.weight"])  # it was fine-tuned
     with torch.no_grad():
-        acc = (learner.net(x).argmax(-1) == y).double().mean().item() * 100
+        acc = (net(x).argmax(-1) == torch.tensor([c for c, _ in files])).double().mean().item() * 100
     assert res["test/acc"] == pytest.approx(acc, abs=1e-4)
+
+
+def test_omniglot_target_takes_one_rotation_per_character(tmp_path):
+    """With rotations as classes, a target never holds two turns of one character (the same
+    drawings, turned, would be one class's training data and another's test data)."""
+    data = _tiny_omniglot(tmp_path / "omniglot")
+    kw = dict(data_dir=str(data), split="lake", lake_val_alphabets=1, rotations=True, image_size=8,
+              cache_dir=str(tmp_path / "cache"))
+    rotations = set()
+    for seed in range(8):
+        t = OmniglotTarget(ways=6, shots=1, seed=seed, **kw)  # all 6 held-out characters
+        chars = [n.rsplit("/", 1)[0] for n in t.class_names()]
+        assert len(set(chars)) == 6, t.class_names()
+        rotations |= {n.rsplit("/", 1)[1] for n in t.class_names()}
+    assert len(rotations) == 4  # the rotation of each is still random
+    assert OmniglotTarget(ways=None, classes="alphabet", alphabet="E0", seed=0, **kw).ways == 3
+    with pytest.raises(ValueError, match=r"target.ways=7: choose 2..6 \(held-out characters"):
+        OmniglotTarget(ways=7, **kw)

@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image, ImageOps
 
-from metaft.data import OmniglotDataModule, OmniglotRunsDataModule, SinusoidDataModule, split_generator
+from metaft.data import Episode, OmniglotDataModule, OmniglotRunsDataModule, SinusoidDataModule, split_generator
 from metaft.data.omniglot import images as omi
 from metaft.data.omniglot import store as om
 from metaft.data.omniglot.runs import build_runs, main as runs_main
@@ -36,7 +36,7 @@ def _data_dir() -> Path:
 
 DATA = _data_dir()
 OMNI = DATA / "omniglot"
-pytestmark = pytest.mark.skipif(not OMNI.is_dir(), reason=f"no Omniglot data at {OMNI} (paths.data_dir/omniglot)")
+pytestmark = pytest.mark.needs_data(OMNI, "Omniglot data")  # skipped without it; an error under CI
 
 
 @pytest.fixture(scope="session")
@@ -447,11 +447,12 @@ def test_runs_are_evaluation_only_and_need_the_directory(runs_dir, tmp_path):
 
 
 # -------------------------------------------------------------------------- through train.py
-def test_train_maml_conv4_then_eval_on_runs(run_config, cache_dir, runs_dir):
+def test_train_maml_conv4_on_lake_then_eval_on_runs(run_config, cache_dir, runs_dir):
     from metaft.stages import main
 
     # A narrow Conv4 keeps this a test of the plumbing (shapes, labels, metrics, checkpoints), not of learning.
-    common = [f"paths.data_dir={DATA}", f"paths.cache_dir={cache_dir}", "dataset=omniglot", "model=conv4",
+    # Lake's split: the runs come from its test alphabets (a Vinyals checkpoint is refused there).
+    common = [f"paths.data_dir={DATA}", f"paths.cache_dir={cache_dir}", "dataset=omniglot", "dataset.split=lake", "model=conv4",
               "model.filters=8", "algorithm=maml", "algorithm.inner_lr=0.4", "dataset.meta_batch_size=2",
               "dataset.queries=2", "dataset.eval_queries=3", "dataset.val_episodes=4", "dataset.test_episodes=10",
               "dataset.eval_batch_size=5", "trainer.max_steps=2", "trainer.val_check_interval=2",
@@ -550,3 +551,19 @@ def test_train_ways_needs_a_learner_that_builds_its_head(run_config, cache_dir):
     with pytest.raises(ValueError, match="dataset.ways=20 but the network's head has 5 outputs.*use dataset.ways=5"):
         build(run_config("train", ["dataset=omniglot", "model=conv4", "algorithm=maml", "dataset.ways=20",
                                    "model.out_features=5", f"paths.cache_dir={cache_dir}"], "head5"))
+
+
+def test_evaluation_episodes_do_not_depend_on_batch_size_or_count(cache_dir):
+    """Episode i of an Omniglot split is the same whatever ``eval_batch_size`` and the episode
+    count, and equals one task drawn from its own generator (the batched gather is a shortcut)."""
+    from metaft.data.episodic import episode_generator
+
+    make = lambda **kw: OmniglotDataModule(str(OMNI), ways=5, shots=1, queries=2, eval_queries=3, within_alphabet=True,
+                                           cache_dir=str(cache_dir), **kw)
+    a, b = make(test_episodes=12, eval_batch_size=12), make(test_episodes=7, eval_batch_size=3)
+    ea, eb = (Episode.cat(dm.fixed_episodes("test")) for dm in (a, b))
+    assert torch.equal(ea.support_x[:7], eb.support_x) and torch.equal(ea.query_x[:7], eb.query_x)
+    for i in (0, 6, 11):
+        one = a.sample("test", 1, episode_generator(a.seed, "test", i))
+        assert torch.equal(ea.support_x[i], one.support_x[0]) and torch.equal(ea.query_x[i], one.query_x[0])
+    assert a.fingerprint("test") == make(test_episodes=12, eval_batch_size=5).fingerprint("test")

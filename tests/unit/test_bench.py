@@ -84,10 +84,22 @@ def test_tiny_json_run_writes_well_formed_rows(tmp_path, capsys):
     assert [(r["algorithm"], r["contender"]) for r in rows] == [
         (a, c) for a in ("maml", "reptile") for c in ("metaft", "metaft-alt", "higher", "torchopt")
     ]
+    by = {(r["algorithm"], r["contender"]): r for r in rows}
     for r in rows:
         assert r["suite"] == "sinusoid"
-        assert r["tasks_per_s"] > 0 and r["peak_mem_mb"] >= 0 and r["cpu_ms"] >= 0
-        assert r["vs_higher"] > 0 and r["vs_torchopt"] > 0
+        # The figures are the ones the row's own timing implies: 2 tasks per step_ms.
+        assert r["tasks_per_s"] == pytest.approx(2 / (r["step_ms"] / 1e3), rel=1e-9)
+        # A step allocates its graph: a memory probe that saw nothing would read 0. A CPU time
+        # that is not the process's own would not stay near the wall time on one thread.
+        assert r["peak_mem_mb"] > 0 and 0 < r["cpu_ms"] <= 3 * r["step_ms"] + 1
+        # Ratios are against the named contender of the same algorithm: 1 for itself.
+        for other in ("higher", "torchopt"):
+            ratio = r[f"vs_{other}"]
+            if r["contender"] == other:
+                assert ratio == 1.0
+            else:  # a per-round median, near the ratio of the medians
+                expected = by[(r["algorithm"], other)]["step_ms"] / r["step_ms"]
+                assert expected / 3 < ratio < expected * 3, (r, other)
         assert r["path"] in ("batched", "loop")
     assert {r["path"] for r in rows if r["contender"] == "metaft"} == {"batched"}  # auto: MLP vectorizes
     printed = capsys.readouterr().out

@@ -25,6 +25,16 @@ def split_generator(seed: int, split: str, index: int = 0) -> torch.Generator:
     return g
 
 
+def episode_generator(seed: int, split: str, index: int) -> torch.Generator:
+    """The generator of evaluation episode ``index`` of ``split``, determined by (seed, split,
+    index) alone: episode i is the same whatever the batch size, the number of episodes or of
+    ranks. Hashed, so no (seed, index) pair shares a stream with another or with training."""
+    digest = hashlib.sha256(f"metaft-episode/{int(seed)}/{split}/{int(index)}".encode()).digest()
+    g = torch.Generator()
+    g.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return g
+
+
 def _as_is(batch: Any) -> Any:
     return batch
 
@@ -105,6 +115,11 @@ class EpisodicDataModule(L.LightningDataModule):
         """Draw ``n`` tasks of ``split`` (``train``, ``val`` or ``test``) using ``generator`` only."""
         raise NotImplementedError
 
+    def sample_tasks(self, split: str, generators: list[torch.Generator]) -> Episode:
+        """One task per generator, in order; task ``i`` depends on ``generators[i]`` only (the
+        evaluation episodes). Datasets may override it to batch the work, with the same tasks."""
+        return Episode.cat([self.sample(split, 1, g) for g in generators])
+
     def labelled_batch(self, split: str, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` random examples of ``split`` with their global class index in ``[0, num_classes(split))``
         (for supervised pretraining baselines)."""
@@ -140,24 +155,30 @@ class EpisodicDataModule(L.LightningDataModule):
         return self.trainer.global_rank, world
 
     def fixed_episodes(self, split: str) -> list[Episode]:
-        """The evaluation episodes of ``split``, sampled once, chunked by ``eval_batch_size``."""
+        """The evaluation episodes of ``split``, sampled once, chunked by ``eval_batch_size``.
+        Episode ``i`` comes from its own generator (``episode_generator``), so only the settings
+        that define a task change it: not ``eval_batch_size``, the episode count or the ranks."""
         if split not in self._fixed:
             total = self.val_episodes if split == "val" else self.test_episodes
-            g = split_generator(self.seed, split)
-            batches, left = [], total
-            while left > 0:
-                n = min(self.eval_batch_size, left)
-                batches.append(self.sample(split, n, g))
-                left -= n
-            self._fixed[split] = batches
+            size = self.eval_batch_size
+            self._fixed[split] = [
+                self.sample_tasks(split, [episode_generator(self.seed, split, i) for i in range(start, min(start + size, total))])
+                for start in range(0, total, size)
+            ]
         return self._fixed[split]
 
     def fingerprint(self, split: str) -> str:
         """SHA-256 of the fixed episodes of ``split``: equal fingerprints mean paired comparisons."""
-        h = hashlib.sha256()
+        # One stream per field, so the digest does not depend on how the episodes are chunked;
+        # one pass over the episodes (datasets may read their images on access).
+        fields = ("support_x", "support_y", "query_x", "query_y")
+        streams = {name: hashlib.sha256() for name in fields}
         for ep in self.fixed_episodes(split):
-            for t in (ep.support_x, ep.support_y, ep.query_x, ep.query_y):
-                h.update(t.contiguous().numpy().tobytes())
+            for name in fields:
+                streams[name].update(getattr(ep, name).contiguous().numpy().tobytes())
+        h = hashlib.sha256()
+        for name in fields:
+            h.update(streams[name].digest())
         return h.hexdigest()[:16]
 
     def train_dataloader(self) -> DataLoader:
@@ -167,7 +188,8 @@ class EpisodicDataModule(L.LightningDataModule):
     def _eval_loader(self, split: str) -> DataLoader:
         # Rank r evaluates tasks r, r+world, ... of every batch: every episode exactly once (a
         # distributed sampler would pad with duplicates), every rank some however few the batches
-        # are, and EpisodeStats sums the ranks' shares.
+        # are, and EpisodeStats gathers the ranks' values. A task's numbers do not depend on the
+        # other tasks of its batch (batch norm normalises within a task), so nor on the ranks.
         rank, world = self.rank_and_world()
         batches = self.fixed_episodes(split)
         if world > 1:

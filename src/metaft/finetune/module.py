@@ -11,7 +11,7 @@ from torch import Tensor
 
 from metaft.core.errors import NonFiniteLossError
 from metaft.models.nets import MetaNet
-from metaft.runtime.distributed import all_reduce_sum_
+from metaft.runtime.distributed import all_reduce_sum_, global_batchnorm
 from metaft.core.metrics import EpisodeStats
 
 HEAD_INITS = ("auto", "keep", "zero", "prototypes", "random")
@@ -36,7 +36,9 @@ class FineTuner(L.LightningModule):
         super().__init__()
         if task not in ("classification", "regression"):
             raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
-        self.net, self.task = net, task
+        # Data parallel shares each training batch out: batch norm must see the whole batch for N
+        # ranks to give the one-process update (plain batch norm in one process).
+        self.net, self.task = global_batchnorm(net), task
         self.optimizer_factory, self.scheduler_factory, self.grad_clip = optimizer, scheduler, grad_clip
         self.scaled: list[str] = []
         for name, scale in (lr_scales or {}).items():
@@ -57,7 +59,7 @@ class FineTuner(L.LightningModule):
     def per_example_metric(self, out: Tensor, y: Tensor) -> Tensor:
         if self.task == "regression":
             return (out - y).pow(2).flatten(1).mean(1)
-        return (out.argmax(-1) == y).double() * 100.0
+        return (out.argmax(-1) == y).float() * 100.0  # float32: every device has it
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -102,9 +104,10 @@ class FineTuner(L.LightningModule):
 
     # ---------------------------------------------------------------------- validation, test
     def on_validation_epoch_start(self) -> None:
-        # Per-example values through the stage-1 metric path: mean and 95% CI, summed over ranks.
-        self.eval_stats = EpisodeStats(1).to(self.device)
-        self.eval_loss = EpisodeStats(1).to(self.device)
+        # Per-example values through the stage-1 metric path: mean and 95% CI. Every rank
+        # evaluates every example (see SupervisedTarget._eval_loader), so nothing is gathered.
+        self.eval_stats = EpisodeStats(1, sync_on_compute=False).to(self.device)
+        self.eval_loss = EpisodeStats(1, sync_on_compute=False).to(self.device)
 
     on_test_epoch_start = on_validation_epoch_start
 
@@ -185,13 +188,45 @@ def class_prototypes(net: MetaNet, x: Tensor, y: Tensor, ways: int) -> Tensor:
     return torch.zeros(ways, feats.shape[1], dtype=feats.dtype).index_add_(0, y, feats) / counts.unsqueeze(1)
 
 
+# Learners that classify from the body's features and never train ``net.head``: ProtoNet and
+# MetaOptNet build a head per episode, pre-training trains its own ``classifier``.
+FEATURE_HEAD_LEARNERS = ("ProtoNet", "MetaOptNet", "Pretrain")
+
+
+def untrained_head_rule(ckpt: Mapping[str, Any], ckpt_cfg: Mapping[str, Any], task: str) -> str | None:
+    """How ``head_init=auto`` starts a head the checkpoint's learner never trained, or ``None``
+    when its ``net.head`` was trained. Read from the checkpoint's ``metaft_head_trained`` when the
+    learner wrote it, else from its stored config: the feature-head learners
+    (``FEATURE_HEAD_LEARNERS``) get ``prototypes`` (the linear form of their nearest-prototype
+    rule; ``zero`` for regression), and learners with ``algorithm.zero_head=true``, whose every
+    task started from a zero head, get ``zero``."""
+    algo = ckpt_cfg.get("algorithm") or {}
+    target = str(algo.get("_target_", ""))
+    try:  # the class itself: learners built on the feature-head ones count too
+        from hydra.utils import get_class
+
+        from metaft.algorithms.feature_head import FeatureHeadLearner
+
+        feature_head = issubclass(get_class(target), FeatureHeadLearner)
+    except Exception:  # a class that no longer imports: go by its name
+        feature_head = target.rsplit(".", 1)[-1] in FEATURE_HEAD_LEARNERS
+    trained = ckpt.get("metaft_head_trained")
+    if trained is None:
+        trained = not (feature_head or bool(algo.get("zero_head", False)))
+    if trained:
+        return None
+    return "prototypes" if feature_head and task == "classification" else "zero"
+
+
 @torch.no_grad()
 def init_head(net: MetaNet, rule: str, state_dict: Mapping[str, Tensor] | None, task: str,
-              train: tuple[Tensor, Tensor] | None = None) -> str:
+              train: tuple[Tensor, Tensor] | None = None, untrained: str | None = None) -> str:
     """Set ``net.head`` by ``rule``; return the rule applied.
 
-    auto: the checkpoint's head when it has the target's shape, else ``zero`` (random without a
-    checkpoint). keep: the checkpoint's head (shapes must match). zero: W = 0, b = 0 (the
+    auto: the checkpoint's head when it has the target's shape and was trained (``untrained`` is
+    ``None``); a head its learner never trained gets the rule ``untrained`` names (see
+    ``untrained_head_rule``); a trained head of another shape gets ``zero``; no checkpoint:
+    ``random``. keep: the checkpoint's head (shapes must match). zero: W = 0, b = 0 (the
     logits start uniform and every class is treated alike). prototypes: the linear layer that
     equals a nearest-prototype classifier (Triantafillou et al. 2020):
     W_c = 2 mu_c, b_c = -|mu_c|^2, mu_c the mean body feature of class c's training examples.
@@ -202,7 +237,12 @@ def init_head(net: MetaNet, rule: str, state_dict: Mapping[str, Tensor] | None, 
     head = {k[len("net.head."):]: v for k, v in (state_dict or {}).items() if k.startswith("net.head.")}
     fits = bool(head) and not _shape_table(net.head.state_dict(), head, "head.")
     if rule == "auto":
-        rule = "keep" if fits else ("zero" if state_dict is not None else "random")
+        if state_dict is None:
+            rule = "random"
+        elif untrained is not None:  # its values are the module's random init: never use them
+            rule = untrained if (untrained != "prototypes" or train is not None) else "zero"
+        else:
+            rule = "keep" if fits else "zero"
     if rule == "keep":
         if not fits:
             raise ValueError(

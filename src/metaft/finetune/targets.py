@@ -4,8 +4,10 @@ A target is a ``SupervisedTarget`` subclass that says how to build its three spl
 batching, seeding, resumption and device sharding live here once. Training batch ``i`` depends
 only on (seed, i): a random subset of ``min(batch_size, n_train)`` training examples, drawn
 without replacement within the batch. Under data parallelism every rank draws the same global
-batch and takes its contiguous share, and the loss is normalised by the *global* batch size, so
-summing the ranks' gradients gives exactly the one-process gradient (shares may be uneven).
+batch and takes its contiguous share, the loss is normalised by the *global* batch size and batch
+norm uses the global batch's statistics (``FineTuner``: ``GlobalBatchNorm``), so summing the
+ranks' gradients gives the one-process gradient (shares may be uneven). Evaluation runs the
+whole split on every rank, so its metrics do not depend on the number of ranks.
 """
 from __future__ import annotations
 
@@ -67,7 +69,7 @@ class SupervisedTarget(L.LightningDataModule):
     """Base of every fine-tuning target. Args:
     batch_size: training examples per step (global, over all devices; capped at the training set).
     eval_batch_size: examples per evaluation batch (memory only; metrics do not depend on it,
-        except through the batch statistics of transductive BatchNorm).
+        except through the batch statistics of transductive batch norm).
     seed: selects the task (function, classes, drawers) and the training batches.
     """
 
@@ -110,11 +112,11 @@ class SupervisedTarget(L.LightningDataModule):
         return DataLoader(_TrainBatches(self), batch_size=None, num_workers=0)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        # Rank r evaluates examples r, r+world, ...: each exactly once (a distributed sampler would
-        # pad with duplicates); the per-example metric states are sums over ranks.
-        rank, world = self.rank_and_world()
+        # Every rank evaluates the whole split in the same batches: with transductive batch norm a
+        # prediction depends on the batch it is in, so sharding would make the metric depend on
+        # the number of ranks. The evaluation sets are small; the metric is not gathered.
         x, y = self.splits[split]
-        return DataLoader(TensorDataset(x[rank::world], y[rank::world]), batch_size=self.eval_batch_size, shuffle=False)
+        return DataLoader(TensorDataset(x, y), batch_size=self.eval_batch_size, shuffle=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
@@ -188,7 +190,8 @@ class SinusoidTarget(SupervisedTarget):
 class OmniglotTarget(SupervisedTarget):
     """A new ``ways``-way problem of Omniglot classes never used in meta-training: the test split
     of ``split`` (Vinyals: held-out characters; Lake: the evaluation alphabets), which is disjoint
-    from the meta-training and meta-validation classes. Per class ``shots`` drawers for training,
+    from the meta-training and meta-validation classes. Every class is a different character
+    (in one of the split's rotations). Per class ``shots`` drawers for training,
     ``val_per_class`` for validation and ``test_per_class`` for test (disjoint drawers).
 
     Args:
@@ -224,10 +227,17 @@ class OmniglotTarget(SupervisedTarget):
             candidates = [i for i, c in enumerate(held_out) if c.split("/")[0] == alphabet]
         else:
             candidates = list(range(len(held_out)))
-        ways = len(candidates) if ways is None else int(ways)
-        if not 1 < ways <= len(candidates):
-            raise ValueError(f"target.ways={ways}: choose 2..{len(candidates)} (held-out classes available)")
-        pick = torch.tensor(candidates)[torch.randperm(len(candidates), generator=g)[:ways]]
+        # One rotation per character: two turns of one character as two classes would put the
+        # same drawings, turned, into one class's training set and another's test set.
+        char_of = self.omniglot.classes["test"][:, 0].tolist()
+        distinct: dict[int, int] = {}
+        for c in torch.tensor(candidates)[torch.randperm(len(candidates), generator=g)].tolist():
+            distinct.setdefault(char_of[c], c)  # the first (random) rotation drawn of each character
+        ways = len(distinct) if ways is None else int(ways)
+        if not 1 < ways <= len(distinct):
+            raise ValueError(f"target.ways={ways}: choose 2..{len(distinct)} (held-out characters available; each "
+                             "target class is one character, in one rotation)")
+        pick = torch.tensor(list(distinct.values())[:ways])
         self.table = self.omniglot.classes["test"][pick]
         self.names = [held_out[i] for i in pick.tolist()]
         self.ways = ways
@@ -240,12 +250,11 @@ class OmniglotTarget(SupervisedTarget):
     def check_meta_dataset(self, meta_dataset: dict[str, Any] | None) -> None:
         """Refuse a meta-checkpoint whose Omniglot split differs: its training classes could
         then include this target's classes."""
-        if not meta_dataset or "Omniglot" not in str(meta_dataset.get("_target_", "")):
-            return
-        theirs = meta_dataset.get("split", "vinyals")
-        if theirs != self.split:
-            raise ValueError(f"the meta-checkpoint was trained on Omniglot split={theirs}, the target uses "
-                             f"split={self.split}; set target.split={theirs} so the target classes are held out")
+        from metaft.data.omniglot.splits import check_held_out, held_out_split
+
+        theirs = held_out_split(meta_dataset)
+        check_held_out(meta_dataset, self.split, f"target.split={self.split}",
+                       f"Set target.split={theirs} so the target classes are held out.")
 
     def build(self) -> Splits:
         labels = torch.arange(self.ways)

@@ -5,12 +5,13 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig, OmegaConf
 
 from metaft.finetune.targets import SupervisedTarget
-from metaft.finetune.module import FineTuner, init_head, load_body, metasgd_step_sizes
+from metaft.finetune.module import FineTuner, init_head, load_body, metasgd_step_sizes, untrained_head_rule
 from metaft.runtime.io import load_checkpoint
 from metaft.runtime.trainer import final_metrics, make_trainer, start_run, write_results
 
@@ -69,6 +70,29 @@ def check_inputs(net: torch.nn.Module, dm: SupervisedTarget, model_cfg: dict, me
         ) from e
 
 
+def model_config(cfg: DictConfig, ckpt_cfg: dict[str, Any], from_checkpoint: bool) -> dict[str, Any]:
+    """The fine-tuning model's config. Weights from a checkpoint: the checkpoint's own model, with
+    this command's explicit ``model``/``model.*`` overrides on top (as ``--config-name eval`` does),
+    so a preset's default model (a study's plain Conv4) cannot contradict the checkpoint's
+    architecture. ``init=random``: ``model`` if set, else the checkpoint's architecture."""
+    if from_checkpoint and ckpt_cfg.get("model"):
+        model = OmegaConf.create(dict(ckpt_cfg["model"]))
+        overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+        for override in overrides:
+            key = override.split("=", 1)[0].lstrip("+~")
+            if key == "model":  # a group choice replaces the whole node
+                model = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+            elif key.startswith("model."):
+                OmegaConf.update(model, key[len("model."):], OmegaConf.select(cfg, key), force_add=True)
+        return OmegaConf.to_container(model, resolve=True)
+    if cfg.get("model") is not None:
+        return OmegaConf.to_container(cfg.model, resolve=True)
+    if ckpt_cfg.get("model"):
+        return dict(ckpt_cfg["model"])  # fine-tune the architecture that was meta-trained
+    raise ValueError("init=random without a checkpoint needs a model: give model=mlp|conv4 (or meta_ckpt=PATH, "
+                     "whose architecture is then used)")
+
+
 def build(cfg: DictConfig) -> tuple[SupervisedTarget, FineTuner, dict[str, Any]]:
     """The target, the initialised fine-tuner and what was done (for results.json)."""
     dm: SupervisedTarget = hydra.utils.instantiate(cfg.target)
@@ -80,20 +104,15 @@ def build(cfg: DictConfig) -> tuple[SupervisedTarget, FineTuner, dict[str, Any]]
         kind = _check_kind(kind, ckpt_cfg, path, str(cfg.init))
         if hasattr(dm, "check_meta_dataset"):
             dm.check_meta_dataset(ckpt_cfg.get("dataset"))
-    if cfg.get("model") is not None:
-        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    elif ckpt_cfg.get("model"):
-        model_cfg = dict(ckpt_cfg["model"])  # fine-tune the architecture that was meta-trained
-    else:
-        raise ValueError("init=random without a checkpoint needs a model: give model=mlp|conv4 (or meta_ckpt=PATH, "
-                         "whose architecture is then used)")
+    model_cfg = model_config(cfg, ckpt_cfg, from_checkpoint=path is not None)
     model_cfg["out_features"] = dm.num_outputs
     net = hydra.utils.instantiate(model_cfg)
     check_inputs(net, dm, model_cfg, ckpt_cfg.get("dataset"))
     state = ckpt["state_dict"] if (ckpt and path) else None
     if state is not None:
         load_body(net, state, f"meta_ckpt={path}", ckpt_cfg.get("model"), model_cfg)
-    head_rule = init_head(net, str(cfg.head_init), state, dm.task, dm.splits["train"])
+    untrained = untrained_head_rule(ckpt, ckpt_cfg, dm.task) if state is not None else None
+    head_rule = init_head(net, str(cfg.head_init), state, dm.task, dm.splits["train"], untrained=untrained)
     scales = None
     if cfg.metasgd_lrs:
         if state is None:
@@ -105,6 +124,8 @@ def build(cfg: DictConfig) -> tuple[SupervisedTarget, FineTuner, dict[str, Any]]
                         lr_scales=scales, grad_clip=float(ft.grad_clip))
     learner.run_config = OmegaConf.to_container(cfg, resolve=True)
     info = {"init": str(cfg.init), "init_kind": kind, "meta_ckpt": path, "head_init": head_rule,
+            # Whether the checkpoint's net.head was trained (None: no checkpoint weights used).
+            "head_trained": (untrained is None) if state is not None else None,
             "meta_algorithm": (ckpt_cfg.get("algorithm") or {}).get("_target_") if path else None,
             "shots": getattr(dm, "shots", None), **dm.describe()}
     return dm, learner, info

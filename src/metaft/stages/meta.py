@@ -11,9 +11,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from metaft.algorithms.episodic import MetaLearner
 import metaft.algorithms.catalogue as catalogue
+from metaft.algorithms.pretrain import Pretrain
 from metaft.algorithms.warm_start import without_init_ckpt
 from metaft.data.episodic import EpisodicDataModule
+from metaft.data.omniglot.splits import check_held_out, held_out_split
 from metaft.runtime.callbacks import log_hparams
+from metaft.runtime.distributed import global_batchnorm
 from metaft.runtime.io import load_checkpoint
 from metaft.runtime.paths import project_root
 from metaft.runtime.trainer import (final_metrics, make_trainer, merged_config, run_dir, seed_everything,
@@ -31,6 +34,11 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
     dm: EpisodicDataModule = hydra.utils.instantiate(cfg.dataset)
     net = hydra.utils.instantiate(cfg.model)
     learner: MetaLearner = hydra.utils.instantiate(cfg.algorithm, net=net, task=dm.task)
+    if isinstance(learner, Pretrain):
+        # Its labelled batches are shared out across data-parallel ranks: batch norm must use the
+        # whole batch's statistics for N ranks to give the one-process update (a no-op in one
+        # process). Never for episodic learners: a task's statistics stay within the task.
+        global_batchnorm(net)
     ways = getattr(dm, "ways", None)
     train_ways = getattr(dm, "train_ways", ways)  # datasets without the option train on `ways`
     sized_per_episode = learner.sizes_head_per_episode
@@ -73,6 +81,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_recipe()
     cfg, resume, out = start_run(cfg)
     dm, learner = build(cfg)
+    if isinstance(learner, Pretrain) and learner.classifier is None:
+        # Made here, in the launching process, rather than in Pretrain.setup: spawned ranks would
+        # draw its initial weights from their own random state, so N ranks would not start (and
+        # so not train) as one process does.
+        learner.make_classifier(dm.num_classes("train"))
     monitor_mode = "min" if learner.metric_name == "mse" else "max"
     trainer = make_trainer(cfg, out, monitor=f"val/{learner.metric_name}", mode=monitor_mode)
     trainer.fit(learner, datamodule=dm, ckpt_path=resume, weights_only=True)
@@ -99,6 +112,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = Path(hydra.utils.to_absolute_path(str(cfg.ckpt_path)))
     ckpt = load_checkpoint(ckpt_path)
     run_cfg = merged_config(cfg, ckpt["metaft_config"])
+    # Before loading any data: a checkpoint must not be scored on classes it was trained on.
+    tested = held_out_split(run_cfg.get("dataset"))
+    what = "dataset=omniglot_runs (Lake's runs)" if "OmniglotRuns" in str(run_cfg.dataset.get("_target_")) else \
+        f"dataset.split={tested}"
+    check_held_out(ckpt["metaft_config"].get("dataset"), tested, what,
+                   "Evaluate a checkpoint trained with dataset.split=" + str(tested) + ", or drop the dataset/split "
+                   "override to test on the checkpoint's own split.")
     seed_everything(run_cfg.seed)
     dm, learner = build(without_init_ckpt(run_cfg))  # the checkpoint replaces every weight
     try:

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from metaft.data.episode import Episode
-from metaft.data.episodic import EpisodicDataModule, split_generator
+from metaft.data.episodic import EpisodicDataModule, episode_generator, split_generator
 from metaft.data.images.augment import augment
 from metaft.data.images.episodes import ClassTable, normalize, read_rows, to_float
 from metaft.data.images.readers import LAYOUTS, make_reader
@@ -206,10 +206,14 @@ class FewShotImages(EpisodicDataModule):
     # the same as ``sample``'s: no augmentation outside training) and each batch is read when used.
     def fixed_rows(self, split: str) -> list[Tensor]:
         if split not in self._fixed_rows:
-            total = self.val_episodes if split == "val" else self.test_episodes
-            g = split_generator(self.seed, split)
-            sizes = [min(self.eval_batch_size, total - i) for i in range(0, total, self.eval_batch_size)]
-            self._fixed_rows[split] = [self.draw(split, n, g) for n in sizes]
+            # Episode i from its own generator (as the base class): the same whatever the batch
+            # size, the episode count or the number of ranks.
+            total, size = (self.val_episodes if split == "val" else self.test_episodes), self.eval_batch_size
+            self._fixed_rows[split] = [
+                torch.cat([self.draw(split, 1, episode_generator(self.seed, split, i))
+                           for i in range(start, min(start + size, total))])
+                for start in range(0, total, size)
+            ]
         return self._fixed_rows[split]
 
     def fixed_episodes(self, split: str) -> LazyEpisodes:  # type: ignore[override]

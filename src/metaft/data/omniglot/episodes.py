@@ -97,8 +97,12 @@ class OmniglotDataModule(EpisodicDataModule):
         self.data_dir = Path(data_dir).expanduser()
         cache = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
 
+        # download=true cannot fetch the Vinyals lists: check them before fetching any zip. Without
+        # it, a missing data directory is named first (the likelier mistake).
+        if download and split == "vinyals":
+            vinyals_split_files(self.data_dir, download)
         zips = zip_paths(self.data_dir, download)
-        split_files = vinyals_split_files(self.data_dir) if split == "vinyals" else {}
+        split_files = vinyals_split_files(self.data_dir, download) if split == "vinyals" else {}
         chars: list[str] = []
         parts = []
         for name in SETS:
@@ -185,7 +189,18 @@ class OmniglotDataModule(EpisodicDataModule):
         x = self.gather(self._classes(split)[picks], drawers)  # [n, ways, shots+q, 1, H, W]
         if self.augment and split == "train":  # after the draw: the same classes and drawers as without
             x = affine_distort(x, random_affine(x.shape[:-3].numel(), generator))
-        s, ways = self.shots, x.shape[1]
+        return self._episode(x)
+
+    def sample_tasks(self, split: str, generators: list[torch.Generator]) -> Episode:
+        """As ``sample(split, 1, g)`` for each generator, with one gather for all of them."""
+        if self.augment and split == "train":  # the distortion draws from each task's generator
+            return super().sample_tasks(split, generators)
+        picks, drawers = zip(*(self.draw(split, 1, g) for g in generators))
+        return self._episode(self.gather(self._classes(split)[torch.cat(picks)], torch.cat(drawers)))
+
+    def _episode(self, x: Tensor) -> Episode:
+        """Support and query sets of images ``[n, ways, shots + queries, 1, H, W]``."""
+        n, s, ways = x.shape[0], self.shots, x.shape[1]
         q = x.shape[2] - s
         labels = torch.arange(ways)
         return Episode(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
@@ -14,16 +15,25 @@ from torch import Tensor
 _SPLIT_LINE = re.compile(r"^([^/]+/character\d+)/rot(\d{3})$")
 
 
-def vinyals_split_files(data_dir: Path) -> dict[str, Path]:
-    """The Vinyals class lists ``splits/vinyals/{train,val,test}.txt`` under ``data_dir``, checked present."""
+VINYALS_SOURCE = "data/omniglot/splits/vinyals/ of github.com/jakesnell/prototypical-networks"
+
+
+def vinyals_split_files(data_dir: Path, download: bool = False) -> dict[str, Path]:
+    """The Vinyals class lists ``splits/vinyals/{train,val,test}.txt`` under ``data_dir``, checked
+    present. No official source publishes them for download (they come with the ProtoNet code), so
+    ``download=true`` cannot fetch them: checked before any zip is fetched, the error says which
+    files to put where."""
     files = {s: data_dir / "splits" / "vinyals" / f"{s}.txt" for s in ("train", "val", "test")}
-    for p in files.values():
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"dataset.split=vinyals needs the class list {p} (lines ALPHABET/characterNN/rotDDD, from "
-                "Vinyals et al. 2016 as published with jakesnell/prototypical-networks); put it there or use "
-                "dataset.split=lake, which needs no list"
-            )
+    missing = [p for p in files.values() if not p.is_file()]
+    if missing:
+        fetched = (" dataset.download=true fetches the image zips only (nothing was downloaded): these lists have "
+                   "no official download." if download else "")
+        raise FileNotFoundError(
+            f"dataset.split=vinyals needs the class lists {', '.join(str(p) for p in missing)} (lines "
+            f"ALPHABET/characterNN/rotDDD, Vinyals et al. 2016's split, published as train.txt, val.txt and test.txt "
+            f"in {VINYALS_SOURCE}).{fetched} Put them in {data_dir / 'splits' / 'vinyals'}, or use "
+            "dataset.split=lake, which needs no list"
+        )
     return files
 
 
@@ -55,3 +65,34 @@ def lake_classes(chars: list[str], n_background: int, val_alphabets: int, rotati
     turns = range(4) if rotations else range(1)
     return {s: torch.tensor([(i, k) for i in rows for k in turns]).view(-1, 2)
             for s, rows in (("train", train), ("val", val), ("test", test))}
+
+
+def held_out_split(dataset_cfg: Mapping[str, Any] | None) -> str | None:
+    """The Omniglot split whose held-out (test) classes a dataset config evaluates on; ``None``
+    for a dataset that is not Omniglot. Lake's runs count as ``lake``: whether downloaded or
+    built here, they are drawn from ``images_evaluation``, the test alphabets of the Lake split."""
+    target = str((dataset_cfg or {}).get("_target_", ""))
+    if "OmniglotRuns" in target:
+        return "lake"
+    if "Omniglot" in target:
+        return str(dataset_cfg.get("split") or "vinyals")
+    return None
+
+
+def check_held_out(trained_cfg: Mapping[str, Any] | None, tested: str | None, what: str, fix: str) -> None:
+    """Refuse to score a checkpoint on classes it may have been trained on.
+
+    The splits overlap: the Vinyals training split holds characters of the evaluation alphabets
+    (Lake's test classes), and the Lake training split (the background alphabets) holds
+    characters of the Vinyals test split. ``trained_cfg`` is the checkpoint's stored dataset
+    config, ``tested`` what ``held_out_split`` says of the data it is to be scored on, ``what``
+    names that data and ``fix`` the setting that makes them agree.
+    """
+    trained = held_out_split(trained_cfg)
+    if trained is None or tested is None or trained == tested:
+        return
+    raise ValueError(
+        f"the checkpoint was trained on Omniglot dataset.split={trained}, but {what} tests on the held-out "
+        f"classes of split={tested}, and split={trained}'s training classes include some of those; the score "
+        f"would count characters the model was trained on. {fix}"
+    )
