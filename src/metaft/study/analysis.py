@@ -21,6 +21,10 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _where(ways: str) -> str:
+    return "regression" if ways in ("None", "") else f"{ways}-way"
+
+
 def _k_key(k: str) -> tuple[int, float]:
     return (1, 0.0) if k == "all" else (0, float(k))
 
@@ -97,7 +101,7 @@ def answer(study: Study, metric: str, bn: str, meta: list[str]) -> list[str]:
         ways, adaptation = key
         ref, diffs = study.reference(key), study.differences(key)
         cands = {i: d for i, d in diffs.items() if i in meta}
-        where = f"{'regression' if ways in ('None', '') else ways + '-way'}, {adaptation}"
+        where = f"{_where(ways)}, {adaptation}"
         if ref is None or not cands:
             lines.append(f"- {where}: no pre-trained reference or no meta-learned init to compare.")
             continue
@@ -117,6 +121,8 @@ def answer(study: Study, metric: str, bn: str, meta: list[str]) -> list[str]:
         lines.append(f"- {where}: the best meta-learned init, {best}, against the best pre-trained one, {ref} "
                      f"(difference in {unit}, positive = {best} better, {100 * (1 - study.alpha):.0f}% Holm-corrected "
                      f"hierarchical-bootstrap CI): " + "; it ".join(parts) + ".")
+    lines.append("- The best meta-learned init is picked on these same problems, a choice the CIs (corrected over K "
+                 "only) do not cover; every init's own difference is in the tables below.")
     return lines
 
 
@@ -130,7 +136,7 @@ def markdown(study: Study, metric: str, bn: str, meta: list[str], header: list[s
     for key in sorted(study.cells):
         ways, adaptation = key
         summ, diffs, ref = study.summary(key), study.differences(key), study.reference(key)
-        lines += [f"## {ways}-way, {adaptation}: test {metric} ({better} is better), mean [95% CI]", "",
+        lines += [f"## {_where(ways)}, {adaptation}: test {metric} ({better} is better), mean [95% CI]", "",
                   "| init | " + " | ".join(f"K={k}" for k in study.shots) + " |",
                   "|---|" + "---|" * len(study.shots)]
         for init in sorted(summ):
@@ -164,12 +170,12 @@ def convergence_table(rows: list[dict[str, str]]) -> list[str]:
     if not acc:
         return []
     lines = ["## Convergence of full fine-tuning", "",
-             "Steps (seconds) to come within the tolerance of the run's final metric, and the area under the "
-             "metric-vs-step curve (mean over problems and seeds).", "", "| N | init | K | steps | seconds | AUC |",
+             "Steps (milliseconds) to come within the tolerance of the run's final metric, and the area under the "
+             "metric-vs-step curve (mean over problems and seeds).", "", "| N | init | K | steps | ms | AUC |",
              "|---|---|---|---|---|---|"]
     for (ways, init, k), v in sorted(acc.items(), key=lambda kv: (kv[0][0], kv[0][1], _k_key(kv[0][2]))):
         a = np.array(v)
-        lines.append(f"| {ways} | {init} | {k} | {np.nanmean(a[:, 0]):.1f} | {np.nanmean(a[:, 1]):.3f} | {a[:, 2].mean():.2f} |")
+        lines.append(f"| {_where(ways)} | {init} | {k} | {np.nanmean(a[:, 0]):.1f} | {1000 * np.nanmean(a[:, 1]):.2f} | {a[:, 2].mean():.2f} |")
     return lines + [""]
 
 
@@ -181,6 +187,8 @@ def plot(out: Path, study: Study, metric: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     files = []
+    inits = sorted({i for cell in study.cells.values() for i in cell})
+    color = {i: plt.get_cmap("tab10" if len(inits) <= 10 else "tab20")(n) for n, i in enumerate(inits)}  # one per init
     for ways in sorted({w for w, _ in study.cells}):
         keys = [k for k in sorted(study.cells) if k[0] == ways]
         fig, axes = plt.subplots(2, len(keys), figsize=(5 * len(keys), 8), squeeze=False)
@@ -190,19 +198,20 @@ def plot(out: Path, study: Study, metric: str) -> list[Path]:
             for init in sorted(summ):
                 ks = [i for i, k in enumerate(study.shots) if k in summ[init]]
                 r = [summ[init][study.shots[i]] for i in ks]
-                axes[0, j].plot(ks, [v.mean for v in r], marker="o", label=init)
-                axes[0, j].fill_between(ks, [v.lo for v in r], [v.hi for v in r], alpha=0.15)
+                axes[0, j].plot(ks, [v.mean for v in r], marker="o", label=init, color=color[init])
+                axes[0, j].fill_between(ks, [v.lo for v in r], [v.hi for v in r], alpha=0.15, color=color[init])
             for init in sorted(diffs):
                 ks = [i for i, k in enumerate(study.shots) if k in diffs[init]]
                 h = [diffs[init][study.shots[i]]["holm"] for i in ks]
                 axes[1, j].errorbar(ks, [v.raw.mean for v in h], yerr=[[v.raw.mean - v.lo for v in h], [v.hi - v.raw.mean for v in h]],
-                                    marker="o", capsize=3, label=init)
+                                    marker="o", capsize=3, label=init, color=color[init])
             axes[1, j].axhline(0, color="k", lw=0.8)
             for row, title in ((0, f"test {metric} ({'lower' if study.lower else 'higher'} is better)"),
                                (1, f"difference to {ref} (above 0: better)")):
                 axes[row, j].set_xticks(x, [f"K={k}" for k in study.shots])
-                axes[row, j].set_title(f"{ways}-way, {key[1]}: {title}", fontsize=9)
+                axes[row, j].set_title(f"{_where(ways)}, {key[1]}: {title}", fontsize=9)
             axes[0, j].legend(fontsize=7)
+            axes[1, j].legend(fontsize=7)
         fig.tight_layout()
         path = out / f"study_{ways}way.png" if ways not in ("None", "") else out / "study.png"
         fig.savefig(path, dpi=100)

@@ -201,7 +201,8 @@ def report(out: Path) -> str:
               f"{cfg.target.problems} ({cfg.target.finetune_problems} for full fine-tuning), the same for every init.",
               f"CIs: hierarchical percentile bootstrap ({cfg.bootstrap.n} draws; seeds resampled, then problems within "
               f"each), differences Holm-corrected over K at alpha={cfg.bootstrap.alpha}; Cohen's d_z of the paired "
-              "differences. Full fine-tuning's step count is chosen per (init, N, K) on validation-class problems."]
+              "differences. Full fine-tuning's step size and count are chosen per (init, N, K) on validation problems "
+              "(the stage-1 validation classes or functions), never on the test problems."]
     text = analysis.markdown(study, metric, rows[0]["bn"], meta, header)
     text += "\n" + "\n".join(analysis.convergence_table(rows))
     atomic_write_text(out / "study.md", text)
