@@ -33,4 +33,12 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    from metaft.runtime.validate import check_overrides, split_argv
+
+    # Unknown keys and wrong types are refused here, before Hydra creates a run directory.
+    command = split_argv(sys.argv[1:])
+    if command is not None:
+        check_overrides(Path(__file__).resolve().parent / "conf", *command)
     main()

@@ -37,6 +37,11 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
         )
     head = getattr(net, "head", None)
     if ways is not None and not sized_per_episode and isinstance(head, torch.nn.Linear) and head.out_features != ways:
+        if head.out_features == 1:  # a regression network: fewer ways would not fix it
+            raise ValueError(
+                f"dataset.ways={ways}: model={type(net).__name__} has one output (a regression model), but this "
+                f"dataset is {ways}-way classification: use a classification model, e.g. model=conv4"
+            )
         raise ValueError(
             f"dataset.ways={ways} but the network's head has {head.out_features} outputs, and algorithm "
             f"{type(learner).__name__} classifies with that head: use dataset.ways={head.out_features} (for a "
