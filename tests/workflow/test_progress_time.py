@@ -81,3 +81,10 @@ def test_fine_tuning_reports_steps_per_second_not_zero_tasks(monkeypatch, caplog
 
 def test_durations_read_as_estimates():
     assert [duration(s) for s in (42, 210, 30000)] == ["42 s", "3.5 min", "8.3 h"]
+
+
+def test_the_metrics_table_orders_steps_by_number():
+    from metaft.runtime.progress import metrics_table
+
+    rows = metrics_table({"test/mse_step10": 1.0, "test/mse_step2": 2.0, "test/mse": 3.0}).splitlines()
+    assert [r.split()[0] for r in rows] == ["test/mse", "test/mse_step2", "test/mse_step10"]

@@ -6,6 +6,7 @@ characters or one line at the very end; periodic log lines read well in both.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -175,6 +176,23 @@ class ProgressLog(Callback):
             ci = trainer.callback_metrics.get(f"{name}_ci95")
             pm = f" +- {float(ci):.4g}" if ci is not None else ""
             log.info(f"validation at step {trainer.global_step}: {name} {float(value):.4g}{pm}")
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders numbers inside names by value: ``mse_step2`` before ``mse_step10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def metrics_table(metrics: dict[str, float]) -> str:
+    """The metrics as aligned ``name  value`` lines, in natural order."""
+    width = max((len(k) for k in metrics), default=0)
+    return "\n".join(f"  {k:<{width}}  {v:.6g}" for k, v in sorted(metrics.items(), key=lambda kv: natural_key(kv[0])))
+
+
+def log_metrics(title: str, metrics: dict[str, float]) -> None:
+    """Log ``metrics`` under ``title`` (Lightning's own table sorts ``step10`` before ``step2``)."""
+    if metrics:
+        log.info(f"{title}:\n{metrics_table(metrics)}")
 
 
 def interactive() -> bool:

@@ -71,6 +71,26 @@ def _resumes(config: DictConfig, d: Path) -> bool:
     return path == d.resolve() or d.resolve() in path.parents
 
 
+def never_started(d: Path, log_name: str) -> bool:
+    """Whether ``d`` holds nothing a run wrote beyond Hydra's own files (``.hydra/``, the job's log):
+    a run that failed before it trained or tested anything, or wrote anything of its own."""
+    for p in d.rglob("*"):
+        top = p.relative_to(d).parts[0]
+        if p.is_file() and top not in (".hydra", log_name):
+            return False
+    return True
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The error a person can fix from its message alone (a bad setting or path), unwrapped from
+    Hydra's instantiation wrapper; None for anything else (a bug wants its traceback)."""
+    from hydra.errors import InstantiationException
+
+    if isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc if isinstance(exc, (ValueError, FileNotFoundError, NotADirectoryError)) else None
+
+
 class KeepRuns(Callback):
     """See the module docstring."""
 

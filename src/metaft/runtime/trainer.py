@@ -24,6 +24,22 @@ log = logging.getLogger(__name__)
 GROUPS = ("algorithm", "dataset", "model", "target")
 
 
+class ValidateAtEnd(Callback):
+    """Validate after the last step of every run, so a run shorter than ``val_check_interval``
+    still picks ``best.ckpt`` and reports ``val/*``; warn when no validation falls inside the run.
+    How: Lightning validates after a step that sets ``should_stop`` (as early stopping does)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        every, left = trainer.val_check_batch, trainer.max_steps - trainer.global_step
+        if trainer.max_steps > 0 and isinstance(every, (int, float)) and every > left > 0 and trainer.is_global_zero:
+            log.warning(f"trainer.val_check_interval={every} is more than the {left} steps this run trains: it validates "
+                        f"once, at the end (lower trainer.val_check_interval for validations along the way)")
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
 def run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
@@ -37,6 +53,7 @@ def make_trainer(cfg: DictConfig, out: Path, monitor: str | None = None, mode: s
             AtomicModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                             auto_insert_metric_name=False, enable_version_counter=False),
             AtomicLastCheckpoint(ckpt_dir, cfg.checkpoint.every_n_train_steps),
+            ValidateAtEnd(),
         ]
     bar, progress = progress_callbacks(cfg)
     callbacks += progress
@@ -59,6 +76,7 @@ def write_results(out: Path, metrics: dict[str, float], **extra: Any) -> dict[st
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     results = {**metrics, **extra, "overrides": overrides}
     write_json(out / "results.json", results)
+    log.info(f"results: {out / 'results.json'}")
     return results
 
 

@@ -13,6 +13,7 @@ from metaft.algorithms.feature_head import FeatureHeadLearner
 from metaft.data.episodic import EpisodicDataModule
 from metaft.runtime.callbacks import log_hparams
 from metaft.runtime.io import load_checkpoint
+from metaft.runtime.progress import log_metrics
 from metaft.runtime.trainer import (final_metrics, make_trainer, merged_config, run_dir, seed_everything,
                                     start_run, write_results)
 
@@ -62,10 +63,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
-            trainer.test(learner, datamodule=dm, ckpt_path=best, weights_only=True)
+            trainer.test(learner, datamodule=dm, ckpt_path=best, weights_only=True, verbose=False)
         else:
-            trainer.test(learner, datamodule=dm)
+            trainer.test(learner, datamodule=dm, verbose=False)
         results.update(final_metrics(trainer, "test/"))
+        log_metrics(f"test of {'the best checkpoint' if best else 'the final weights'}", final_metrics(trainer, "test/"))
         results["ckpt"] = str(Path(best).resolve()) if best else None
         results["test_episodes_fingerprint"] = dm.fingerprint("test")
     log_hparams(trainer, cfg, results)
@@ -92,8 +94,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = run_dir()
     OmegaConf.save(run_cfg, out / "eval_config.yaml")
     trainer = make_trainer(run_cfg, out)
-    trainer.test(learner, datamodule=dm)
+    trainer.test(learner, datamodule=dm, verbose=False)
     results = final_metrics(trainer, "test/")
+    log_metrics("test", results)
     log_hparams(trainer, run_cfg, results)
     return write_results(out, results, ckpt=str(ckpt_path), test_episodes_fingerprint=dm.fingerprint("test"))
 
