@@ -101,9 +101,39 @@ def resolve_resume(ckpt_path: str | None, out: Path) -> tuple[Path | None, Path]
         if path.is_dir():
             path = path / "checkpoints" / "last.ckpt"
     run = path.parent.parent if path.parent.name == "checkpoints" else out
-    if run != out:  # Hydra's new directory for this command only points at the continued run
-        (out / "RESUMED_INTO.txt").write_text(f"{run}\n")
     return path, run
+
+
+# What makes a run another run: its data, its network, its learner.
+IDENTITY = ("dataset._target_", "model._target_", "algorithm._target_", "algorithm.first_order")
+
+
+def refuse_other_run(cfg: DictConfig, stored: dict, run: Path) -> None:
+    """``ckpt_path=last`` picked the newest run beside this one: refuse when that run's dataset,
+    model or algorithm differ from this command's, which would silently continue another
+    experiment (e.g. an Omniglot run, resumed by a command typed with the sinusoid defaults)."""
+    old = OmegaConf.create(stored)
+    differ = [(k, OmegaConf.select(old, k), OmegaConf.select(cfg, k)) for k in IDENTITY
+              if OmegaConf.select(old, k) != OmegaConf.select(cfg, k)]
+    if differ:
+        what = "; ".join(f"{k}: {a} there, {b} in this command" for k, a, b in differ)
+        raise ValueError(
+            f"ckpt_path=last would resume {run}, a different run from this command's ({what}). To continue that run, "
+            f"name it: ckpt_path={run}; to start a new run, drop ckpt_path"
+        )
+
+
+def checkpoint_file(path: Path, what: str = "ckpt_path") -> Path:
+    """``path`` itself, or for a run directory its ``checkpoints/best.ckpt`` (else ``last.ckpt``)."""
+    if not path.is_dir():
+        return path
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    for name in ("best.ckpt", "last.ckpt"):
+        if (folder / name).is_file():
+            log.info(f"{what}={path}: testing {folder / name}")
+            return folder / name
+    raise FileNotFoundError(f"{what}={path} is a directory without checkpoints/best.ckpt or last.ckpt; give a run "
+                            "directory that has them, or a .ckpt file")
 
 
 def seed_everything(seed: Any) -> None:
@@ -118,6 +148,10 @@ def start_run(cfg: DictConfig) -> tuple[DictConfig, Path | None, Path]:
     interrupted run's own config is the base, so the continuation is the same run."""
     resume, out = resolve_resume(cfg.ckpt_path, run_dir())
     if resume is not None:
+        if str(cfg.ckpt_path) == "last" and out != run_dir():
+            refuse_other_run(cfg, load_checkpoint(resume)["metaft_config"], out)
+        if out != run_dir():  # Hydra's new directory for this command only points at the continued run
+            (run_dir() / "RESUMED_INTO.txt").write_text(f"{out}\n")
         # Lightning restores the optimizer's and scheduler's state, learning rate included, so a
         # changed setting would not apply, though the saved config would claim it.
         stored = OmegaConf.create(load_checkpoint(resume)["metaft_config"])

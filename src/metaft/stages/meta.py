@@ -14,7 +14,7 @@ from metaft.data.episodic import EpisodicDataModule
 from metaft.runtime.callbacks import log_hparams
 from metaft.runtime.io import load_checkpoint
 from metaft.runtime.progress import log_metrics
-from metaft.runtime.trainer import (final_metrics, make_trainer, merged_config, run_dir, seed_everything,
+from metaft.runtime.trainer import (checkpoint_file, final_metrics, make_trainer, merged_config, run_dir, seed_everything,
                                     start_run, write_results)
 
 _PER_EPISODE_HEADS = ("learner that builds its head from each episode (protonet, metaoptnet, pretrain, or maml, fomaml, "
@@ -77,9 +77,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test a meta-checkpoint on the fixed test episodes; write ``results.json``."""
     if cfg.ckpt_path is None:
-        raise ValueError("--config-name eval needs the checkpoint to test: add ckpt_path=PATH (a .ckpt file, e.g. "
-                         "outputs/train/runs/<run>/checkpoints/best.ckpt)")
-    ckpt_path = Path(hydra.utils.to_absolute_path(str(cfg.ckpt_path)))
+        raise ValueError("--config-name eval needs the checkpoint to test: add ckpt_path=PATH (a run directory, which "
+                         "tests its best.ckpt, or a .ckpt file)")
+    ckpt_path = checkpoint_file(Path(hydra.utils.to_absolute_path(str(cfg.ckpt_path))))
     ckpt = load_checkpoint(ckpt_path)
     run_cfg = merged_config(cfg, ckpt["metaft_config"])
     seed_everything(run_cfg.seed)
