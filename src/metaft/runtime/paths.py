@@ -17,3 +17,19 @@ def project_root() -> Path:
         f"cannot find the metaft project (conf/train.yaml and train.py) in {', '.join(map(str, candidates))}: "
         "run from the project directory, or set METAFT_ROOT to it"
     )
+
+
+def default_data_dir() -> str:
+    """``paths.data_dir`` when ``METAFT_DATA_DIR`` is unset, relative to the working directory:
+    ``data`` (the project's own, git-ignored folder, where downloads go) if it exists, or if there
+    is no shared ``../shared/data`` beside the project (a fresh clone); else ``../shared/data``,
+    the shared copy that tests and CI read."""
+    own, shared = Path("data"), Path("..") / "shared" / "data"
+    return str(shared) if not own.is_dir() and shared.is_dir() else str(own)
+
+
+def register_resolvers() -> None:
+    """``${metaft.data_dir:}``, used by ``conf/paths/default.yaml``."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("metaft.data_dir", default_data_dir, replace=True)
