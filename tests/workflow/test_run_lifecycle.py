@@ -44,3 +44,25 @@ def test_a_run_that_fails_after_it_started_prints_its_traceback_once(tmp_path):
     (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
     assert "optimized_metric=val/acc" in (run / "error.txt").read_text()
     assert "Traceback" in (run / "train.log").read_text()  # the log keeps it
+
+
+def test_a_sweep_prints_its_directory(tmp_path):
+    proc = train_cli(["-m", "seed=1,2", *FAST, "test=false"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    out = proc.stdout + proc.stderr
+    assert f"sweep directory: {sweep.relative_to(tmp_path)}" in out  # as given: relative to the working directory
+    assert "sweep finished:" in out and "python -m metaft.report" in out
+
+
+def test_the_local_launcher_reports_its_jobs_and_leaves_no_stray_folder(tmp_path):
+    import pytest
+
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    proc = train_cli(["-m", "hydra/launcher=local", "seed=1", *FAST, "test=false", f"hydra.sweep.dir={tmp_path}/s"],
+                     cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert f"#0 done: {tmp_path}/s/0" in out
+    assert not (tmp_path / "s" / ".submitit" / "%j").exists()
+    assert not (tmp_path / ".submitit").exists()

@@ -94,7 +94,8 @@ class MetaLearnerMonitor(Callback):
         if not trainer._logger_connector.should_update_logs:
             return
         now = time.perf_counter()
-        if self._window_start is not None and now > self._window_start:
+        # Only where batches are tasks (meta-training): fine-tuning's batches are not, and logged 0.
+        if self._window_start is not None and now > self._window_start and isinstance(batch, Episode):
             pl_module.log("train/tasks_per_s", self._window_tasks / (now - self._window_start))
         self._window_start, self._window_tasks = now, 0
         alphas = learned_step_sizes(pl_module)

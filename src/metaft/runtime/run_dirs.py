@@ -17,12 +17,15 @@ callback's exceptions into warnings and carries on, which would overwrite the ru
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, flag_override
+
+log = logging.getLogger("metaft")
 
 
 def finished_results(results: Path) -> bool:
@@ -94,7 +97,7 @@ def user_error(exc: BaseException) -> BaseException | None:
 class KeepRuns(Callback):
     """See the module docstring."""
 
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+    def _claim_run(self, config: DictConfig) -> None:
         d = Path(str(config.hydra.run.dir))
         if _given(config, "run.dir"):
             if d.is_dir() and holds_run(d) and not _resumes(config, d):
@@ -107,7 +110,18 @@ class KeepRuns(Callback):
         with flag_override(config, ["struct", "readonly"], [False, False]):  # the timestamp resolved once
             OmegaConf.update(config, "hydra.run.dir", str(claim(d)))
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._claim_run(config)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._claim_sweep(config)
+        log.info(f"sweep directory: {config.hydra.sweep.dir}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        d = config.hydra.sweep.dir
+        log.info(f"sweep finished: {d} (a job per subdirectory; summary: python -m metaft.report {d})")
+
+    def _claim_sweep(self, config: DictConfig) -> None:
         d = Path(str(config.hydra.sweep.dir))
         if _given(config, "sweep.dir"):
             # ckpt_path=last: every job continues its own run in that directory.
