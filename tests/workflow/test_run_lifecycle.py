@@ -66,3 +66,15 @@ def test_the_local_launcher_reports_its_jobs_and_leaves_no_stray_folder(tmp_path
     assert f"#0 done: {tmp_path}/s/0" in out
     assert not (tmp_path / "s" / ".submitit" / "%j").exists()
     assert not (tmp_path / ".submitit").exists()
+
+
+def test_optuna_lines_carry_no_colour_codes(tmp_path):
+    import pytest
+
+    pytest.importorskip("optuna")
+    proc = train_cli(["hparams_search=sinusoid_optuna", "hydra.sweeper.n_trials=1", *FAST, "trainer.max_steps=2",
+                      f"hydra.sweep.dir={tmp_path}/s"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "A new study created" in out and "\x1b[" not in out
+    assert f"sweep directory: {tmp_path}/s" in out

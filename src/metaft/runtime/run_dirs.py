@@ -115,6 +115,13 @@ class KeepRuns(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._claim_sweep(config)
+        if "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
+            # Optuna's own handler colours every line, also into files (SLURM logs, redirects):
+            # its lines go through Hydra's logging instead, plain.
+            import optuna
+
+            optuna.logging.disable_default_handler()
+            optuna.logging.enable_propagation()
         log.info(f"sweep directory: {config.hydra.sweep.dir}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
