@@ -119,7 +119,12 @@ class MetaLearnerMonitor(Callback):
         if alphas is not None:
             tb.experiment.add_histogram("inner_lr/alpha", alphas.float().cpu(), step)
         if self.images and isinstance(trainer.datamodule, SinusoidDataModule) and isinstance(pl_module, MetaLearner):
-            image = render(sinusoid_figure(**sinusoid_fit(pl_module, trainer.datamodule)))
+            fit = sinusoid_fit(pl_module, trainer.datamodule)
+            task_mse = float(np.mean((fit["after"] - fit["truth"]) ** 2))
+            val = trainer.callback_metrics.get("val/mse")
+            head = f"step {trainer.global_step}" + (f": val/mse {float(val):.3g}" if val is not None else "")
+            title = f"{head}; this task after {fit['steps']} step{'s' * (fit['steps'] != 1)}: MSE {task_mse:.3g}"
+            image = render(sinusoid_figure(**fit, title=title))
             tb.experiment.add_image("val/sinusoid_fit", image, step, dataformats="HWC")
 
     # ------------------------------------------------------------------------------ images
@@ -190,7 +195,8 @@ def sinusoid_fit(learner: MetaLearner, dm: SinusoidDataModule) -> dict[str, Any]
 
 
 def sinusoid_figure(support_x: np.ndarray, support_y: np.ndarray, x: np.ndarray, truth: np.ndarray,
-                    before: np.ndarray, after: np.ndarray, steps: int) -> Any:
+                    before: np.ndarray, after: np.ndarray, steps: int, title: str = "") -> Any:
+    """The fit of one task; ``title`` says when and how well (the step and the MSEs)."""
     from matplotlib.figure import Figure  # imported here: only runs that draw pay for it
 
     fig = Figure(figsize=(5, 3.5), dpi=80)
@@ -200,6 +206,8 @@ def sinusoid_figure(support_x: np.ndarray, support_y: np.ndarray, x: np.ndarray,
     ax.plot(x, after, color="tab:red", label=f"after {steps} step{'s' * (steps != 1)}")
     ax.scatter(support_x, support_y, color="tab:red", marker="^", zorder=3, label=f"support ({len(support_x)})")
     ax.set_xlabel("x")
+    if title:
+        ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7, loc="best", framealpha=0.7)
     fig.tight_layout()
     return fig
