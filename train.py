@@ -36,13 +36,15 @@ def main(cfg: DictConfig) -> float | None:
             # A run that never started leaves nothing but its message: a time-stamped directory of its
             # own goes (a directory named with hydra.run.dir is the user's, and keeps the record).
             named = any(o.split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in hc.overrides.hydra)
+            note = ""
             if named:
                 record_exception(out, list(hc.overrides.task), e)
             else:
                 logging.shutdown()  # the job's log file is closed before its directory goes
                 shutil.rmtree(out, ignore_errors=True)
+                note = f"\n(the run never started: {out} was removed)"
             if not os.environ.get("HYDRA_FULL_ERROR"):
-                raise SystemExit(f"error: {fixable}") from None
+                raise SystemExit(f"error: {fixable}{note}") from None
             raise
         # Leave the error where the run's results would be, and its traceback in the run's log;
         # then fail: a single run exits non-zero, a sweep's sweeper decides (see metaft.runtime.sweep).
