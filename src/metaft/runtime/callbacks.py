@@ -13,7 +13,9 @@ What a run's ``tensorboard/`` holds (``M`` is ``mse`` or ``acc``; step ``0`` is 
   Lightning's ``LearningRateMonitor``.
 - ``{val,test}/M``, ``/M_ci95``, ``/M_step{i}``, ``/loss``, ``/loss_step{i}`` (classification),
   ``/episodes`` — the learner; at every validation the ``inner_lr/alpha`` histogram (Meta-SGD)
-  and the ``val/sinusoid_fit`` image; ``episode/{support,query}`` once (image datasets).
+  and the ``val/sinusoid_fit`` image; ``episode/{support,query}`` once (image datasets); with
+  ``logging.predictions``, ``val/episode_predictions`` (a validation episode, queries marked right
+  or wrong) at every validation.
 - ``hp/{val,test}_M`` and the hparams session (``log_hparams``) when the run ends.
 """
 from __future__ import annotations
@@ -45,7 +47,8 @@ _FIT_POINTS = 200
 def monitoring_callbacks(cfg: DictConfig) -> list[Callback]:
     """The callbacks ``make_trainer`` adds to every run."""
     images = bool(OmegaConf.select(cfg, "logging.images", default=True))
-    return [LearningRateMonitor(logging_interval="step"), MetaLearnerMonitor(images=images)]
+    predictions = images and bool(OmegaConf.select(cfg, "logging.predictions", default=False))
+    return [LearningRateMonitor(logging_interval="step"), MetaLearnerMonitor(images=images, predictions=predictions)]
 
 
 def tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
@@ -63,8 +66,9 @@ class MetaLearnerMonitor(Callback):
     histogram. With ``images``: ``episode/{support,query}`` (one task of the first training
     meta-batch, for image datasets) and ``val/sinusoid_fit`` at every validation."""
 
-    def __init__(self, images: bool = True) -> None:
+    def __init__(self, images: bool = True, predictions: bool = False) -> None:
         self.images = images
+        self.predictions = predictions
         self._window_start: float | None = None
         self._window_tasks = 0
         self._episode_logged = False
@@ -126,6 +130,15 @@ class MetaLearnerMonitor(Callback):
             title = f"{head}; this task after {fit['steps']} step{'s' * (fit['steps'] != 1)}: MSE {task_mse:.3g}"
             image = render(sinusoid_figure(**fit, title=title))
             tb.experiment.add_image("val/sinusoid_fit", image, step, dataformats="HWC")
+        elif self.predictions and isinstance(pl_module, MetaLearner) and pl_module.metric_name == "acc":
+            shown = episode_predictions(pl_module, trainer.datamodule)
+            if shown is not None:
+                val = trainer.callback_metrics.get("val/acc")
+                head = f"step {trainer.global_step}" + (f": val/acc {float(val):.1f}%" if val is not None else "")
+                right = int((shown["pred"] == shown["query_y"]).sum())
+                title = f"{head}; this episode: {right}/{len(shown['pred'])} queries right"
+                tb.experiment.add_image("val/episode_predictions", render(predictions_figure(**shown, title=title)),
+                                        step, dataformats="HWC")
 
     # ------------------------------------------------------------------------------ images
     def log_episode_images(self, trainer: L.Trainer, episode: Episode) -> None:
@@ -209,6 +222,61 @@ def sinusoid_figure(support_x: np.ndarray, support_y: np.ndarray, x: np.ndarray,
     if title:
         ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7, loc="best", framealpha=0.7)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def episode_predictions(learner: MetaLearner, dm: Any, max_queries: int = 5) -> dict[str, Tensor] | None:
+    """The first validation episode (the same in every run with the same seed), adapted as at
+    validation: its support set, up to ``max_queries`` queries per class and the predicted classes.
+    None for datasets without image episodes."""
+    if not hasattr(dm, "sample"):
+        return None
+    episode = dm.sample("val", 1, split_generator(dm.seed, "val", 0))
+    if episode.support_x.dim() < 5:  # [tasks, N, C, H, W]: images only
+        return None
+    out = learner.query_outputs(episode.to(learner.device), learner.eval_inner_steps, first_order=True)
+    pred = out[0].argmax(-1).cpu()
+    qy = episode.query_y[0].cpu()
+    keep = torch.cat([torch.nonzero(qy == c).flatten()[:max_queries] for c in qy.unique()])
+    return {"support_x": episode.support_x[0].cpu(), "support_y": episode.support_y[0].cpu(),
+            "query_x": episode.query_x[0].cpu()[keep], "query_y": qy[keep], "pred": pred[keep]}
+
+
+def predictions_figure(support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor, pred: Tensor,
+                       title: str = "") -> Any:
+    """A row per class: its support images, then its queries framed green (predicted right) or
+    red (wrong, with the predicted class)."""
+    from matplotlib.figure import Figure
+
+    classes = [int(c) for c in support_y.unique()]
+    shots = max(int((support_y == c).sum()) for c in classes)
+    queries = max(int((query_y == c).sum()) for c in classes)
+    cols = shots + queries
+    fig = Figure(figsize=(0.75 * cols + 0.6, 0.8 * len(classes) + 0.6), dpi=80)
+    axes = fig.subplots(len(classes), cols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_frame_on(False)
+    for r, c in enumerate(classes):
+        axes[r][0].set_ylabel(f"class {c}", fontsize=7)
+        for j, img in enumerate(support_x[support_y == c]):
+            axes[r][j].imshow(img[0].float().numpy(), cmap="gray")
+        for j, (img, p) in enumerate(zip(query_x[query_y == c], pred[query_y == c])):
+            ax = axes[r][shots + j]
+            ax.imshow(img[0].float().numpy(), cmap="gray")
+            ok = int(p) == c
+            ax.set_frame_on(True)
+            for spine in ax.spines.values():
+                spine.set_edgecolor("tab:green" if ok else "tab:red")
+                spine.set_linewidth(2.5)
+            if not ok:
+                ax.set_title(f"-> {int(p)}", fontsize=7, color="tab:red", pad=1)
+    axes[0][0].set_title("support", fontsize=7, pad=1, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     return fig
 
