@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, grad_and_value
 
-from metaft import bench
+import bench  # benchmarks/bench.py, beside this script
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from metaft.finetune.study import report, study
+from metaft.study.driver import report, study
 
 
 def _fake_run(d: Path, init: str, shots: str, seed: int, mse: float | None) -> None:
@@ -65,7 +65,7 @@ def test_tiny_sinusoid_study_end_to_end(tmp_path, mlp_ckpt):
 
 
 def test_ckpt_option_needs_a_name(capsys):
-    from metaft.finetune.study import main
+    from metaft.study.driver import main
 
     with pytest.raises(SystemExit):
         main(["sinusoid", "--ckpt", "outputs/best.ckpt"])

@@ -481,10 +481,28 @@ def test_experiment_configs_compose(run_config, experiment, ways, lr, eval_lr, s
     assert cfg.model.image_size == cfg.dataset.image_size == 28
 
 
-ALGORITHMS = ["maml", "fomaml", "metasgd", "anil", "reptile", "protonet", "metaoptnet", "pretrain"]
+ALGORITHMS = sorted(p.stem for p in (ROOT / "conf" / "algorithm").glob("*.yaml"))
+EXPERIMENTS = sorted(p.name for p in (ROOT / "conf" / "recipe").iterdir() if p.is_dir() and not p.name.startswith("_"))
 
 
-@pytest.mark.parametrize("experiment", ["omniglot_cpu", "omniglot_paper", "omniglot_paper_20way"])
+def test_an_experiment_without_the_algorithms_recipe_is_refused(tmp_path, monkeypatch):
+    """A recipe that is missing is an error naming the file (it used to fall back silently)."""
+    from metaft.stages import meta
+    from tests.conftest import compose
+
+    cfg = compose("train", ["experiment=omniglot_cpu", "algorithm=maml"], tmp_path / "run")
+    meta.check_recipe()  # present: nothing to say
+    # The same choice against a project whose omniglot_cpu recipes lack maml's.
+    recipes = tmp_path / "project" / "conf" / "recipe" / "omniglot_cpu"
+    shutil.copytree(ROOT / "conf" / "recipe" / "omniglot_cpu", recipes)
+    (recipes / "maml.yaml").unlink()
+    monkeypatch.setattr(meta, "project_root", lambda: tmp_path / "project")
+    with pytest.raises(ValueError, match="experiment=omniglot_cpu has no recipe for algorithm=maml: write "
+                                         "conf/recipe/omniglot_cpu/maml.yaml"):
+        meta.train(cfg)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_algorithm_gets_its_recipe(run_config, experiment):
     """``experiment=E algorithm=A`` picks conf/recipe/E/A.yaml: every learner builds (feature-head
     learners with no inner loop, the others with theirs) and episode sizes follow the recipe."""

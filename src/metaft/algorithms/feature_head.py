@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metaft.algorithms.base import MetaLearner
+from metaft.algorithms import catalogue
+from metaft.algorithms.episodic import MetaLearner
 from metaft.data.episode import Episode
 from metaft.models.nets import MetaNet
 
@@ -22,6 +23,10 @@ def one_hot(y: Tensor, ways: int, dtype: torch.dtype) -> Tensor:
     """``[..., ways]`` indicator of ``y``. ``F.one_hot`` checks its input's range, which is
     data-dependent control flow that vmap refuses; the range is checked before vmap instead."""
     return (y.unsqueeze(-1) == torch.arange(ways, device=y.device)).to(dtype)
+
+
+# The gradient learners' inner-loop options (GradientLearner's arguments).
+INNER_LOOP_OPTIONS = ("first_order", "zero_head", "learn_inner_lr", "adapt_head_only", "adapt")
 
 
 class FeatureHeadLearner(MetaLearner):
@@ -45,20 +50,22 @@ class FeatureHeadLearner(MetaLearner):
         if task != "classification":
             raise ValueError(
                 f"algorithm {name} is for classification only, but the dataset is a {task} task: choose a "
-                "classification dataset (e.g. dataset=omniglot), or an algorithm that also regresses "
-                "(maml, fomaml, metasgd, anil, reptile)"
+                f"classification dataset (e.g. dataset=omniglot), or an algorithm that also regresses "
+                f"({catalogue.listed(catalogue.regresses)})"
             )
         if inner_steps:
             raise ValueError(f"algorithm {name} has no inner loop in training: set algorithm.inner_steps=0 (got {inner_steps})")
         # Options of the gradient inner loop: here they would be accepted and do nothing (or fail
         # at the first evaluation, after the training time is spent).
-        inert = [k for k in ("first_order", "zero_head", "learn_inner_lr", "adapt_head_only") if kwargs.get(k)]
+        inert = [k for k in INNER_LOOP_OPTIONS if kwargs.get(k) and not (k == "adapt" and kwargs[k] == "all")]
         if inert:
             raise ValueError(
                 f"algorithm {name} fits its head from fixed features, with no meta-learned inner loop for "
                 f"{', '.join(f'algorithm.{k}' for k in inert)} to change: set {' and '.join(f'algorithm.{k}=false' for k in inert)} "
                 "(or drop the override that set it)"
             )
+        for k in INNER_LOOP_OPTIONS:  # unset (false) here: nothing to pass on
+            kwargs.pop(k, None)
         if eval_inner_steps and not self.fits_head_at_eval:
             raise ValueError(
                 f"algorithm {name} has no inner loop at evaluation either: set algorithm.eval_inner_steps "
@@ -69,6 +76,14 @@ class FeatureHeadLearner(MetaLearner):
     @property
     def body_fixed_per_task(self) -> bool:
         return True
+
+    @property
+    def sizes_head_per_episode(self) -> bool:
+        return True
+
+    @property
+    def trains_head(self) -> bool:
+        return False  # net.head is never used: each episode builds its own
 
     def head_logits(self, meta: dict[str, Any], fs: Tensor, sy: Tensor, fq: Tensor, ways: int, steps: int) -> Tensor:
         """Query logits ``[steps+1, Q, ways]`` (one entry per head-fitting step; ``[1, Q, ways]``

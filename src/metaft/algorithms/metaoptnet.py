@@ -34,7 +34,7 @@ from typing import Any, Callable, Literal
 import torch
 from torch import Tensor, nn
 
-from metaft.algorithms.base import _check_positive
+from metaft.algorithms.episodic import check_positive
 from metaft.algorithms.feature_head import FeatureHeadLearner, one_hot
 
 Head = Literal["ridge", "svm"]
@@ -142,7 +142,7 @@ class MetaOptNet(FeatureHeadLearner):
         super().__init__(**kwargs)
         if head not in ("ridge", "svm"):
             raise ValueError(f"algorithm.head must be 'ridge' or 'svm', got {head!r}")
-        _check_positive(ridge_lambda=ridge_lambda, svm_c=svm_c, svm_gram_ridge=svm_gram_ridge, svm_iters=svm_iters)
+        check_positive(ridge_lambda=ridge_lambda, svm_c=svm_c, svm_gram_ridge=svm_gram_ridge, svm_iters=svm_iters)
         self.head_type = head
         self.ridge_lambda, self.svm_c, self.svm_gram_ridge, self.svm_iters = ridge_lambda, svm_c, svm_gram_ridge, int(svm_iters)
         self.scale = nn.Parameter(torch.tensor(float(scale_init)))

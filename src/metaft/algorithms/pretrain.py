@@ -80,27 +80,17 @@ class Pretrain(FeatureHeadLearner):
             raise TypeError("algorithm=pretrain trains on labelled (x, y) batches, but the train loader "
                             "yielded episodes; fit it with its datamodule (Pretrain.setup switches it)")
         x, y = batch
-        # One "task" whose query set is the mini-batch and whose support set is empty: the shared
-        # outer step (clipping, non-finite handling, scheduler, train/loss and train/acc) applies.
-        return super().training_step(Episode(x[None, :0], y[None, :0], x[None], y[None]), batch_idx)
+        return self.outer_step(lambda: self.batch_backward(x, y), y, self.log_gradient_norm)
 
-    def meta_backward(self, episode: Episode) -> tuple[Tensor, Tensor]:
-        # Its own: a labelled batch has no support set, so neither FeatureHeadLearner's label check
-        # nor a per-task route applies. A NaN loss gives NaN gradients, which training_step catches.
-        out = self.query_outputs(episode, 0, False)
-        loss = self.loss_fn(out, episode.query_y)
-        self.manual_backward(loss) if self._trainer is not None else loss.backward()
-        return loss, out
-
-    def query_outputs(self, episode: Episode, steps: int, first_order: bool, all_steps: bool = False) -> Tensor:
-        """Episodes with a support set: a new head per episode (below). A labelled training batch
-        (empty support set, see ``training_step``): the classifier over all training classes."""
-        if episode.support_x.shape[1] > 0:
-            return super().query_outputs(episode, steps, first_order, all_steps)
+    def batch_backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-entropy of the classifier over all training classes on one labelled batch,
+        backpropagated; (loss, logits). A NaN loss gives NaN gradients, which the outer step catches."""
         if self.classifier is None:
             raise RuntimeError("Pretrain.setup('fit') has not run: the classifier's size is unknown")
-        out = self.classifier(self.net.body(episode.query_x.flatten(0, 1))).unflatten(0, episode.query_y.shape)
-        return out.unsqueeze(1) if all_steps else out
+        out = self.classifier(self.net.body(x))
+        loss = self.loss_fn(out, y)
+        self.backward_(loss)
+        return loss, out
 
     # ---------------------------------------------------------------------------- evaluation
     def head_logits(self, meta: dict[str, Any], fs: Tensor, sy: Tensor, fq: Tensor, ways: int, steps: int) -> Tensor:

@@ -6,12 +6,12 @@ from typing import Any
 from torch import Tensor
 from torch.utils._pytree import tree_map
 
-from metaft.algorithms.base import MetaLearner
+from metaft.algorithms.gradient import GradientLearner
 from metaft.core.inner_loop import adapt
 from metaft.data.episode import Episode
 
 
-class Reptile(MetaLearner):
+class Reptile(GradientLearner):
     """theta <- theta + eps * mean_tasks(phi - theta), handed to the configured optimizer as the
     pseudo-gradient ``theta - mean(phi)`` (plain SGD with lr=eps is the paper's update), so
     schedulers, clipping and checkpointing work as for every other learner. Evaluation adapts on
@@ -25,7 +25,7 @@ class Reptile(MetaLearner):
         if kwargs.get("learn_inner_lr"):
             raise ValueError("Reptile's update gives learned step sizes no gradient (they would stay at algorithm.inner_lr): "
                              "drop +algorithm.learn_inner_lr=true (or set it false), or use algorithm=metasgd")
-        if kwargs.get("adapt_head_only"):
+        if kwargs.get("adapt_head_only") or kwargs.get("adapt", "all") != "all":
             raise ValueError("Reptile moves the start point towards the adapted weights, so with only the head adapted the "
                              "body would keep its random initialisation: drop +algorithm.adapt_head_only=true (or set it "
                              "false), or use algorithm=anil")
@@ -35,7 +35,7 @@ class Reptile(MetaLearner):
         def adapted(meta: dict[str, Any], sx: Tensor, sy: Tensor, qx: Tensor, batched: bool = False) -> tuple[dict, Tensor]:
             forward, start, lr, sx, qx, grad = self.inner_problem(meta, sx, qx, batched, self.zero_head_ways(sy))
             phi = adapt(forward, start, sx, sy, self.task_loss(batched), self.inner_steps, lr, True, grad)[-1]
-            return phi, forward(phi, qx)
+            return phi, self.query_forward(forward, phi, sx, qx, batched)
 
         # No outer graph: Reptile's update needs only the adapted weights.
         meta = tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, self.meta_params())

@@ -38,6 +38,8 @@ def _block(cin: int, cout: int, pool: str, bn: str) -> nn.Sequential:
     if bn != "none":
         # transductive: always the statistics of the batch at hand (the current support or query
         # set), as in the MAML reference code; no running buffers, so vmap over tasks works.
+        # inductive: the same layer; the learners normalise queries with the support set's
+        # statistics (models.norm.support_statistics).
         layers.append(nn.BatchNorm2d(cout, track_running_stats=bn == "running"))
     layers.append(nn.ReLU())
     if pool == "max":
@@ -54,7 +56,9 @@ class Conv4(MetaNet):
         filters: channels of every block (64 in the papers).
         out_features: classes of the head (the episode's ways).
         pool: ``max`` (2x2 max-pool) or ``stride`` (stride-2 convolutions).
-        bn: ``transductive`` (batch statistics always; MAML's choice), ``running`` (running
+        bn: ``transductive`` (batch statistics always; MAML's choice: a query set is normalised
+            with its own statistics), ``inductive`` (the same weights; queries normalised with the
+            support set's statistics, so no query affects another's output), ``running`` (running
             statistics at eval; the learners then loop over tasks) or ``none``.
         feature_scale: ``None`` (default): the flattened features as they come; a number: each
             example's features L2-normalised, times a learned scale starting at this value
@@ -68,14 +72,15 @@ class Conv4(MetaNet):
         filters: int = 64,
         out_features: int = 5,
         pool: Literal["max", "stride"] = "max",
-        bn: Literal["transductive", "running", "none"] = "transductive",
+        bn: Literal["transductive", "inductive", "running", "none"] = "transductive",
         feature_scale: float | None = None,
     ) -> None:
         super().__init__()
         if pool not in ("max", "stride"):
             raise ValueError(f"model.pool must be 'max' or 'stride', got {pool!r}")
-        if bn not in ("transductive", "running", "none"):
-            raise ValueError(f"model.bn must be transductive, running or none, got {bn!r}")
+        if bn not in ("transductive", "inductive", "running", "none"):
+            raise ValueError(f"model.bn must be transductive, inductive, running or none, got {bn!r}")
+        self.norm = bn
         if min(in_channels, image_size, filters, out_features) <= 0:
             raise ValueError("model sizes (in_channels, image_size, filters, out_features) must be > 0")
         if feature_scale is not None and not (isinstance(feature_scale, (int, float)) and feature_scale > 0):

@@ -21,6 +21,8 @@ class MetaNet(nn.Module):
     body: nn.Module
     head: nn.Linear
     feature_dim: int
+    # How batch norm normalises at evaluation: none | transductive | inductive | running.
+    norm: str = "none"
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))

@@ -31,7 +31,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from metaft.algorithms.base import MetaLearner
+from metaft.algorithms.episodic import MetaLearner
 from metaft.data.episodic import split_generator
 from metaft.data.episode import Episode
 from metaft.data.sinusoid import SinusoidDataModule

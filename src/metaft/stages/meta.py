@@ -6,19 +6,24 @@ from typing import Any
 
 import hydra
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from metaft.algorithms.base import MetaLearner
-from metaft.algorithms.feature_head import FeatureHeadLearner
+from metaft.algorithms.episodic import MetaLearner
+from metaft.algorithms import catalogue
 from metaft.data.episodic import EpisodicDataModule
 from metaft.runtime.callbacks import log_hparams
 from metaft.runtime.io import load_checkpoint
+from metaft.runtime.paths import project_root
 from metaft.runtime.progress import log_metrics
 from metaft.runtime.trainer import (checkpoint_file, final_metrics, make_trainer, merged_config, run_dir, seed_everything,
                                     start_run, write_results)
 
-_PER_EPISODE_HEADS = ("learner that builds its head from each episode (protonet, metaoptnet, pretrain, or maml, fomaml, "
-                     "anil, reptile with algorithm.zero_head=true)")
+
+
+def _per_episode_heads() -> str:
+    return (f"learner that builds its head from each episode ({catalogue.listed(catalogue.per_episode_head)}, or "
+            f"{catalogue.listed(catalogue.zero_head_capable)} with algorithm.zero_head=true)")
 
 
 def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
@@ -28,13 +33,12 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
     learner: MetaLearner = hydra.utils.instantiate(cfg.algorithm, net=net, task=dm.task)
     ways = getattr(dm, "ways", None)
     train_ways = getattr(dm, "train_ways", ways)  # datasets without the option train on `ways`
-    # A zero head takes each episode's size; a learned head (or Meta-SGD's step sizes for it) has one.
-    sized_per_episode = isinstance(learner, FeatureHeadLearner) or (learner.zero_head and learner.inner_lrs is None)
+    sized_per_episode = learner.sizes_head_per_episode
     if train_ways != ways and not sized_per_episode:
         raise ValueError(
             f"dataset.train_ways={train_ways} differs from dataset.ways={ways}, but algorithm {type(learner).__name__} "
             f"classifies with the network's own head, sized for dataset.ways; drop dataset.train_ways, or use a "
-            f"{_PER_EPISODE_HEADS}"
+            f"{_per_episode_heads()}"
         )
     head = getattr(net, "head", None)
     if ways is not None and not sized_per_episode and isinstance(head, torch.nn.Linear) and head.out_features != ways:
@@ -46,14 +50,32 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
         raise ValueError(
             f"dataset.ways={ways} but the network's head has {head.out_features} outputs, and algorithm "
             f"{type(learner).__name__} classifies with that head: use dataset.ways={head.out_features} (for a "
-            f"checkpoint, the ways it was trained on), or a {_PER_EPISODE_HEADS}"
+            f"checkpoint, the ways it was trained on), or a {_per_episode_heads()}"
         )
     learner.run_config = OmegaConf.to_container(cfg, resolve=True)
     return dm, learner
 
 
+def check_recipe() -> None:
+    """An experiment with per-algorithm recipes (``conf/recipe/<experiment>/``) must have one for
+    the chosen algorithm: without it the run would silently use settings meant for no protocol."""
+    if not HydraConfig.initialized():
+        return
+    choices = HydraConfig.get().runtime.choices
+    experiment, algorithm = choices.get("experiment"), choices.get("algorithm")
+    recipes = project_root() / "conf" / "recipe" / str(experiment)
+    if experiment in (None, "null") or not recipes.is_dir() or (recipes / f"{algorithm}.yaml").is_file():
+        return
+    have = ", ".join(sorted(p.stem for p in recipes.glob("*.yaml")))
+    raise ValueError(
+        f"experiment={experiment} has no recipe for algorithm={algorithm}: write conf/recipe/{experiment}/{algorithm}.yaml "
+        f"(its settings for this protocol; it may include another recipe through its defaults list), or choose one of: {have}"
+    )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Meta-train (or resume), test the best checkpoint, write ``results.json``."""
+    check_recipe()
     cfg, resume, out = start_run(cfg)
     dm, learner = build(cfg)
     monitor_mode = "min" if learner.metric_name == "mse" else "max"
@@ -70,6 +92,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log_metrics(f"test of {'the best checkpoint' if best else 'the final weights'}", final_metrics(trainer, "test/"))
         results["ckpt"] = str(Path(best).resolve()) if best else None
         results["test_episodes_fingerprint"] = dm.fingerprint("test")
+    results["batch_norm"] = learner.batch_norm()
     log_hparams(trainer, cfg, results)
     return write_results(out, results)
 
@@ -98,6 +121,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     results = final_metrics(trainer, "test/")
     log_metrics("test", results)
     log_hparams(trainer, run_cfg, results)
-    return write_results(out, results, ckpt=str(ckpt_path), test_episodes_fingerprint=dm.fingerprint("test"))
+    return write_results(out, results, ckpt=str(ckpt_path), test_episodes_fingerprint=dm.fingerprint("test"),
+                         batch_norm=learner.batch_norm())
 
 

@@ -6,9 +6,8 @@ DDD degrees counter-clockwise, the convention of the split's authors (their load
 on the cached image, which is the same turn (checked against Pillow in the tests).
 
 Sampling an episode is one ``index_select`` of (character, drawer) rows from the in-memory
-tensor plus a per-class choice among the four rotations; 32 tasks of 5-way 1-shot 15-query take
-7-11 ms on one thread of a busy 2-core machine. Decoding both zips takes ~20 s there; loading the
-cache ~0.2 s.
+tensor plus a per-class choice among the four rotations; both zips are decoded once into a cache
+(sampling, decoding and loading times: docs/results.md).
 """
 from __future__ import annotations
 

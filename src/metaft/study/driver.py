@@ -1,7 +1,7 @@
 """The data-efficiency study: test metric against K labelled examples, one line per initialisation.
 
-    python -m metaft.finetune.study sinusoid|omniglot [--ckpt NAME=PATH ...] [--jobs N] [--out DIR] [-- OVERRIDES]
-    python -m metaft.finetune.study report SWEEP_DIR [--metric test/mse]
+    python -m metaft.study sinusoid|omniglot [--ckpt NAME=PATH ...] [--jobs N] [--out DIR] [-- OVERRIDES]
+    python -m metaft.study report SWEEP_DIR [--metric test/mse]
 
 The preset ``conf/experiment/finetune_study_<target>.yaml`` holds the fine-tuning protocol (the
 same for every init), the mapping init-name -> checkpoint (``checkpoints``) and the study grid
@@ -245,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    p = argparse.ArgumentParser(prog="python -m metaft.finetune.study", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m metaft.study", description=__doc__.split("\n\n")[0])
     p.add_argument("target", help="sinusoid | omniglot (conf/experiment/finetune_study_<target>.yaml), or `report`")
     p.add_argument("path", nargs="?", help="report: the sweep directory")
     p.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH", help="a given checkpoint per init")

@@ -1,0 +1,270 @@
+"""Adapt many target problems at once with the platform's own machinery (issue #17's study):
+full fine-tuning of all weights as the one inner loop ``adapt`` (many first-order steps of plain
+full-batch SGD), and linear probes on frozen features (``heads``). One ``Episode`` holds the
+problems: support = a problem's labelled training examples, query = its test examples.
+
+Batch norm (``bn``): ``inductive`` (default) normalises every test query with the statistics of
+the problem's support set, so a query's prediction depends on the support set and on itself only,
+never on the other test queries; ``transductive`` lets the queries share their own batch
+statistics (the MAML reference code's test, and ``FineTuner``'s evaluation with
+``model.bn=transductive``). Models with running statistics (``model.bn=running``) use them at
+test either way, each problem starting from the checkpoint's and updating its own copy.
+
+Why plain SGD: ``adapt`` steps ``p - lr * g`` and keeps no optimizer state; Adam would need its
+moments carried through the inner loop, which no learner of the platform does.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from metaft.core.tasks import has_conv, running_stats, vectorize_choice
+from metaft.algorithms.feature_head import FeatureHeadLearner
+from metaft.core.inner_loop import adapt
+from metaft.data.episode import Episode
+from metaft.study.heads import (
+    cosine_logits,
+    fit_cosine_head,
+    linear_logits,
+    logistic_regression,
+    probe_logits,
+    prototype_head,
+)
+from metaft.models.nets import MetaNet
+from metaft.models.norm import support_statistics
+
+BN = Literal["inductive", "transductive"]
+HeadInit = Literal["prototypes", "zero", "keep"]
+Probe = Literal["logistic", "prototype", "cosine", "cosine_prototype"]
+
+
+def query_outputs(module: nn.Module, params: dict[str, Tensor], sx: Tensor, qx: Tensor, bn: BN) -> tuple[Tensor, Tensor]:
+    """One problem's outputs of ``module`` (as ``functional_call`` with ``params``, which may
+    include buffers) on the support and the query inputs, batch norm as ``bn`` says."""
+    if bn not in ("inductive", "transductive"):
+        raise ValueError(f"bn must be 'inductive' or 'transductive', got {bn!r}")
+    if bn == "transductive" or running_stats(module):
+        return functional_call(module, params, (sx,)), functional_call(module, params, (qx,))
+    with support_statistics(module, sx.shape[0]):
+        out = functional_call(module, params, (torch.cat([sx, qx]),))
+    return out[: sx.shape[0]], out[sx.shape[0]:]
+
+
+def problem_fingerprints(episode: Episode) -> list[str]:
+    """One SHA-256 (16 hex digits, as ``MetaDataModule.fingerprint``) per problem of ``episode``,
+    over its support and query tensors: equal fingerprints mean the same target problem, the key
+    ``stats.paired_differences`` matches inits by. Hashed in float32 and int64 on the CPU, so a
+    problem keeps its fingerprint across devices and float precisions of the same images."""
+    out = []
+    for i in range(episode.num_tasks):
+        h = hashlib.sha256()
+        for t in (episode.support_x[i], episode.support_y[i], episode.query_x[i], episode.query_y[i]):
+            t = t.detach().cpu()
+            h.update((t.float() if t.is_floating_point() else t.long()).contiguous().numpy().tobytes())
+        out.append(h.hexdigest()[:16])
+    return out
+
+
+def use_vmap(net: nn.Module, device: torch.device, vectorize: str | bool = "auto") -> bool:
+    """The learners' rule (``core.tasks.vectorize_choice``), over target problems."""
+    v = str(vectorize).lower()
+    if v not in ("auto", "true", "false"):
+        raise ValueError(f"vectorize must be auto, true or false, got {vectorize!r}")
+    if v == "true" and running_stats(net):
+        raise ValueError("vectorize=true cannot update running batch-norm statistics per problem; use auto or false")
+    return vectorize_choice(v, device, has_conv(net), running_stats(net))
+
+
+def _start(net: MetaNet, sx: Tensor, sy: Tensor, ways: int, head_init: HeadInit,
+           buffers: dict[str, Tensor]) -> dict[str, Tensor]:
+    """One problem's starting weights (detached): the net's, with its head by ``head_init``.
+    Prototypes take the support set's features in training mode, as ``init_head`` does (which
+    also updates running statistics: here the problem's own copy in ``buffers``)."""
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    if head_init == "keep":
+        return params
+    if head_init == "zero":
+        d = net.head.in_features
+        return {**params, "head.weight": sx.new_zeros(ways, d), "head.bias": sx.new_zeros(ways)}
+    body = {k[len("body."):]: v for k, v in {**params, **buffers}.items() if k.startswith("body.")}
+    fs = functional_call(net.body, body, (sx,)).flatten(1)  # support statistics, as class_prototypes
+    w, b = prototype_head(fs[None], sy[None], ways, check=False)  # labels checked by episode_ways
+    return {**params, "head.weight": w[0], "head.bias": b[0]}
+
+
+def _buffers(net: nn.Module) -> dict[str, Tensor]:
+    """A fresh copy of the running statistics for one problem (empty for batch-statistics nets)."""
+    return {k: v.clone() for k, v in net.named_buffers()}
+
+
+@dataclass
+class Curves:
+    """Full fine-tuning of every problem: test accuracy (percent) and loss after ``steps[j]``
+    SGD steps (column 0: the start), and cumulative adaptation seconds (evaluation excluded; on
+    the vmapped path each problem is charged an equal share of the batch's time), and the query
+    logits after the last step (for per-query analyses)."""
+
+    steps: list[int]
+    acc: Tensor  # [problems, evaluations]
+    loss: Tensor  # [problems, evaluations]
+    seconds: Tensor  # [problems, evaluations]
+    logits: Tensor  # [problems, queries, ways]
+
+
+def finetune_problems(net: MetaNet, episode: Episode, steps: int, lr: float, eval_every: int | None = None,
+                      head_init: HeadInit = "prototypes", bn: BN = "inductive",
+                      vectorize: str | bool = "auto") -> Curves:
+    """Fine-tune all weights of ``net`` on every problem's support set (full batch, plain SGD at
+    ``lr``, ``steps`` steps of the first-order inner loop), testing on its queries every
+    ``eval_every`` steps (default: only at the start and the end). ``net`` is not modified."""
+    if steps < 0 or lr <= 0:
+        raise ValueError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
+    if head_init not in ("prototypes", "zero", "keep"):
+        raise ValueError(f"head_init must be prototypes, zero or keep, got {head_init!r}")
+    if bn not in ("inductive", "transductive"):
+        raise ValueError(f"bn must be 'inductive' or 'transductive', got {bn!r}")
+    ways = FeatureHeadLearner.episode_ways(episode)
+    if head_init == "keep" and net.head.out_features != ways:
+        raise ValueError(f"head_init=keep needs a head of {ways} outputs (the problems' ways), the net has "
+                         f"{net.head.out_features}; use head_init=prototypes or zero")
+    every = eval_every or max(steps, 1)
+    if every < 1:
+        raise ValueError(f"eval_every must be >= 1 step, got {eval_every}")
+    points = sorted({*range(0, steps + 1, every), steps})
+    was_training = net.training
+    try:
+        net.train()  # batch statistics of the support set in adaptation (running ones updated)
+        if use_vmap(net, episode.support_x.device, vectorize):
+            acc, loss, secs, logits = _finetune_vmap(net, episode, points, lr, ways, head_init, bn)
+        else:
+            runs = [_finetune_one(net, episode[i], points, lr, ways, head_init, bn) for i in range(episode.num_tasks)]
+            acc, loss, secs, logits = (torch.stack(t) for t in zip(*runs))
+    finally:
+        net.train(was_training)
+    return Curves(points, acc, loss, secs, logits)
+
+
+def _loss(out: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(out, y)
+
+
+def _sgd(forward, params: dict[str, Tensor], sx: Tensor, sy: Tensor, steps: int, lr: float) -> dict[str, Tensor]:
+    """``steps`` first-order steps of ``adapt``, one at a time: its trajectory would otherwise
+    hold every intermediate model between two evaluations."""
+    for _ in range(steps):
+        params = {k: v.detach() for k, v in adapt(forward, params, sx, sy, _loss, 1, lr, first_order=True)[-1].items()}
+    return params
+
+
+def _evaluate(net: MetaNet, params: dict[str, Tensor], sx: Tensor, qx: Tensor, qy: Tensor,
+              bn: BN) -> tuple[Tensor, Tensor, Tensor]:
+    """Query accuracy (percent), mean loss and logits of one problem at ``params``. Running
+    statistics are read in eval mode, as ``FineTuner``'s test does."""
+    net.eval()
+    try:
+        _, out = query_outputs(net, params, sx, qx, bn)
+    finally:
+        net.train()
+    return (out.argmax(-1) == qy).to(out.dtype).mean() * 100, F.cross_entropy(out, qy), out
+
+
+def _finetune_one(net: MetaNet, ep: Episode, points: list[int], lr: float, ways: int, head_init: HeadInit,
+                  bn: BN) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    sx, sy, qx, qy = ep.support_x[0], ep.support_y[0], ep.query_x[0], ep.query_y[0]
+    buffers = _buffers(net)  # this problem's own running statistics (updated in place)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        params = _start(net, sx, sy, ways, head_init, buffers)
+    spent = time.perf_counter() - t0
+
+    def forward(p: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(net, {**p, **buffers}, (x,))
+
+    acc, loss, secs, done = [], [], [], 0
+    for point in points:
+        t0 = time.perf_counter()
+        params = _sgd(forward, params, sx, sy, point - done, lr)
+        spent += time.perf_counter() - t0
+        done = point
+        with torch.no_grad():
+            a, l_, out = _evaluate(net, {**params, **buffers}, sx, qx, qy, bn)
+        acc.append(a), loss.append(l_), secs.append(spent)
+    return torch.stack(acc), torch.stack(loss), torch.tensor(secs, dtype=torch.float64), out
+
+
+def _finetune_vmap(net: MetaNet, ep: Episode, points: list[int], lr: float, ways: int, head_init: HeadInit,
+                   bn: BN) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(p: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(net, p, (x,))
+
+    def run(p: dict[str, Tensor], sx: Tensor, sy: Tensor, k: int) -> dict[str, Tensor]:
+        return _sgd(forward, p, sx, sy, k, lr)
+
+    n = ep.num_tasks
+    t0 = time.perf_counter()
+    params = vmap(lambda sx, sy: _start(net, sx, sy, ways, head_init, {}))(ep.support_x, ep.support_y)
+    spent = time.perf_counter() - t0
+    evaluate = vmap(lambda p, sx, qx, qy: _evaluate(net, p, sx, qx, qy, bn))
+    acc, loss, secs, done = [], [], [], 0
+    for point in points:
+        t0 = time.perf_counter()
+        if point > done:
+            params = vmap(partial(run, k=point - done))(params, ep.support_x, ep.support_y)
+        spent += time.perf_counter() - t0
+        done = point
+        with torch.no_grad():
+            a, l_, out = evaluate(params, ep.support_x, ep.query_x, ep.query_y)
+        acc.append(a), loss.append(l_), secs.append(torch.full((n,), spent / n, dtype=torch.float64))
+    return torch.stack(acc, 1), torch.stack(loss, 1), torch.stack(secs, 1), out
+
+
+def probe_features(net: MetaNet, episode: Episode, bn: BN = "inductive") -> tuple[Tensor, Tensor]:
+    """Frozen body features of every problem, ``([P, S, D], [P, Q, D])``, computed once (eval
+    mode: running statistics where the model keeps them; else batch norm as ``bn`` says)."""
+    body = dict(net.body.named_parameters()) | dict(net.body.named_buffers())
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            pairs = [query_outputs(net.body, body, episode.support_x[i], episode.query_x[i], bn)
+                     for i in range(episode.num_tasks)]
+    finally:
+        net.train(was_training)
+    return torch.stack([p[0].flatten(1) for p in pairs]), torch.stack([p[1].flatten(1) for p in pairs])
+
+
+def probe_problems(net: MetaNet, episode: Episode, head: Probe = "logistic", bn: BN = "inductive",
+                   C: float = 1.0, cosine_scale: float = 10.0, cosine_steps: int = 100,
+                   cosine_lr: float = 1.0) -> Tensor:
+    """Linear probe of every problem (body frozen): test accuracy in percent, ``[P]``.
+    ``logistic``: RFS (L2-normalised features, logistic regression with inverse L2 strength
+    ``C``); ``prototype``: nearest class mean; ``cosine``: a Baseline++ head fitted by
+    ``cosine_steps`` gradient steps at ``cosine_scale``; ``cosine_prototype``: Meta-Baseline's
+    classifier, the class mean with the highest cosine (its learned scale does not change the
+    argmax). The heads run in at least float32, the logistic regression in float64 (an exact
+    solve, cheap next to the body). The cosine head's step count and size are plain defaults,
+    not tuned: choose them on validation problems."""
+    if head not in ("logistic", "prototype", "cosine", "cosine_prototype"):
+        raise ValueError(f"head must be logistic, prototype, cosine or cosine_prototype, got {head!r}")
+    ways = FeatureHeadLearner.episode_ways(episode)
+    fs, fq = probe_features(net, episode, bn)
+    dtype = torch.promote_types(fs.dtype, torch.float32)
+    fs, fq, sy = fs.to(dtype), fq.to(dtype), episode.support_y
+    if head == "logistic":
+        w, b = logistic_regression(fs.double(), sy, ways, C=C)
+        logits = probe_logits(fq.double(), w, b)
+    elif head == "prototype":
+        logits = linear_logits(fq, *prototype_head(fs, sy, ways))
+    elif head == "cosine_prototype":
+        logits = cosine_logits(fq, prototype_head(fs, sy, ways)[0], cosine_scale)  # W = 2 mu: same direction
+    else:
+        logits = cosine_logits(fq, fit_cosine_head(fs, sy, ways, cosine_scale, cosine_steps, cosine_lr), cosine_scale)
+    return (logits.argmax(-1) == episode.query_y).to(dtype).mean(-1) * 100
