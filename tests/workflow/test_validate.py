@@ -37,6 +37,7 @@ def test_the_values_a_setting_documents_pass():
     assert type_problem("algorithm.inner_lr", 1, 0.01) is None  # an int where a float is wanted
     assert type_problem("model.feature_scale", 40, None) is None
     assert type_problem("dataset.shots", 5.0, 1) is not None
+    assert type_problem("model.feature_scale", 40.5, 40) is None  # a real number a recipe writes as 40
 
 
 def test_a_dataset_brings_its_natural_model_unless_one_is_chosen(run_config):
