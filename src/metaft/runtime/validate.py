@@ -16,8 +16,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # Words some integer settings also accept (the constructor handles them).
 WORDS = {"target.shots": {"all"}, "trainer.devices": {"auto"}, "trainer.max_steps": set()}
-# Settings that are real numbers whatever their default is written as.
-REAL_SUFFIXES = ("lr", "scale", "clip", "decay", "momentum", "temperature", "delta", "eps", "ratio", "rate")
+# Settings that are real numbers whatever their default is written as (by the last word of the key).
+REAL_WORDS = {"lr", "scale", "clip", "decay", "momentum", "temperature", "delta", "eps", "ratio", "rate"}
 # Hydra's own flags: with any of these no job runs, or the command is Hydra's business.
 NO_CHECK_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
                   "--resolve", "--package", "-p", "--config-path", "-cp", "--config-dir", "-cd"}
@@ -92,7 +92,7 @@ def type_problem(key: str, value: Any, default: Any) -> str | None:
     extra = f" (or {', '.join(sorted(words))})" if words else ""
     if isinstance(default, bool):
         ok, wanted = isinstance(value, bool), "true or false"
-    elif isinstance(default, int) and key.rsplit(".", 1)[-1].endswith(REAL_SUFFIXES):
+    elif isinstance(default, int) and key.rsplit(".", 1)[-1].rsplit("_", 1)[-1] in REAL_WORDS:
         # A real-valued setting that a config happens to write as a whole number (feature_scale: 40).
         ok, wanted = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
     elif isinstance(default, int):
