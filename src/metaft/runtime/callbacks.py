@@ -17,9 +17,11 @@ What a run's ``tensorboard/`` holds (``M`` is ``mse`` or ``acc``; step ``0`` is 
   ``logging.predictions``, ``val/episode_predictions`` (a validation episode, queries marked right
   or wrong) at every validation.
 - ``hp/{val,test}_M`` and the hparams session (``log_hparams``) when the run ends.
+- Fine-tuning: ``val/*`` at step 0 from the validation before training (``StartingPoint``).
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -36,7 +38,9 @@ from metaft.data.episodic import split_generator
 from metaft.data.episode import Episode
 from metaft.data.sinusoid import SinusoidDataModule
 
-__all__ = ["MetaLearnerMonitor", "episode_grid", "flat_hparams", "log_hparams", "monitoring_callbacks", "sinusoid_fit"]
+log = logging.getLogger(__name__)
+
+__all__ = ["MetaLearnerMonitor", "StartingPoint", "episode_grid", "flat_hparams", "log_hparams", "monitoring_callbacks", "sinusoid_fit"]
 
 # The sinusoid task drawn in the fit figure: its own stream of the validation split, so it is
 # the same task in every run with the same seed, whatever the evaluation batch sizes.
@@ -48,7 +52,8 @@ def monitoring_callbacks(cfg: DictConfig) -> list[Callback]:
     """The callbacks ``make_trainer`` adds to every run."""
     images = bool(OmegaConf.select(cfg, "logging.images", default=True))
     predictions = images and bool(OmegaConf.select(cfg, "logging.predictions", default=False))
-    return [LearningRateMonitor(logging_interval="step"), MetaLearnerMonitor(images=images, predictions=predictions)]
+    return [LearningRateMonitor(logging_interval="step"), MetaLearnerMonitor(images=images, predictions=predictions),
+            StartingPoint()]
 
 
 def tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
@@ -58,6 +63,26 @@ def tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
 def log_step(trainer: L.Trainer) -> int:
     """The step Lightning gives the scalars logged now (the batch counter of the fit loop)."""
     return trainer.fit_loop.epoch_loop._batches_that_stepped
+
+
+class StartingPoint(Callback):
+    """The validation Lightning runs before training (``trainer.num_sanity_val_steps=-1``, which
+    fine-tuning sets) as the starting point: its ``val/*`` at step 0 in TensorBoard, so the
+    learning curves start where the checkpoint stood, and one log line. Lightning itself keeps
+    nothing of that validation."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking or trainer.global_step != 0 or not trainer.is_global_zero:
+            return  # a resumed run's check is not the starting point
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if not metrics:
+            return
+        tb = tensorboard(trainer)
+        if tb is not None:
+            for k, v in metrics.items():
+                tb.experiment.add_scalar(k, v, 0)
+        shown = [f"{k} {v:.4g}" for k, v in sorted(metrics.items()) if not k.endswith(("_ci95", "/examples", "/episodes"))]
+        log.info(f"before training (the starting point): {', '.join(shown)}")
 
 
 class MetaLearnerMonitor(Callback):
