@@ -36,6 +36,9 @@ def test_study_mapping_and_init_kind_checks(run_config, mlp_ckpt, tmp_path):
     pre = save_ckpt(tmp_path / "pre.ckpt", MLP(), MLP_CFG, algorithm="metaft.algorithms.Pretrain")
     with pytest.raises(ValueError, match="init=pretrained"):
         build(run_config("finetune", ["init=meta", f"meta_ckpt={pre}"], "c"))
+    # A study name takes its checkpoint's kind: Baseline++ (a Pretrain) is a pre-training init.
+    _, _, info = build(run_config("finetune", ["init=baselinepp", f"+checkpoints.baselinepp={pre}", *FAST], "bpp"))
+    assert info["init_kind"] == "pretrained"
     with pytest.raises(ValueError, match="needs a checkpoint"):
         build(run_config("finetune", ["init=meta"], "d"))
     with pytest.raises(ValueError, match="needs a model"):

@@ -509,9 +509,13 @@ def test_every_algorithm_gets_its_recipe(run_config, experiment):
     import hydra
 
     from metaft.algorithms.feature_head import FeatureHeadLearner
+    from metaft.stages.meta import check_recipe
 
+    models = {}
     for algorithm in ALGORITHMS:
         cfg = run_config("train", [f"experiment={experiment}", f"algorithm={algorithm}"], f"{experiment}_{algorithm}")
+        check_recipe()  # the recipe is an optional default: composing alone would not miss it
+        models[algorithm] = OmegaConf.to_container(cfg.model, resolve=True)
         learner = hydra.utils.instantiate(cfg.algorithm, net=hydra.utils.instantiate(cfg.model), task="classification")
         learner.configure_optimizers()  # the recipe's optimizer takes its keys (no SGD key left on Adam)
         if isinstance(learner, FeatureHeadLearner):
@@ -520,6 +524,8 @@ def test_every_algorithm_gets_its_recipe(run_config, experiment):
             assert learner.inner_steps >= 1, algorithm
             # More training ways than test ways only with a head sized per episode (a zero head).
             assert cfg.dataset.get("train_ways") in (None, cfg.dataset.ways) or learner.zero_head, algorithm
+    # Meta-Baseline starts from a stage-1 run of the same experiment (algorithm.init_ckpt): same body.
+    assert models["metabaseline"] == models["baselinepp"] == models["pretrain"], experiment
     cpu = run_config("train", ["experiment=omniglot_cpu", "algorithm=protonet"], "cpu_protonet").dataset
     paper = run_config("train", ["experiment=omniglot_paper", "algorithm=protonet"], "paper_protonet").dataset
     assert (cpu.train_ways, cpu.meta_batch_size, paper.train_ways) == (20, 1, 60)

@@ -8,9 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from metaft.models.heads import CosineClassifier, cosine_logits
 from metaft.study.heads import (
-    CosineClassifier,
-    cosine_logits,
     fit_cosine_head,
     linear_logits,
     logistic_regression,

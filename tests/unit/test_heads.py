@@ -1,6 +1,7 @@
 """ProtoNet, MetaOptNet (ridge, SVM) and supervised pre-training checked against float64
 references that share no code with them: hand-written loops, the primal closed form, scipy on
-the primal SVM, KKT conditions, and finite differences."""
+the primal SVM, KKT conditions, and finite differences. Their cosine variants (Baseline++,
+Meta-Baseline) join the checks shared by all (``LEARNERS``); their own are in test_baselines.py."""
 from __future__ import annotations
 
 from functools import partial
@@ -278,10 +279,13 @@ def test_pretrain_classifier_is_sized_from_the_checkpoint():
 
 # ------------------------------------------------------------------------------- all of them
 LEARNERS = [(ProtoNet, {}), (MetaOptNet, {"head": "ridge"}), (MetaOptNet, {"head": "svm"}),
-            (Pretrain, {"eval_inner_steps": 3, "inner_lr": 0.5})]
+            (Pretrain, {"eval_inner_steps": 3, "inner_lr": 0.5}),
+            (Pretrain, {"classifier": "cosine", "scale": 2.0, "eval_inner_steps": 3, "inner_lr": 0.5}),  # Baseline++
+            (ProtoNet, {"distance": "cosine", "scale_init": 2.0})]  # Meta-Baseline
+IDS = ["protonet", "ridge", "svm", "pretrain", "baselinepp", "metabaseline"]
 
 
-@pytest.mark.parametrize("cls,kw", LEARNERS, ids=["protonet", "ridge", "svm", "pretrain"])
+@pytest.mark.parametrize("cls,kw", LEARNERS, ids=IDS)
 def test_vmap_and_loop_agree(episode, cls, kw):
     a, b = make(cls, "true", **kw), make(cls, "false", **kw)
     steps = a.eval_inner_steps
@@ -301,7 +305,7 @@ def test_vmap_and_loop_agree(episode, cls, kw):
             torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-9, atol=1e-12, msg=k)
 
 
-@pytest.mark.parametrize("cls,kw", LEARNERS, ids=["protonet", "ridge", "svm", "pretrain"])
+@pytest.mark.parametrize("cls,kw", LEARNERS, ids=IDS)
 @pytest.mark.parametrize("vectorize", ["true", "false"])
 def test_heads_run_in_float32_under_mixed_precision(episode, cls, kw, vectorize):
     learner = make(cls, vectorize, **kw).float()

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from metaft.algorithms import catalogue
+import metaft.algorithms.catalogue as catalogue
 from metaft.algorithms.episodic import MetaLearner
 from metaft.data.episode import Episode
 from metaft.models.nets import MetaNet

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from metaft.algorithms import catalogue
+import metaft.algorithms.catalogue as catalogue
 from metaft.algorithms.episodic import MetaLearner
 from metaft.core.inner_loop import Gradient, Params, adapt
 from metaft.models.nets import MetaNet, batched_forward, batched_gradient, per_example

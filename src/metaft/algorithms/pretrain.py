@@ -1,21 +1,26 @@
-"""Supervised pre-training: the non-meta baseline ("Baseline" of Chen et al. 2019).
+"""Supervised pre-training: the non-meta baselines "Baseline" and "Baseline++" of Chen et al. 2019.
 
-Training is ordinary classification over all training classes with mini-batches; evaluation fits a
-new linear head per episode on the frozen body's features with the shared inner loop ``adapt``,
-so the episodes are scored through the same metric path as every meta-learner.
+Training is ordinary classification over all training classes with mini-batches, by a linear
+classifier (Baseline) or a cosine-similarity one (Baseline++, ``classifier=cosine``); evaluation
+fits a new head of the same kind per episode on the frozen body's features with the shared inner
+loop ``adapt``, so the episodes are scored through the same metric path as every meta-learner.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaft.algorithms.feature_head import FeatureHeadLearner
+from metaft.algorithms.episodic import check_positive
+from metaft.algorithms.feature_head import FeatureHeadLearner, one_hot
 from metaft.core.inner_loop import Params, adapt
 from metaft.data.episodic import EpisodicDataModule
 from metaft.data.episode import Episode
+from metaft.models.heads import CosineClassifier, cosine_logits
+
+Classifier = Literal["linear", "cosine"]
 
 
 def _linear(p: Params, x: Tensor) -> Tensor:
@@ -23,34 +28,57 @@ def _linear(p: Params, x: Tensor) -> Tensor:
 
 
 class Pretrain(FeatureHeadLearner):
-    """Body + a linear ``classifier`` over all training classes, trained on labelled batches.
+    """Body + a ``classifier`` over all training classes, trained on labelled batches.
 
     The classifier's size comes from the datamodule's ``num_classes("train")`` when fitting
     starts, or from the checkpoint when one is loaded into a fresh learner (``run.evaluate``).
-    At validation and test a zero-initialised head with one output per way is fitted on the
-    support features by ``eval_inner_steps`` gradient steps of size ``inner_lr`` (logged per step
-    as ``acc_stepN``); the body is frozen.
+    At validation and test a new head with one output per way is fitted on the support features
+    by ``eval_inner_steps`` full-batch gradient steps of size ``inner_lr`` (logged per step as
+    ``acc_stepN``); the body is frozen. ``linear``: the head starts at zero, so
+    ``eval_inner_steps`` must be > 0. ``cosine`` (Baseline++): ``scale * cos(f, w_c)`` at the
+    classifier's scale, starting from the normalised class means, so step 0 is the exact
+    cosine-prototype head and the steps fit a new cosine classifier as Chen et al. do (they
+    start from a random one; ``eval_inner_steps=0`` is allowed and scores the prototypes alone).
 
     Args:
         batch_size: examples per training batch (over all devices).
-        **kwargs: ``MetaLearner``'s arguments; ``inner_steps`` must be 0 (no inner loop in training)
-            and ``eval_inner_steps`` > 0.
+        classifier: ``linear`` (Baseline) or ``cosine`` (Baseline++).
+        scale: the cosine classifier's scale, its value throughout unless ``learn_scale``
+            (Chen et al. fix it; default 10, their value for more than 200 classes).
+        learn_scale: learn the cosine classifier's scale, starting at ``scale``.
+        **kwargs: ``MetaLearner``'s arguments; ``inner_steps`` must be 0 (no inner loop in training).
     """
 
     fits_head_at_eval = True
 
-    def __init__(self, batch_size: int = 64, **kwargs: Any) -> None:
+    def __init__(self, batch_size: int = 64, classifier: Classifier = "linear", scale: float | None = None,
+                 learn_scale: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if batch_size <= 0:
             raise ValueError(f"algorithm.batch_size must be > 0, got {batch_size}")
-        if not self.eval_inner_steps:
+        if classifier not in ("linear", "cosine"):
+            raise ValueError(f"algorithm.classifier must be 'linear' (Baseline) or 'cosine' (Baseline++), got {classifier!r}")
+        if classifier == "linear" and (scale is not None or learn_scale):
+            raise ValueError("algorithm.scale and algorithm.learn_scale set the cosine classifier's scale: set "
+                             "algorithm.classifier=cosine (algorithm=baselinepp), or drop them")
+        if classifier == "linear" and not self.eval_inner_steps:
             raise ValueError("algorithm=pretrain fits a new head at evaluation: set algorithm.eval_inner_steps > 0")
         self.batch_size = int(batch_size)
-        self.classifier: nn.Linear | None = None
+        self.classifier_type = classifier
+        self.scale = 10.0 if scale is None else float(scale)
+        if classifier == "cosine":
+            check_positive(scale=self.scale)
+        self.learn_scale = bool(learn_scale)
+        self.classifier: nn.Linear | CosineClassifier | None = None
 
     def make_classifier(self, num_classes: int) -> None:
         body = next(self.net.parameters())
-        self.classifier = nn.Linear(self.net.feature_dim, num_classes).to(dtype=body.dtype, device=body.device)
+        d = self.net.feature_dim
+        if self.classifier_type == "cosine":
+            head: nn.Module = CosineClassifier(d, num_classes, self.scale, self.learn_scale)
+        else:
+            head = nn.Linear(d, num_classes)
+        self.classifier = head.to(dtype=body.dtype, device=body.device)
 
     def setup(self, stage: str) -> None:
         if stage != "fit":
@@ -93,8 +121,23 @@ class Pretrain(FeatureHeadLearner):
         return loss, out
 
     # ---------------------------------------------------------------------------- evaluation
+    def eval_scale(self) -> Tensor | float:
+        """The cosine head's scale at evaluation: the trained classifier's (fixed or learned), or
+        ``scale`` before there is one."""
+        return self.scale if self.classifier is None else self.classifier.scale.detach()
+
     def head_logits(self, meta: dict[str, Any], fs: Tensor, sy: Tensor, fq: Tensor, ways: int, steps: int) -> Tensor:
         fs, fq = fs.detach(), fq.detach()  # the body is frozen; only the new head is fitted
-        start = {"weight": fs.new_zeros(ways, fs.shape[-1]), "bias": fs.new_zeros(ways)}
-        trajectory = adapt(_linear, start, fs, sy, self.loss_fn, steps, meta["lr"], first_order=True)
-        return torch.stack([_linear(p, fq) for p in trajectory])
+        if self.classifier_type == "cosine":
+            # Not from zero: the direction of a zero weight is undefined (F.normalize's gradient
+            # there is 1/eps). The normalised class means are a deterministic, already useful start.
+            scale = self.eval_scale()
+
+            def forward(p: Params, x: Tensor) -> Tensor:
+                return cosine_logits(x, p["weight"], scale)
+
+            start = {"weight": F.normalize(one_hot(sy, ways, fs.dtype).T @ fs, dim=-1)}
+        else:
+            forward, start = _linear, {"weight": fs.new_zeros(ways, fs.shape[-1]), "bias": fs.new_zeros(ways)}
+        trajectory = adapt(forward, start, fs, sy, self.loss_fn, steps, meta["lr"], first_order=True)
+        return torch.stack([forward(p, fq) for p in trajectory])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -50,4 +51,5 @@ class Objective:
         """One value per task (and step): MSE, or accuracy in percent. ``out``: ``[..., Q, C]``."""
         if self.regression:
             return (out - y).pow(2).mean(dim=(-2, -1))
-        return (out.argmax(-1) == y).float().mean(-1) * 100.0
+        # At least float32 (a half-precision mean of many 0/1 values loses counts).
+        return (out.argmax(-1) == y).to(torch.promote_types(out.dtype, torch.float32)).mean(-1) * 100.0

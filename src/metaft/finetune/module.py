@@ -152,9 +152,14 @@ def _shape_table(want: Mapping[str, Tensor], have: Mapping[str, Tensor], prefix:
     return lines
 
 
-def load_body(net: MetaNet, state_dict: Mapping[str, Tensor], ckpt_name: str, ckpt_model: Any, model: Any) -> None:
+FINETUNE_MODEL_FIX = ("Use the checkpoint's model config: leave `model` unset (it is then read from the checkpoint) "
+                      "or give model=<group> with the same settings.")
+
+
+def load_body(net: MetaNet, state_dict: Mapping[str, Tensor], ckpt_name: str, ckpt_model: Any, model: Any,
+              user: str = "fine-tuning model", fix: str = FINETUNE_MODEL_FIX) -> None:
     """Copy the checkpoint's ``net.body.*`` into ``net.body``; raise, naming the shapes that
-    differ and the model config to use, when the architectures do not match."""
+    differ, both models (``user`` names this side) and ``fix``, when the architectures do not match."""
     body = {k[len("net.body."):]: v for k, v in state_dict.items() if k.startswith("net.body.")}
     if not body:
         raise ValueError(f"{ckpt_name} has no 'net.body.*' weights: it is not a checkpoint of a MetaNet "
@@ -163,11 +168,9 @@ def load_body(net: MetaNet, state_dict: Mapping[str, Tensor], ckpt_name: str, ck
     diff = _shape_table(mine, body, "body.")
     if diff:
         raise ValueError(
-            f"{ckpt_name} is a checkpoint of another architecture: its body does not fit the fine-tuning model.\n"
+            f"{ckpt_name} is a checkpoint of another architecture: its body does not fit the {user}.\n"
             f"Shapes that differ:\n" + "\n".join(diff) + "\n"
-            f"fine-tuning model: {model}\ncheckpoint's model: {ckpt_model}\n"
-            "Use the checkpoint's model config: leave `model` unset (it is then read from the checkpoint) "
-            "or give model=<group> with the same settings."
+            f"{user}: {model}\ncheckpoint's model: {ckpt_model}\n{fix}"
         )
     net.body.load_state_dict(body)
 

@@ -23,7 +23,7 @@ def resolve_init(cfg: DictConfig) -> tuple[str, str | None]:
 
     ``init`` is ``random``, ``pretrained``, ``meta``, or a name in ``checkpoints`` (the study's
     mapping init-name -> path; ``pretrained`` there is the pre-training baseline, any other name
-    a meta-learner). ``meta_ckpt`` wins over the mapping."""
+    a meta-learner until ``_check_kind`` reads its checkpoint). ``meta_ckpt`` wins over the mapping."""
     name = str(cfg.init)
     mapping = cfg.get("checkpoints") or {}
     path = cfg.get("meta_ckpt") or mapping.get(name)
@@ -37,14 +37,20 @@ def resolve_init(cfg: DictConfig) -> tuple[str, str | None]:
     return ("pretrained" if name == "pretrained" else "meta"), str(path)
 
 
-def _check_kind(kind: str, ckpt_cfg: dict[str, Any], path: str) -> None:
+def _check_kind(kind: str, ckpt_cfg: dict[str, Any], path: str, name: str) -> str:
+    """The init's kind, checked: ``init=pretrained`` needs a pre-training checkpoint, ``init=meta``
+    another; a study name (``checkpoints.<name>``) takes its checkpoint's kind, so a pre-training
+    variant (e.g. ``baselinepp``) can have its own line."""
     algo = str((ckpt_cfg.get("algorithm") or {}).get("_target_", ""))
     is_pretrain = "pretrain" in algo.lower()
+    if name not in INIT_KINDS:
+        return "pretrained" if is_pretrain else "meta"
     if kind == "pretrained" and not is_pretrain:
         raise ValueError(f"init=pretrained but meta_ckpt={path} was trained by {algo}; give a checkpoint of "
                          "algorithm=pretrain, or use init=meta")
     if kind == "meta" and is_pretrain:
         raise ValueError(f"init=meta but meta_ckpt={path} is a supervised pre-training checkpoint; use init=pretrained")
+    return kind
 
 
 def check_inputs(net: torch.nn.Module, dm: SupervisedTarget, model_cfg: dict, meta_dataset: dict | None) -> None:
@@ -71,7 +77,7 @@ def build(cfg: DictConfig) -> tuple[SupervisedTarget, FineTuner, dict[str, Any]]
     ckpt = load_checkpoint(hydra.utils.to_absolute_path(arch_path), what="meta_ckpt") if arch_path else None
     ckpt_cfg = ckpt["metaft_config"] if ckpt else {}
     if path:
-        _check_kind(kind, ckpt_cfg, path)
+        kind = _check_kind(kind, ckpt_cfg, path, str(cfg.init))
         if hasattr(dm, "check_meta_dataset"):
             dm.check_meta_dataset(ckpt_cfg.get("dataset"))
     if cfg.get("model") is not None:

@@ -10,7 +10,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from metaft.algorithms.episodic import MetaLearner
-from metaft.algorithms import catalogue
+import metaft.algorithms.catalogue as catalogue
+from metaft.algorithms.warm_start import without_init_ckpt
 from metaft.data.episodic import EpisodicDataModule
 from metaft.runtime.callbacks import log_hparams
 from metaft.runtime.io import load_checkpoint
@@ -106,7 +107,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt = load_checkpoint(ckpt_path)
     run_cfg = merged_config(cfg, ckpt["metaft_config"])
     seed_everything(run_cfg.seed)
-    dm, learner = build(run_cfg)
+    dm, learner = build(without_init_ckpt(run_cfg))  # the checkpoint replaces every weight
     try:
         learner.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

@@ -1,285 +1,248 @@
-"""The data-efficiency study: test metric against K labelled examples, one line per initialisation.
+"""The data-efficiency study, end to end:
 
-    python -m metaft.study sinusoid|omniglot [--ckpt NAME=PATH ...] [--jobs N] [--out DIR] [-- OVERRIDES]
-    python -m metaft.study report SWEEP_DIR [--metric test/mse]
+    python -m metaft.study omniglot|sinusoid [--out DIR] [--ckpt INIT=PATH[,PATH...]] [key=value ...]
+    python -m metaft.study report DIR
 
-The preset ``conf/experiment/finetune_study_<target>.yaml`` holds the fine-tuning protocol (the
-same for every init), the mapping init-name -> checkpoint (``checkpoints``) and the study grid
-(``study.inits``, ``study.shots``, ``study.seeds``). The driver (1) meta-trains every listed init
-without a checkpoint (``python train.py algorithm=<init> <study.meta_train>``; ``pretrained`` is
-``algorithm=pretrain``), skipping inits whose algorithm config does not exist; (2) runs the sweep
-as one Hydra multirun; (3) writes ``study.md``, ``study.csv``, ``study.png`` and the plot into
-TensorBoard (``<out>/tensorboard``): mean ± 95% CI over seeds per (init, K) cell.
+``conf/study/<name>.yaml`` holds the protocol (target problems, adaptations, stage-1 budget,
+inits); ``key=value`` arguments override it (``target.problems=100``). The driver (1) checks every
+given checkpoint, (2) trains the missing stage-1 checkpoints (``stage1``), (3) adapts every
+(init, stage-1 seed) on the same target problems for each N, K and adaptation, writing one file
+of rows per piece under ``DIR/rows/`` (a rerun with the same ``--out`` continues where it
+stopped), (4) writes ``study.csv``, ``study.md`` and the plots (also into ``DIR/tensorboard``).
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import json
-import math
-import os
-import subprocess
+import io
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-from omegaconf import OmegaConf
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
 
-from metaft.report import fmt, higher_is_better, load_runs, markdown_table, mean_ci95
+from metaft.core.objective import Objective
+from metaft.runtime.io import atomic_write_text, load_checkpoint
 from metaft.runtime.paths import project_root
 from metaft.runtime.run_dirs import claim
+from metaft.study import analysis, evaluate, stage1, targets
+from metaft.study.problems import problem_fingerprints
+from metaft.study.stats import curves_convergence
 
-ROOT = project_root()
-CONF = ROOT / "conf"
-TRAIN = ROOT / "train.py"
-
-
-def algorithm_of(init: str) -> str:
-    return "pretrain" if init == "pretrained" else init
+CONFIG = "study_config.yaml"
 
 
-def _env() -> dict[str, str]:
-    """Subprocesses import this checkout's code."""
-    src = str(ROOT / "src")
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
+def load_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    path = project_root() / "conf" / "study" / f"{name}.yaml"
+    if not path.is_file():
+        have = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+        raise ValueError(f"no study named {name!r}: conf/study/{name}.yaml does not exist (studies: {have})")
+    cfg = OmegaConf.load(path)
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if "=" not in o or OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise ValueError(f"study override {o!r}: write KEY=VALUE with a key of conf/study/{name}.yaml")
+        # The value replaces the setting whole (a dict of inits is not merged into the default one).
+        OmegaConf.update(cfg, key, OmegaConf.select(OmegaConf.from_dotlist([o]), key), merge=False)
+    return cfg
 
 
-def _run(cmd: list[str], log_file: Path) -> int:
-    return _run_all([cmd], [log_file])
+def output_dir(cfg: DictConfig, out: str | None) -> Path:
+    """A new claimed directory, or ``out``: new, or a study of the same config to continue."""
+    if out is None:
+        return claim(project_root() / "outputs" / "study" / cfg.name / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    d = Path(out)
+    saved = d / CONFIG
+    if saved.is_file():
+        before = OmegaConf.load(saved)
+        if before != cfg:
+            diff = [k for k in set(_flat(before)) | set(_flat(cfg)) if _flat(before).get(k) != _flat(cfg).get(k)]
+            raise ValueError(f"--out {d} holds a study with other settings ({', '.join(sorted(diff)[:5])}); continue it "
+                             "with the same settings, or choose another --out")
+    elif d.exists() and any(d.iterdir()):
+        raise ValueError(f"--out {d} is not empty and holds no study ({CONFIG} is missing); choose another directory")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
 
 
-def _run_all(cmds: Sequence[list[str]], log_files: Sequence[Path]) -> int:
-    """Run the commands side by side (each logging to its file); the worst exit status."""
-    procs = []
-    for cmd, log_file in zip(cmds, log_files):
-        print("$", " ".join(cmd), flush=True)
-        with open(log_file, "w") as log:
-            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT))
-    return max(p.wait() for p in procs)
+def _flat(cfg: DictConfig) -> dict[str, object]:
+    out: dict[str, object] = {}
 
-
-def meta_train(init: str, overrides: Sequence[str], out: Path) -> Path:
-    """Meta-train ``init`` (seed 0) into ``out/meta/<init>``; return its best checkpoint."""
-    run = out / "meta" / init
-    run.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(TRAIN), f"algorithm={algorithm_of(init)}", *overrides, "seed=0", f"hydra.run.dir={run}"]
-    rc = _run(cmd, run / "stdout.log")
-    best = run / "checkpoints" / "best.ckpt"
-    if rc != 0 or not best.is_file():
-        raise RuntimeError(f"meta-training {init} failed (exit {rc}); see {run / 'stdout.log'}")
-    return best
-
-
-def study(target: str, ckpts: dict[str, str], out: Path, extra: Sequence[str] = (), inits: Sequence[str] | None = None,
-          shots: Sequence[str] | None = None, seeds: Sequence[str] | None = None, meta_extra: Sequence[str] = (),
-          jobs: int = 1) -> str:
-    """Run the whole study for ``target``; return the report's markdown. ``extra``: overrides of
-    every fine-tuning run; ``meta_extra``: of every meta-training run (after ``study.meta_train``).
-    ``jobs``: fine-tuning sweeps run side by side, the inits dealt out among them (one process
-    each; the sweeps land in ``sweep/part<i>``)."""
-    if jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {jobs}")
-    preset = CONF / "experiment" / f"finetune_study_{target}.yaml"
-    if not preset.is_file():
-        raise FileNotFoundError(f"no study preset {preset}; choose one of "
-                                f"{sorted(p.stem.removeprefix('finetune_study_') for p in preset.parent.glob('finetune_study_*.yaml'))}")
-    if out.is_dir() and any(out.iterdir()):
-        raise ValueError(f"--out {out} is not empty (an earlier study?); this study would overwrite its runs or mix "
-                         "them with its own: choose a new directory (or drop --out for a fresh time-stamped one)")
-    cfg = OmegaConf.load(preset).study
-    inits = list(inits or cfg.inits)
-    given = {**{k: v for k, v in (OmegaConf.load(preset).get("checkpoints") or {}).items() if v}, **ckpts}
-    out.mkdir(parents=True, exist_ok=True)
-    notes, run_inits = [], []
-    for init in inits:
-        if init == "random":
-            run_inits.append(init)
-        elif init in given:
-            run_inits.append(init)
-        elif not (CONF / "algorithm" / f"{algorithm_of(init)}.yaml").is_file():
-            notes.append(f"{init}: skipped (no conf/algorithm/{algorithm_of(init)}.yaml and no --ckpt {init}=PATH)")
+    def walk(prefix: str, node: object) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}{k}.", v)
         else:
-            t0 = time.time()
-            meta_overrides = [*cfg.meta_train, *meta_extra]
-            try:
-                given[init] = str(meta_train(init, meta_overrides, out))
-            except RuntimeError as e:  # one learner's failure should not cost the others' results
-                notes.append(f"{init}: skipped, {e}")
+            out[prefix.rstrip(".")] = node
+
+    walk("", OmegaConf.to_container(cfg))
+    return out
+
+
+def given_checkpoints(cfg: DictConfig, specs: Sequence[str]) -> dict[str, list[str]]:
+    """``INIT=PATH[,PATH...]`` (one per stage-1 seed), each checked against the study before any run."""
+    given: dict[str, list[str]] = {}
+    for spec in specs:
+        init, _, paths = spec.partition("=")
+        if init not in cfg.inits or not paths:
+            raise ValueError(f"--ckpt {spec!r}: write INIT=PATH[,PATH...] with INIT one of {', '.join(cfg.inits)}")
+        given[init] = paths.split(",")
+        if len(given[init]) != len(cfg.stage1.seeds):
+            raise ValueError(f"--ckpt {init}: {len(given[init])} checkpoints for {len(cfg.stage1.seeds)} stage-1 seeds "
+                             f"({list(cfg.stage1.seeds)}); give one per seed, comma-separated")
+        for p in given[init]:
+            evaluate.check(init, load_checkpoint(p, what=f"--ckpt {init}")["metaft_config"], cfg)
+    return given
+
+
+def _write_rows(path: Path, rows: list[dict[str, object]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=analysis.FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())  # a piece is there whole or not at all
+
+
+def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
+    """Adapt every (init, seed) on the target problems; return ``study.csv``."""
+    OmegaConf.save(cfg, out / CONFIG)
+    dataset_cls = hydra.utils.get_class(cfg.dataset._target_)
+    objective = Objective(dataset_cls.task)
+    ckpts = stage1.train_missing(cfg, out, given)
+    for (init, seed), ckpt in ckpts.items():
+        if ckpt is not None:
+            evaluate.check(init, load_checkpoint(ckpt, what=f"the checkpoint of init {init}")["metaft_config"], cfg)
+    inits = {key: evaluate.Init(key[0], key[1], ckpt, cfg, objective) for key, ckpt in ckpts.items()}
+    t, ft = cfg.target, cfg.adapt.finetune
+    for ways in t.ways:
+        for shots in t.shots:
+            k = targets.shots_value(shots, int(t.all_shots))
+            piece = out / "rows" / f"N{ways}_K{shots}"
+            todo = [(key, a) for key in inits for a in evaluate.ADAPTATIONS
+                    if not (piece / f"{key[0]}_seed{key[1]}_{a}.csv").is_file()]
+            if not todo:
                 continue
-            notes.append(f"{init}: meta-trained here in {time.time() - t0:.0f} s ({' '.join(meta_overrides)}, seed 0)")
-            run_inits.append(init)
-    if not run_inits:
-        raise RuntimeError("no initialisation left to fine-tune: " + "; ".join(notes))
-    sweep = out / "sweep"
-    groups = [g for g in (run_inits[i::jobs] for i in range(jobs)) if g]
-    cmds = [
-        [sys.executable, str(TRAIN), "--config-name", "finetune", "-m", f"experiment=finetune_study_{target}",
-         f"init={','.join(group)}", f"target.shots={','.join(map(str, shots or cfg.shots))}",
-         f"seed={','.join(map(str, seeds or cfg.seeds))}",
-         f"hydra.sweep.dir={sweep if len(groups) == 1 else sweep / f'part{i}'}",
-         *(f"++checkpoints.{k}={v}" for k, v in given.items() if k in group), *extra]
-        for i, group in enumerate(groups)
-    ]
-    t0 = time.time()
-    logs = [out / "sweep.log"] if len(cmds) == 1 else [out / f"sweep_part{i}.log" for i in range(len(cmds))]
-    rc = _run_all(cmds, logs)
-    notes.append(f"sweep: {time.time() - t0:.0f} s in {len(cmds)} process(es), exit {rc} "
-                 f"(log: {', '.join(str(p) for p in logs)})")
-    (out / "study_notes.txt").write_text("\n".join(notes) + "\n")
-    text = report(sweep, out, metric=str(cfg.metric), notes=notes, order=run_inits)
-    if rc != 0:  # the report covers the jobs that finished; the study itself did not
-        raise RuntimeError(f"the fine-tuning sweep exited with status {rc}: some jobs failed (their errors: "
-                           f"failed_jobs.txt under {sweep}, and {', '.join(str(p) for p in logs)}); the report of "
-                           f"the jobs that finished is in {out / 'study.md'}")
+            dm = targets.datamodule(cfg.dataset, ways, k, int(t.test_per_class))
+            test = targets.problems(dm, t.split, int(t.problems), int(t.seed), f"N{ways}_K{shots}", int(t.chunk))
+            val = targets.problems(dm, "val", int(ft.val_problems), int(t.seed), f"N{ways}_K{shots}", int(t.chunk))
+            fps = [fp for ep in test for fp in problem_fingerprints(ep)]
+            n_ft = int(t.finetune_problems)
+            for (init, seed), adaptation in todo:
+                began = time.perf_counter()
+                rows = _adapt(inits[init, seed], adaptation, test, val, n_ft, fps, cfg, objective)
+                common = {"init": init, "seed": seed, "ways": ways, "shots": shots, "adaptation": adaptation,
+                          "bn": cfg.adapt.bn}
+                _write_rows(piece / f"{init}_seed{seed}_{adaptation}.csv", [{**common, **r} for r in rows])
+                print(f"N={ways} K={shots} {init} seed {seed} {adaptation}: {len(rows)} problems in "
+                      f"{time.perf_counter() - began:.1f}s", flush=True)
+    rows = [r for f in sorted((out / "rows").rglob("*.csv")) for r in analysis.read_rows(f)]
+    _write_rows(out / "study.csv", rows)
+    return out / "study.csv"
+
+
+def _adapt(init: evaluate.Init, adaptation: str, test: list, val: list, n_ft: int, fps: list[str],
+           cfg: DictConfig, objective: Objective) -> list[dict[str, object]]:
+    """One (init, seed, N, K, adaptation): a row per problem (none when it does not apply)."""
+    if adaptation == "probe":
+        values = np.concatenate([evaluate.probe(init, ep, cfg, objective) for ep in test])
+        return [{"problem": i, "fingerprint": fp, "metric": float(v)} for i, (fp, v) in enumerate(zip(fps, values))]
+    if adaptation == "inner":
+        if not cfg.adapt.inner:
+            return []
+        parts = [evaluate.inner(init, ep, _ways(ep, objective), objective) for ep in test]
+        if any(p is None for p in parts):
+            return []
+        values = np.concatenate(parts)
+        return [{"problem": i, "fingerprint": fp, "metric": float(v)} for i, (fp, v) in enumerate(zip(fps, values))]
+    # Full fine-tuning: the step count chosen on validation problems, then the test problems.
+    val_curves = [evaluate.finetune_curves(init, ep, cfg, objective) for ep in val]
+    merged = type(val_curves[0])(val_curves[0].steps, torch.cat([c.acc for c in val_curves]), None, None, None)
+    j = evaluate.choose_step(merged, objective)
+    rows: list[dict[str, object]] = []
+    done = 0
+    for ep in test:
+        take = min(ep.num_tasks, n_ft - done)
+        if take <= 0:
+            break
+        c = evaluate.finetune_curves(init, ep[:take], cfg, objective)
+        sign = -1.0 if objective.regression else 1.0  # convergence reads "higher is better"
+        conv = curves_convergence(c.steps, sign * c.acc.double().numpy(), c.seconds.numpy(), tol=float(cfg.tolerance))
+        for i in range(take):
+            rows.append({"problem": done + i, "fingerprint": fps[done + i], "metric": float(c.acc[i, j]),
+                         "chosen_step": c.steps[j], "steps_to_final": conv["steps"][i],
+                         "seconds_to_final": conv["seconds"][i], "auc": sign * conv["auc"][i]})
+        done += take
+    return rows
+
+
+def _ways(episode, objective: Objective) -> int | None:
+    return None if objective.regression else int(episode.support_y.max()) + 1
+
+
+def report(out: Path) -> str:
+    """``study.md`` and the plots from ``study.csv`` and the saved config."""
+    cfg = OmegaConf.load(out / CONFIG)
+    rows = analysis.read_rows(out / "study.csv")
+    if not rows:
+        raise ValueError(f"{out / 'study.csv'} has no rows; run the study first")
+    lower = hydra.utils.get_class(cfg.dataset._target_).task == "regression"
+    metric = "mse" if lower else "acc"
+    study = analysis.Study(rows, list(cfg.pretrained), lower, int(cfg.bootstrap.n), float(cfg.bootstrap.alpha),
+                           int(cfg.bootstrap.seed))
+    meta = [i for i, a in cfg.inits.items() if a is not None and i not in cfg.pretrained]
+    seeds = sorted({r["seed"] for r in rows})
+    header = [f"# Data-efficiency study: {cfg.name}", "",
+              f"Command: `python -m metaft.study {cfg.name} --out {out}` (settings: `{CONFIG}`).",
+              f"Batch norm: {rows[0]['bn']} at adaptation and test"
+              + (" (queries normalised with the support set's statistics)." if rows[0]["bn"] == "inductive"
+                 else " (TRANSDUCTIVE: queries share their batch statistics)."),
+              f"Stage-1 seeds: {', '.join(seeds)} (the outer unit of the bootstrap); target problems per (N, K): "
+              f"{cfg.target.problems} ({cfg.target.finetune_problems} for full fine-tuning), the same for every init.",
+              f"CIs: hierarchical percentile bootstrap ({cfg.bootstrap.n} draws; seeds resampled, then problems within "
+              f"each), differences Holm-corrected over K at alpha={cfg.bootstrap.alpha}; Cohen's d_z of the paired "
+              "differences. Full fine-tuning's step count is chosen per (init, N, K) on validation-class problems."]
+    text = analysis.markdown(study, metric, rows[0]["bn"], meta, header)
+    text += "\n" + "\n".join(analysis.convergence_table(rows))
+    atomic_write_text(out / "study.md", text)
+    pictures = analysis.plot(out, study, metric)
+    _tensorboard(out, pictures)
     return text
 
 
-# ------------------------------------------------------------------------------------- report
-def _shots_label(run_dir: Path, data: dict) -> str:
-    for o in data.get("overrides", []):
-        if o.startswith("target.shots="):
-            return o.split("=", 1)[1]
-    return str(data.get("shots"))
-
-
-def collect(sweep: Path, metric: str) -> dict[tuple[str, str], dict]:
-    """(init, K) -> {"values": per-seed metric values, "failed": count, "k": numeric K}."""
-    cells: dict[tuple[str, str], dict] = {}
-    for run in load_runs(sweep):
-        d = sweep / run.dir
-        data = json.loads((d / "results.json").read_text())
-        init = next((o.split("=", 1)[1] for o in run.overrides if o.startswith("init=")), data.get("init", "?"))
-        label = _shots_label(d, data)
-        cell = cells.setdefault((init, label), {"values": [], "failed": 0, "k": math.nan})
-        if run.status == "ok" and metric in run.metrics:
-            cell["values"].append(run.metrics[metric])
-            cell["k"] = float(data.get("shots") or math.nan)
-        else:
-            cell["failed"] += 1
-    return cells
-
-
-def _k_order(label: str) -> tuple[int, float]:
-    return (1, 0.0) if label == "all" else (0, float(label))
-
-
-def report(sweep: str | Path, out: str | Path | None = None, metric: str = "test/mse", notes: Sequence[str] = (),
-           order: Sequence[str] | None = None) -> str:
-    """Table (mean ± 95% CI over seeds, Student's t) of ``metric`` per init x K, as markdown and
-    CSV, and a plot of it against K (PNG and TensorBoard). Returns the markdown."""
-    sweep = Path(sweep)
-    out = Path(out) if out is not None else sweep
-    out.mkdir(parents=True, exist_ok=True)
-    cells = collect(sweep, metric)
-    if not cells:
-        raise ValueError(f"no runs with {metric} under {sweep}")
-    found = sorted({i for i, _ in cells})
-    inits = [i for i in (order or []) if i in found] + [i for i in found if i not in (order or [])]
-    ks = sorted({k for _, k in cells}, key=_k_order)
-    stats = {key: mean_ci95(c["values"]) for key, c in cells.items()}
-    rows = []
-    for i in inits:
-        row = [i]
-        for k in ks:
-            c = cells.get((i, k))
-            cell = "-" if c is None else fmt(*stats[(i, k)]) + f" (n={len(c['values'])}" + (f", {c['failed']} failed)" if c["failed"] else ")")
-            row.append(cell)
-        rows.append(row)
-    better = "higher" if higher_is_better(metric) else "lower"
-    text = "\n\n".join([
-        f"# Data-efficiency study: {sweep}",
-        f"{metric} ({better} is better) against K labelled examples (per class), mean ± 95% CI over seeds "
-        "(Student's t, n-1 degrees of freedom); n = seeds that finished.",
-        markdown_table(["init", *(f"K={k}" for k in ks)], rows),
-        *(["## Notes", "\n".join(f"- {n}" for n in notes)] if notes else []),
-    ]) + "\n"
-    (out / "study.md").write_text(text)
-    with open(out / "study.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["init", "K", "k_numeric", "n", "failed", f"{metric}_mean", f"{metric}_ci95", "values"])
-        for i in inits:
-            for k in ks:
-                if (i, k) in cells:
-                    c = cells[(i, k)]
-                    w.writerow([i, k, c["k"], len(c["values"]), c["failed"], *stats[(i, k)], " ".join(map(str, c["values"]))])
-    plot(out, cells, stats, inits, ks, metric)
-    return text
-
-
-def plot(out: Path, cells: dict, stats: dict, inits: Sequence[str], ks: Sequence[str], metric: str) -> None:
-    """``study.png`` and the same figure (plus one scalar per init and K) in ``out/tensorboard``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _tensorboard(out: Path, pictures: list[Path]) -> None:
+    import matplotlib.image as mpimg
     from torch.utils.tensorboard import SummaryWriter
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    xs = list(range(len(ks)))  # K is ordinal here: `all` differs by target
-    for n, i in enumerate(inits):
-        pts = [(x, *stats[(i, k)]) for x, k in zip(xs, ks) if (i, k) in stats and not math.isnan(stats[(i, k)][0])]
-        if pts:
-            x, m, ci = zip(*pts)
-            ax.errorbar(x, m, yerr=[0 if math.isnan(c) else c for c in ci], marker="o", capsize=3, label=i,
-                        color=f"C{n % 10}")
-    ax.set_xticks(xs, [f"K={k}" for k in ks])
-    ax.set_ylabel(f"{metric} (mean ± 95% CI over seeds)")
-    if not higher_is_better(metric):
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "study.png", dpi=120)
-    writer = SummaryWriter(str(out / "tensorboard"))
-    writer.add_figure(f"study/{metric}", fig)
-    for i in inits:
-        for k in ks:
-            if (i, k) in stats and not math.isnan(stats[(i, k)][0]) and not math.isnan(cells[(i, k)]["k"]):
-                writer.add_scalar(f"study/{metric}/{i}", stats[(i, k)][0], global_step=int(cells[(i, k)]["k"]))
-    writer.close()
-    plt.close(fig)
+    with SummaryWriter(str(out / "tensorboard")) as w:
+        for p in pictures:
+            w.add_image(f"study/{p.stem}", mpimg.imread(p)[..., :3], dataformats="HWC")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(prog="python -m metaft.study", description=__doc__.split("\n\n")[0])
-    p.add_argument("target", help="sinusoid | omniglot (conf/experiment/finetune_study_<target>.yaml), or `report`")
-    p.add_argument("path", nargs="?", help="report: the sweep directory")
-    p.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH", help="a given checkpoint per init")
-    p.add_argument("--inits", help="comma-separated subset of study.inits")
-    p.add_argument("--shots", help="comma-separated K values (default study.shots)")
-    p.add_argument("--seeds", help="comma-separated seeds (default study.seeds)")
-    p.add_argument("--meta-override", action="append", default=[], metavar="KEY=VALUE",
-                   help="an extra override of every meta-training run (e.g. trainer.max_steps=200)")
-    p.add_argument("--jobs", type=int, default=1, help="fine-tuning sweeps side by side, the inits dealt out among them")
-    p.add_argument("--metric", default=None, help="report: the metric (default test/acc or test/mse as found)")
-    p.add_argument("--out", help="output directory (default outputs/study/<target>/<date_time>)")
+    p.add_argument("name", help="a study of conf/study/ (omniglot, sinusoid), or 'report'")
+    p.add_argument("rest", nargs="*", help="key=value overrides of the study's config; for report: the study's DIR")
+    p.add_argument("--out", default=None, help="output directory (an existing one of the same study continues)")
+    p.add_argument("--ckpt", action="append", default=[], help="INIT=PATH[,PATH...]: stage-1 checkpoints, one per seed")
     args = p.parse_args(argv)
     try:
-        if args.target == "report":
-            if not args.path:
-                p.error("report needs the sweep directory")
-            metric = args.metric or ("test/acc" if any("test/acc" in r.metrics for r in load_runs(Path(args.path))) else "test/mse")
-            print(report(args.path, args.out, metric), end="")
+        if args.name == "report":
+            if len(args.rest) != 1:
+                raise ValueError("python -m metaft.study report DIR: give the study's output directory")
+            print(report(Path(args.rest[0])))
             return 0
-        bad = [c for c in args.ckpt if "=" not in c]
-        if bad:
-            p.error(f"--ckpt takes NAME=PATH (e.g. --ckpt maml=outputs/train/runs/<run>/checkpoints/best.ckpt), got {bad[0]!r}")
-        ckpts = dict(c.split("=", 1) for c in args.ckpt)
-        # The default directory is created here, with a suffix if a study started in the same second has it.
-        out = Path(args.out) if args.out else claim(ROOT / "outputs" / "study" / args.target / time.strftime("%Y-%m-%d_%H-%M-%S"))
-        split = (lambda s: s.split(",") if s else None)
-        print(study(args.target, ckpts, out, extra, split(args.inits), split(args.shots), split(args.seeds),
-                    args.meta_override, args.jobs), end="")
-        print(f"\nwritten to {out}")
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        cfg = load_config(args.name, args.rest)
+        given = given_checkpoints(cfg, args.ckpt)
+        out = output_dir(cfg, args.out)
+        print(f"study directory: {out}", flush=True)
+        run(cfg, out, given)
+        print(report(out))
+        print(f"\nwritten: {out / 'study.md'}, {out / 'study.csv'}", flush=True)
+        return 0
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

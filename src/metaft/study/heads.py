@@ -6,17 +6,18 @@ the study, issue #17). Every function takes features with a leading problem dime
 * ``prototype_head``: nearest class mean as a linear layer (the rule of ``head_init=prototypes``).
 * ``logistic_regression``: RFS's probe (Tian et al. 2020): multinomial logistic regression with an
   L2 penalty on L2-normalised features, solved exactly by Newton's method.
-* ``cosine_logits`` / ``CosineClassifier`` / ``fit_cosine_head``: Baseline++'s classifier
-  (Chen et al. 2019), ``scale * cos(feature, w_c)``.
+* ``fit_cosine_head``: Baseline++'s classifier (Chen et al. 2019), ``scale * cos(feature, w_c)``
+  (``metaft.models.heads``: ``cosine_logits``, ``CosineClassifier``), fitted per problem.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from metaft.algorithms.feature_head import one_hot
 from metaft.core.inner_loop import adapt
+from metaft.models.heads import cosine_logits  # with the models: pre-training (Baseline++) uses it too
 
 
 def _check(fs: Tensor, sy: Tensor, ways: int) -> None:
@@ -153,28 +154,6 @@ def _conjugate_gradient(matvec, rw: Tensor, rb: Tensor, iters: int, rtol: Tensor
 def probe_logits(fq: Tensor, weight: Tensor, bias: Tensor, normalize: bool = True) -> Tensor:
     """Query logits of a ``logistic_regression`` head (features normalised as in the fit)."""
     return linear_logits(F.normalize(fq, dim=-1) if normalize else fq, weight, bias)
-
-
-def cosine_logits(f: Tensor, weight: Tensor, scale: Tensor | float) -> Tensor:
-    """Baseline++: ``scale * cos(f_q, w_c)`` for features ``f [..., Q, D]`` and class weights
-    ``weight [..., ways, D]`` (leading dimensions broadcast)."""
-    return scale * F.normalize(f, dim=-1) @ F.normalize(weight, dim=-1).transpose(-1, -2)
-
-
-class CosineClassifier(nn.Module):
-    """Baseline++'s head as a module (pre-training): one weight vector per class and a learned
-    scale (the temperature of the softmax over cosines)."""
-
-    def __init__(self, in_features: int, out_features: int, scale: float = 10.0) -> None:
-        super().__init__()
-        if not scale > 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # nn.Linear's initialisation
-        self.scale = nn.Parameter(torch.tensor(float(scale)))
-
-    def forward(self, f: Tensor) -> Tensor:
-        return cosine_logits(f, self.weight, self.scale)
 
 
 def fit_cosine_head(fs: Tensor, sy: Tensor, ways: int, scale: float = 10.0, steps: int = 100,

@@ -22,13 +22,13 @@ from functools import partial
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from metaft.core.tasks import has_conv, running_stats, vectorize_choice
 from metaft.algorithms.feature_head import FeatureHeadLearner
 from metaft.core.inner_loop import adapt
+from metaft.core.objective import Objective
 from metaft.data.episode import Episode
 from metaft.study.heads import (
     cosine_logits,
@@ -42,6 +42,7 @@ from metaft.models.nets import MetaNet
 from metaft.models.norm import support_statistics
 
 BN = Literal["inductive", "transductive"]
+CLASSIFICATION = Objective("classification")
 HeadInit = Literal["prototypes", "zero", "keep"]
 Probe = Literal["logistic", "prototype", "cosine", "cosine_prototype"]
 
@@ -121,17 +122,24 @@ class Curves:
 
 def finetune_problems(net: MetaNet, episode: Episode, steps: int, lr: float, eval_every: int | None = None,
                       head_init: HeadInit = "prototypes", bn: BN = "inductive",
-                      vectorize: str | bool = "auto") -> Curves:
+                      vectorize: str | bool = "auto", objective: Objective = CLASSIFICATION) -> Curves:
     """Fine-tune all weights of ``net`` on every problem's support set (full batch, plain SGD at
     ``lr``, ``steps`` steps of the first-order inner loop), testing on its queries every
-    ``eval_every`` steps (default: only at the start and the end). ``net`` is not modified."""
+    ``eval_every`` steps (default: only at the start and the end). ``net`` is not modified.
+    ``objective``: classification (``acc`` is accuracy in percent) or regression (``acc`` holds
+    the MSE; the head is kept)."""
     if steps < 0 or lr <= 0:
         raise ValueError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
     if head_init not in ("prototypes", "zero", "keep"):
         raise ValueError(f"head_init must be prototypes, zero or keep, got {head_init!r}")
     if bn not in ("inductive", "transductive"):
         raise ValueError(f"bn must be 'inductive' or 'transductive', got {bn!r}")
-    ways = FeatureHeadLearner.episode_ways(episode)
+    if objective.regression:
+        if head_init != "keep":
+            raise ValueError(f"regression keeps the network's head: use head_init=keep, got {head_init!r}")
+        ways = net.head.out_features
+    else:
+        ways = FeatureHeadLearner.episode_ways(episode)
     if head_init == "keep" and net.head.out_features != ways:
         raise ValueError(f"head_init=keep needs a head of {ways} outputs (the problems' ways), the net has "
                          f"{net.head.out_features}; use head_init=prototypes or zero")
@@ -143,41 +151,40 @@ def finetune_problems(net: MetaNet, episode: Episode, steps: int, lr: float, eva
     try:
         net.train()  # batch statistics of the support set in adaptation (running ones updated)
         if use_vmap(net, episode.support_x.device, vectorize):
-            acc, loss, secs, logits = _finetune_vmap(net, episode, points, lr, ways, head_init, bn)
+            acc, loss, secs, logits = _finetune_vmap(net, episode, points, lr, ways, head_init, bn, objective)
         else:
-            runs = [_finetune_one(net, episode[i], points, lr, ways, head_init, bn) for i in range(episode.num_tasks)]
+            runs = [_finetune_one(net, episode[i], points, lr, ways, head_init, bn, objective)
+                    for i in range(episode.num_tasks)]
             acc, loss, secs, logits = (torch.stack(t) for t in zip(*runs))
     finally:
         net.train(was_training)
     return Curves(points, acc, loss, secs, logits)
 
 
-def _loss(out: Tensor, y: Tensor) -> Tensor:
-    return F.cross_entropy(out, y)
-
-
-def _sgd(forward, params: dict[str, Tensor], sx: Tensor, sy: Tensor, steps: int, lr: float) -> dict[str, Tensor]:
+def _sgd(forward, params: dict[str, Tensor], sx: Tensor, sy: Tensor, steps: int, lr: float,
+         objective: Objective) -> dict[str, Tensor]:
     """``steps`` first-order steps of ``adapt``, one at a time: its trajectory would otherwise
     hold every intermediate model between two evaluations."""
     for _ in range(steps):
-        params = {k: v.detach() for k, v in adapt(forward, params, sx, sy, _loss, 1, lr, first_order=True)[-1].items()}
+        trajectory = adapt(forward, params, sx, sy, objective.loss, 1, lr, first_order=True)
+        params = {k: v.detach() for k, v in trajectory[-1].items()}
     return params
 
 
 def _evaluate(net: MetaNet, params: dict[str, Tensor], sx: Tensor, qx: Tensor, qy: Tensor,
-              bn: BN) -> tuple[Tensor, Tensor, Tensor]:
-    """Query accuracy (percent), mean loss and logits of one problem at ``params``. Running
-    statistics are read in eval mode, as ``FineTuner``'s test does."""
+              bn: BN, objective: Objective) -> tuple[Tensor, Tensor, Tensor]:
+    """Query metric (accuracy in percent, or MSE), mean loss and outputs of one problem at
+    ``params``. Running statistics are read in eval mode, as ``FineTuner``'s test does."""
     net.eval()
     try:
         _, out = query_outputs(net, params, sx, qx, bn)
     finally:
         net.train()
-    return (out.argmax(-1) == qy).to(out.dtype).mean() * 100, F.cross_entropy(out, qy), out
+    return objective.per_task_metric(out, qy), objective.loss(out, qy), out
 
 
 def _finetune_one(net: MetaNet, ep: Episode, points: list[int], lr: float, ways: int, head_init: HeadInit,
-                  bn: BN) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                  bn: BN, objective: Objective) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     sx, sy, qx, qy = ep.support_x[0], ep.support_y[0], ep.query_x[0], ep.query_y[0]
     buffers = _buffers(net)  # this problem's own running statistics (updated in place)
     t0 = time.perf_counter()
@@ -191,28 +198,28 @@ def _finetune_one(net: MetaNet, ep: Episode, points: list[int], lr: float, ways:
     acc, loss, secs, done = [], [], [], 0
     for point in points:
         t0 = time.perf_counter()
-        params = _sgd(forward, params, sx, sy, point - done, lr)
+        params = _sgd(forward, params, sx, sy, point - done, lr, objective)
         spent += time.perf_counter() - t0
         done = point
         with torch.no_grad():
-            a, l_, out = _evaluate(net, {**params, **buffers}, sx, qx, qy, bn)
+            a, l_, out = _evaluate(net, {**params, **buffers}, sx, qx, qy, bn, objective)
         acc.append(a), loss.append(l_), secs.append(spent)
     return torch.stack(acc), torch.stack(loss), torch.tensor(secs, dtype=torch.float64), out
 
 
 def _finetune_vmap(net: MetaNet, ep: Episode, points: list[int], lr: float, ways: int, head_init: HeadInit,
-                   bn: BN) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                   bn: BN, objective: Objective) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     def forward(p: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(net, p, (x,))
 
     def run(p: dict[str, Tensor], sx: Tensor, sy: Tensor, k: int) -> dict[str, Tensor]:
-        return _sgd(forward, p, sx, sy, k, lr)
+        return _sgd(forward, p, sx, sy, k, lr, objective)
 
     n = ep.num_tasks
     t0 = time.perf_counter()
     params = vmap(lambda sx, sy: _start(net, sx, sy, ways, head_init, {}))(ep.support_x, ep.support_y)
     spent = time.perf_counter() - t0
-    evaluate = vmap(lambda p, sx, qx, qy: _evaluate(net, p, sx, qx, qy, bn))
+    evaluate = vmap(lambda p, sx, qx, qy: _evaluate(net, p, sx, qx, qy, bn, objective))
     acc, loss, secs, done = [], [], [], 0
     for point in points:
         t0 = time.perf_counter()
@@ -268,3 +275,15 @@ def probe_problems(net: MetaNet, episode: Episode, head: Probe = "logistic", bn:
     else:
         logits = cosine_logits(fq, fit_cosine_head(fs, sy, ways, cosine_scale, cosine_steps, cosine_lr), cosine_scale)
     return (logits.argmax(-1) == episode.query_y).to(dtype).mean(-1) * 100
+
+
+def ridge_problems(net: MetaNet, episode: Episode, lam: float = 1e-3, bn: BN = "inductive") -> Tensor:
+    """Regression's linear probe: a least-squares head (with bias and an L2 penalty ``lam``) on
+    the frozen body's features of every problem's support set, solved exactly in float64; the
+    test MSE of each problem, ``[P]``."""
+    fs, fq = probe_features(net, episode, bn)
+    fs, fq = (torch.cat([f.double(), f.new_ones(*f.shape[:-1], 1, dtype=torch.float64)], -1) for f in (fs, fq))
+    eye = torch.eye(fs.shape[-1], dtype=torch.float64)
+    eye[-1, -1] = 0  # the bias is not penalised
+    w = torch.linalg.solve(fs.transpose(1, 2) @ fs + lam * eye, fs.transpose(1, 2) @ episode.support_y.double())
+    return (fq @ w - episode.query_y.double()).pow(2).mean((-2, -1))

@@ -1,0 +1,98 @@
+"""One initialisation's results on the study's target problems, for each adaptation: a linear
+probe on frozen features, full fine-tuning of all weights, and the learner's own adaptation."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from metaft.algorithms.episodic import MetaLearner
+from metaft.algorithms.warm_start import without_init_ckpt
+from metaft.core.objective import Objective
+from metaft.data.episode import Episode
+from metaft.models.nets import MetaNet
+from metaft.runtime.io import load_checkpoint
+from metaft.study import problems as P
+
+ADAPTATIONS = ("probe", "finetune", "inner")
+
+
+class Init:
+    """A network to adapt (and the learner it was trained with, if any), from a stage-1
+    checkpoint or, for the random init, the study's model seeded by the stage-1 seed."""
+
+    def __init__(self, name: str, seed: int, ckpt: Path | None, cfg: DictConfig, objective: Objective) -> None:
+        self.name, self.seed, self.ckpt = name, seed, ckpt
+        self.learner: MetaLearner | None = None
+        if ckpt is None:
+            torch.manual_seed(seed)
+            self.net: MetaNet = hydra.utils.instantiate(cfg.random_model)
+            self.config: dict[str, Any] = {"model": OmegaConf.to_container(cfg.random_model)}
+        else:
+            data = load_checkpoint(ckpt, what=f"the checkpoint of init {name}")
+            self.config = data["metaft_config"]
+            self.net = hydra.utils.instantiate(self.config["model"])
+            algorithm = without_init_ckpt(self.config)["algorithm"]  # the checkpoint replaces every weight
+            self.learner = hydra.utils.instantiate(algorithm, net=self.net, task=objective.kind)
+            self.learner.load_state_dict(data["state_dict"])
+            self.learner.eval()
+        if cfg.adapt.bn == "inductive" and self.net.norm == "transductive":
+            self.net.norm = "inductive"  # the same weights; the learner's queries get support statistics
+        self.net.eval()
+
+
+def check(init: str, config: dict[str, Any], cfg: DictConfig) -> None:
+    """Refuse a checkpoint trained on another dataset or split, or whose model does not take the
+    target's inputs, naming the init and the mismatch."""
+    want, have = cfg.dataset, config.get("dataset", {})
+    problems = []
+    if str(have.get("_target_", "")).rsplit(".", 1)[-1] != str(want._target_).rsplit(".", 1)[-1]:
+        problems.append(f"dataset {have.get('_target_')} (the study's: {want._target_})")
+    elif want.get("split") is not None and have.get("split") != want.split:
+        problems.append(f"dataset.split={have.get('split')} (the study's: {want.split}; its test classes would "
+                        "overlap the checkpoint's training classes)")
+    model, ref = config.get("model", {}), cfg.random_model
+    for key in ("in_channels", "image_size", "in_features"):
+        if key in ref and model.get(key) != ref[key]:
+            problems.append(f"model.{key}={model.get(key)} (the study's inputs need {ref[key]})")
+    if problems:
+        raise ValueError(f"init {init}: its checkpoint does not fit the {cfg.name} study: " + "; ".join(problems))
+
+
+def metric_name(objective: Objective) -> str:
+    return "mse" if objective.regression else "acc"
+
+
+def probe(init: Init, episode: Episode, cfg: DictConfig, objective: Objective) -> np.ndarray:
+    if objective.regression:
+        return P.ridge_problems(init.net, episode, lam=float(cfg.adapt.probe.lam), bn=cfg.adapt.bn).numpy()
+    return P.probe_problems(init.net, episode, head=cfg.adapt.probe.head, bn=cfg.adapt.bn,
+                            C=float(cfg.adapt.probe.C)).double().numpy()
+
+
+def finetune_curves(init: Init, episode: Episode, cfg: DictConfig, objective: Objective) -> P.Curves:
+    ft = cfg.adapt.finetune
+    return P.finetune_problems(init.net, episode, int(ft.max_steps), float(ft.lr), int(ft.eval_every),
+                               head_init=ft.head_init, bn=cfg.adapt.bn, objective=objective)
+
+
+def choose_step(curves: P.Curves, objective: Objective) -> int:
+    """The evaluation point with the best mean metric (validation problems)."""
+    mean = curves.acc.double().mean(0)
+    return int(mean.argmin() if objective.regression else mean.argmax())
+
+
+def inner(init: Init, episode: Episode, ways: int | None, objective: Objective) -> np.ndarray | None:
+    """The learner's own adaptation (its inner loop, prototypes, SVM or fitted head) at its test
+    setting; ``None`` when there is no learner or its head cannot take ``ways`` classes."""
+    learner = init.learner
+    if learner is None:
+        return None
+    if ways is not None and not learner.sizes_head_per_episode and learner.net.head.out_features != ways:
+        return None
+    metric, _ = learner.adaptation_curve(episode, learner.eval_inner_steps)
+    return metric[:, -1].double().numpy()

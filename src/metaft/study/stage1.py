@@ -1,0 +1,93 @@
+"""Stage-1 checkpoints of the study: one training run per (init, seed), each under the same
+budget, run side by side as subprocesses of ``train.py``; runs already finished are reused."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig
+
+from metaft.runtime.paths import project_root
+
+
+def variant(cfg: DictConfig, algorithm: str) -> list[str]:
+    """``[algorithm, overrides...]`` of a stage-1 algorithm name (``variants`` expand)."""
+    return [str(v) for v in cfg.get("variants", {}).get(algorithm, [algorithm])]
+
+
+def needs(cfg: DictConfig, algorithm: str) -> list[str]:
+    """The inits whose checkpoint (same seed) this one starts from: ``CKPT(<init>)`` in its settings."""
+    return [m.group(1) for v in variant(cfg, algorithm) for m in re.finditer(r"CKPT\((\w+)\)", v)]
+
+
+def command(cfg: DictConfig, algorithm: str, seed: int, run: Path, ckpts: dict[tuple[str, int], Any]) -> list[str]:
+    """``train.py`` for one stage-1 run of ``algorithm`` into ``run``; ``CKPT(<init>)`` in its
+    settings becomes that init's checkpoint of the same seed (Meta-Baseline's pre-trained body)."""
+    variant_ = [re.sub(r"CKPT\((\w+)\)", lambda m: str(ckpts[m.group(1), seed]), v) for v in variant(cfg, algorithm)]
+    experiment = cfg.stage1.get("experiment")
+    return [sys.executable, str(project_root() / "train.py"), *([f"experiment={experiment}"] if experiment else []),
+            f"algorithm={variant_[0]}", *cfg.stage1.overrides, *variant_[1:], f"seed={seed}", f"hydra.run.dir={run}"]
+
+
+def checkpoint_of(run: Path) -> Path | None:
+    """The run's checkpoint picked by validation (else its last), once the run has finished."""
+    if not (run / "results.json").is_file():
+        return None
+    for name in ("best.ckpt", "last.ckpt"):
+        if (run / "checkpoints" / name).is_file():
+            return run / "checkpoints" / name
+    return None
+
+
+def run_all(cmds: Sequence[list[str]], logs: Sequence[Path], jobs: int) -> list[int]:
+    """Run the commands, ``jobs`` at a time, each logging to its file; their exit codes."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(project_root() / "src"), os.environ.get("PYTHONPATH", "")])}
+    codes: list[int] = []
+    pending = list(zip(cmds, logs))
+    while pending:
+        batch, pending = pending[:jobs], pending[jobs:]
+        procs = []
+        for cmd, log in batch:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            print("$", " ".join(cmd), flush=True)
+            with open(log, "w") as f:
+                procs.append(subprocess.Popen(cmd, cwd=project_root(), env=env, stdout=f, stderr=subprocess.STDOUT))
+        codes += [p.wait() for p in procs]
+    return codes
+
+
+def train_missing(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> dict[tuple[str, int], Any]:
+    """Every (init, seed)'s checkpoint: given ones, finished runs under ``out/stage1``, and the
+    rest trained now (an init that starts from another's checkpoint after it). ``None`` for the
+    random init."""
+    ckpts: dict[tuple[str, int], Any] = {}
+    waiting = dict(cfg.inits)
+    while waiting:
+        ready = {i: a for i, a in waiting.items() if a is None or all(d not in waiting for d in needs(cfg, a))}
+        if not ready:
+            raise ValueError(f"study inits {sorted(waiting)} start from each other's checkpoints (CKPT(...)) in a circle")
+        todo = []
+        for init, algorithm in ready.items():
+            for i, seed in enumerate(cfg.stage1.seeds):
+                if algorithm is None:
+                    ckpts[init, seed] = None
+                elif init in given:
+                    ckpts[init, seed] = Path(given[init][i])
+                else:
+                    run = out / "stage1" / f"{init}_seed{seed}"
+                    ckpts[init, seed] = checkpoint_of(run)
+                    if ckpts[init, seed] is None:
+                        todo.append((init, seed, command(cfg, algorithm, seed, run, ckpts), run / "stdout.log"))
+        if todo:
+            codes = run_all([t[2] for t in todo], [t[3] for t in todo], int(cfg.stage1.jobs))
+            failed = [f"{init} seed {seed} (exit {c}; see {log})" for (init, seed, _, log), c in zip(todo, codes) if c]
+            if failed:
+                raise RuntimeError("stage-1 training failed for " + "; ".join(failed))
+            for init, seed, _, _ in todo:
+                ckpts[init, seed] = checkpoint_of(out / "stage1" / f"{init}_seed{seed}")
+        waiting = {i: a for i, a in waiting.items() if i not in ready}
+    return ckpts
