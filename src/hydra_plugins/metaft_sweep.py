@@ -125,7 +125,18 @@ class _WaitForAll:
         # One array job; each task calls this launcher's __call__ (the plugin's job entry point).
         args = [(ov, "hydra.sweep.dir", num, f"job_id_for_{num}", Singleton.get_state()) for num, ov in todo]
         jobs = executor.map_array(self, *zip(*args, strict=True))
-        return [self._outcome(job, ov, num) for job, (num, ov) in zip(jobs, todo, strict=True)]
+        log.info(f"{len(jobs)} jobs submitted; their logs: {Path(str(self.params['submitit_folder'])).parent}/<job id>/")
+        returns = []
+        for job, (num, ov) in zip(jobs, todo, strict=True):
+            ret = self._outcome(job, ov, num)
+            if ret.status == JobStatus.COMPLETED:
+                log.info(f"#{num} done: {self._job_dir(ov, num)}")
+            returns.append(ret)
+        # The executor makes its folder pattern itself (``.submitit/%j``), an empty directory of that name.
+        literal = Path(str(self.params["submitit_folder"]))
+        if "%j" in literal.name and literal.is_dir() and not any(literal.iterdir()):
+            literal.rmdir()
+        return returns
 
     def _outcome(self, job: Any, overrides: list[str], num: int) -> JobReturn:
         from submitit.core.utils import FailedJobError, UncompletedJobError

@@ -187,28 +187,75 @@ def write_csvs(out: Path, runs: Sequence[Run], groups: Sequence[Group], metrics:
             w.writerow([r.dir, r.group, r.seed, r.status, r.error, *(r.metrics.get(m, "") for m in metrics)])
 
 
-def plot(path: Path, groups: Sequence[Group], metric: str) -> None:
-    """One row per group: the mean with its 95% CI, and each seed as a dot."""
+_NUMBER = re.compile(r"-?\d+\.\d+(?:[eE][-+]?\d+)?|-?\d+[eE][-+]?\d+")
+
+
+def short_value(value: str) -> str:
+    """Decimal numbers in an override's value to 4 significant digits (Optuna writes 17)."""
+    return _NUMBER.sub(lambda m: f"{float(m.group()):.4g}", value)
+
+
+def short_labels(names: Sequence[str]) -> list[str]:
+    """Group names for a plot: each ``key=value`` with its key's last part (the full key where
+    two keys share that part) and its numbers rounded."""
+    overrides = [n.split() for n in names]
+    keys = {o.partition("=")[0] for os_ in overrides for o in os_ if "=" in o}
+    leaf = {k: k.rsplit(".", 1)[-1] for k in keys}
+    clash = {v for v in leaf.values() if list(leaf.values()).count(v) > 1}
+    labels = []
+    for os_ in overrides:
+        parts = []
+        for o in os_:
+            key, eq, value = o.partition("=")
+            name = leaf[key] if eq and leaf[key] not in clash else key
+            parts.append(f"{name}={short_value(value)}" if eq else o)
+        labels.append(" ".join(parts))
+    return labels
+
+
+def figure(groups: Sequence[Group], metric: str, title: str = "") -> object:
+    """The comparison plot: one row per group, the mean with its 95% CI where a group has more
+    than one run, each seed as a dot; the axis says which way is better."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on clusters and CI
     import matplotlib.pyplot as plt
 
     shown = [g for g in groups if not math.isnan(g.stats[metric][0])]
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(len(shown), 1)))
+    labels = short_labels([g.name for g in shown])
+    fig, ax = plt.subplots(figsize=(7.5, 1.6 + 0.45 * max(len(shown), 1)))
+    labelled: set[str] = set()
     for y, g in enumerate(shown):
         m, ci = g.stats[metric]
-        ax.errorbar([m], [y], xerr=[[0 if math.isnan(ci) else ci]], fmt="o", color="C0", capsize=4,
-                    label="mean ± 95% CI" if y == 0 else None)
+        if math.isnan(ci):  # a single run: no interval to draw
+            kind = "mean of one run (no CI)"
+            ax.plot([m], [y], "o", mfc="none", color="C0", label=None if kind in labelled else kind)
+        else:
+            kind = "mean ± 95% CI over seeds"
+            ax.errorbar([m], [y], xerr=[[ci]], fmt="o", color="C0", capsize=4, label=None if kind in labelled else kind)
+        labelled.add(kind)
         seeds = [r.metrics[metric] for r in g.runs if r.status == "ok" and metric in r.metrics]
-        ax.scatter(seeds, [y] * len(seeds), s=12, color="C1", zorder=3, label="seed" if y == 0 else None)
-    ax.set_yticks(range(len(shown)), [textwrap.fill(g.name, 40) for g in shown], fontsize=8)
+        ax.scatter(seeds, [y] * len(seeds), s=12, color="C1", zorder=3, label=None if "seed" in labelled else "seed")
+        labelled.add("seed")
+    # Wrapped at spaces only: never inside a number.
+    ax.set_yticks(range(len(shown)), [textwrap.fill(lb, 45, break_long_words=False, break_on_hyphens=False)
+                                      for lb in labels], fontsize=8)
     ax.invert_yaxis()  # best first, from the top
-    ax.set_xlabel(f"{metric} (mean ± 95% CI over seeds, Student's t)")
+    better = "higher" if higher_is_better(metric) else "lower"
+    ax.set_xlabel(f"{metric} ({better} is better; best group at the top)")
+    ax.set_title(title or f"{metric} by group", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     if shown:
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def plot(path: Path, groups: Sequence[Group], metric: str, title: str = "") -> None:
+    """Write ``figure`` to ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(groups, metric, title)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -228,7 +275,8 @@ def report(root: str | Path, out: str | Path | None = None, metric: str | None =
     (out / "report.md").write_text(text)
     write_csvs(out, runs, groups, metrics)
     if sort_by:
-        plot(out / "report.png", groups, sort_by)
+        ok = sum(r.status == "ok" for r in runs)
+        plot(out / "report.png", groups, sort_by, f"{root.resolve().name}: {sort_by}, {ok} runs in {len(groups)} groups")
     return text
 
 

@@ -13,11 +13,15 @@ What a run's ``tensorboard/`` holds (``M`` is ``mse`` or ``acc``; step ``0`` is 
   Lightning's ``LearningRateMonitor``.
 - ``{val,test}/M``, ``/M_ci95``, ``/M_step{i}``, ``/loss``, ``/loss_step{i}`` (classification),
   ``/episodes`` — the learner; at every validation the ``inner_lr/alpha`` histogram (Meta-SGD)
-  and the ``val/sinusoid_fit`` image; ``episode/{support,query}`` once (image datasets).
+  and the ``val/sinusoid_fit`` image; ``episode/{support,query}`` once (image datasets); with
+  ``logging.predictions``, ``val/episode_predictions`` (a validation episode, queries marked right
+  or wrong) at every validation.
 - ``hp/{val,test}_M`` and the hparams session (``log_hparams``) when the run ends.
+- Fine-tuning: ``val/*`` at step 0 from the validation before training (``StartingPoint``).
 """
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -34,7 +38,9 @@ from metaft.data.episodic import split_generator
 from metaft.data.episode import Episode
 from metaft.data.sinusoid import SinusoidDataModule
 
-__all__ = ["MetaLearnerMonitor", "episode_grid", "flat_hparams", "log_hparams", "monitoring_callbacks", "sinusoid_fit"]
+log = logging.getLogger(__name__)
+
+__all__ = ["MetaLearnerMonitor", "StartingPoint", "episode_grid", "flat_hparams", "log_hparams", "monitoring_callbacks", "sinusoid_fit"]
 
 # The sinusoid task drawn in the fit figure: its own stream of the validation split, so it is
 # the same task in every run with the same seed, whatever the evaluation batch sizes.
@@ -45,7 +51,9 @@ _FIT_POINTS = 200
 def monitoring_callbacks(cfg: DictConfig) -> list[Callback]:
     """The callbacks ``make_trainer`` adds to every run."""
     images = bool(OmegaConf.select(cfg, "logging.images", default=True))
-    return [LearningRateMonitor(logging_interval="step"), MetaLearnerMonitor(images=images)]
+    predictions = images and bool(OmegaConf.select(cfg, "logging.predictions", default=False))
+    return [LearningRateMonitor(logging_interval="step"), MetaLearnerMonitor(images=images, predictions=predictions),
+            StartingPoint()]
 
 
 def tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
@@ -57,14 +65,35 @@ def log_step(trainer: L.Trainer) -> int:
     return trainer.fit_loop.epoch_loop._batches_that_stepped
 
 
+class StartingPoint(Callback):
+    """The validation Lightning runs before training (``trainer.num_sanity_val_steps=-1``, which
+    fine-tuning sets) as the starting point: its ``val/*`` at step 0 in TensorBoard, so the
+    learning curves start where the checkpoint stood, and one log line. Lightning itself keeps
+    nothing of that validation."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking or trainer.global_step != 0 or not trainer.is_global_zero:
+            return  # a resumed run's check is not the starting point
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if not metrics:
+            return
+        tb = tensorboard(trainer)
+        if tb is not None:
+            for k, v in metrics.items():
+                tb.experiment.add_scalar(k, v, 0)
+        shown = [f"{k} {v:.4g}" for k, v in sorted(metrics.items()) if not k.endswith(("_ci95", "/examples", "/episodes"))]
+        log.info(f"before training (the starting point): {', '.join(shown)}")
+
+
 class MetaLearnerMonitor(Callback):
     """Logs, every ``log_every_n_steps``: ``train/tasks_per_s`` and, for Meta-SGD, the learned
     step sizes' ``inner_lr/{mean,min,max}``; at every validation the ``inner_lr/alpha``
     histogram. With ``images``: ``episode/{support,query}`` (one task of the first training
     meta-batch, for image datasets) and ``val/sinusoid_fit`` at every validation."""
 
-    def __init__(self, images: bool = True) -> None:
+    def __init__(self, images: bool = True, predictions: bool = False) -> None:
         self.images = images
+        self.predictions = predictions
         self._window_start: float | None = None
         self._window_tasks = 0
         self._episode_logged = False
@@ -94,7 +123,8 @@ class MetaLearnerMonitor(Callback):
         if not trainer._logger_connector.should_update_logs:
             return
         now = time.perf_counter()
-        if self._window_start is not None and now > self._window_start:
+        # Only where batches are tasks (meta-training): fine-tuning's batches are not, and logged 0.
+        if self._window_start is not None and now > self._window_start and isinstance(batch, Episode):
             pl_module.log("train/tasks_per_s", self._window_tasks / (now - self._window_start))
         self._window_start, self._window_tasks = now, 0
         alphas = learned_step_sizes(pl_module)
@@ -118,8 +148,22 @@ class MetaLearnerMonitor(Callback):
         if alphas is not None:
             tb.experiment.add_histogram("inner_lr/alpha", alphas.float().cpu(), step)
         if self.images and isinstance(trainer.datamodule, SinusoidDataModule) and isinstance(pl_module, MetaLearner):
-            image = render(sinusoid_figure(**sinusoid_fit(pl_module, trainer.datamodule)))
+            fit = sinusoid_fit(pl_module, trainer.datamodule)
+            task_mse = float(np.mean((fit["after"] - fit["truth"]) ** 2))
+            val = trainer.callback_metrics.get("val/mse")
+            head = f"step {trainer.global_step}" + (f": val/mse {float(val):.3g}" if val is not None else "")
+            title = f"{head}; this task after {fit['steps']} step{'s' * (fit['steps'] != 1)}: MSE {task_mse:.3g}"
+            image = render(sinusoid_figure(**fit, title=title))
             tb.experiment.add_image("val/sinusoid_fit", image, step, dataformats="HWC")
+        elif self.predictions and isinstance(pl_module, MetaLearner) and pl_module.metric_name == "acc":
+            shown = episode_predictions(pl_module, trainer.datamodule)
+            if shown is not None:
+                val = trainer.callback_metrics.get("val/acc")
+                head = f"step {trainer.global_step}" + (f": val/acc {float(val):.1f}%" if val is not None else "")
+                right = int((shown["pred"] == shown["query_y"]).sum())
+                title = f"{head}; this episode: {right}/{len(shown['pred'])} queries right"
+                tb.experiment.add_image("val/episode_predictions", render(predictions_figure(**shown, title=title)),
+                                        step, dataformats="HWC")
 
     # ------------------------------------------------------------------------------ images
     def log_episode_images(self, trainer: L.Trainer, episode: Episode) -> None:
@@ -189,7 +233,8 @@ def sinusoid_fit(learner: MetaLearner, dm: SinusoidDataModule) -> dict[str, Any]
 
 
 def sinusoid_figure(support_x: np.ndarray, support_y: np.ndarray, x: np.ndarray, truth: np.ndarray,
-                    before: np.ndarray, after: np.ndarray, steps: int) -> Any:
+                    before: np.ndarray, after: np.ndarray, steps: int, title: str = "") -> Any:
+    """The fit of one task; ``title`` says when and how well (the step and the MSEs)."""
     from matplotlib.figure import Figure  # imported here: only runs that draw pay for it
 
     fig = Figure(figsize=(5, 3.5), dpi=80)
@@ -199,7 +244,64 @@ def sinusoid_figure(support_x: np.ndarray, support_y: np.ndarray, x: np.ndarray,
     ax.plot(x, after, color="tab:red", label=f"after {steps} step{'s' * (steps != 1)}")
     ax.scatter(support_x, support_y, color="tab:red", marker="^", zorder=3, label=f"support ({len(support_x)})")
     ax.set_xlabel("x")
+    if title:
+        ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7, loc="best", framealpha=0.7)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def episode_predictions(learner: MetaLearner, dm: Any, max_queries: int = 5) -> dict[str, Tensor] | None:
+    """The first validation episode (the same in every run with the same seed), adapted as at
+    validation: its support set, up to ``max_queries`` queries per class and the predicted classes.
+    None for datasets without image episodes."""
+    if not hasattr(dm, "sample"):
+        return None
+    episode = dm.sample("val", 1, split_generator(dm.seed, "val", 0))
+    if episode.support_x.dim() < 5:  # [tasks, N, C, H, W]: images only
+        return None
+    out = learner.query_outputs(episode.to(learner.device), learner.eval_inner_steps, first_order=True)
+    pred = out[0].argmax(-1).cpu()
+    qy = episode.query_y[0].cpu()
+    keep = torch.cat([torch.nonzero(qy == c).flatten()[:max_queries] for c in qy.unique()])
+    return {"support_x": episode.support_x[0].cpu(), "support_y": episode.support_y[0].cpu(),
+            "query_x": episode.query_x[0].cpu()[keep], "query_y": qy[keep], "pred": pred[keep]}
+
+
+def predictions_figure(support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor, pred: Tensor,
+                       title: str = "") -> Any:
+    """A row per class: its support images, then its queries framed green (predicted right) or
+    red (wrong, with the predicted class)."""
+    from matplotlib.figure import Figure
+
+    classes = [int(c) for c in support_y.unique()]
+    shots = max(int((support_y == c).sum()) for c in classes)
+    queries = max(int((query_y == c).sum()) for c in classes)
+    cols = shots + queries
+    fig = Figure(figsize=(0.75 * cols + 0.6, 0.8 * len(classes) + 0.6), dpi=80)
+    axes = fig.subplots(len(classes), cols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_frame_on(False)
+    for r, c in enumerate(classes):
+        axes[r][0].set_ylabel(f"class {c}", fontsize=7)
+        for j, img in enumerate(support_x[support_y == c]):
+            axes[r][j].imshow(img[0].float().numpy(), cmap="gray")
+        for j, (img, p) in enumerate(zip(query_x[query_y == c], pred[query_y == c])):
+            ax = axes[r][shots + j]
+            ax.imshow(img[0].float().numpy(), cmap="gray")
+            ok = int(p) == c
+            ax.set_frame_on(True)
+            for spine in ax.spines.values():
+                spine.set_edgecolor("tab:green" if ok else "tab:red")
+                spine.set_linewidth(2.5)
+            if not ok:
+                ax.set_title(f"-> {int(p)}", fontsize=7, color="tab:red", pad=1)
+    axes[0][0].set_title("support", fontsize=7, pad=1, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     return fig
 

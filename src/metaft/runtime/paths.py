@@ -17,3 +17,35 @@ def project_root() -> Path:
         f"cannot find the metaft project (conf/train.yaml and train.py) in {', '.join(map(str, candidates))}: "
         "run from the project directory, or set METAFT_ROOT to it"
     )
+
+
+def default_data_dir() -> str:
+    """``paths.data_dir`` when ``METAFT_DATA_DIR`` is unset, relative to the working directory:
+    ``data`` (the project's own, git-ignored folder, where downloads go) if it exists, or if there
+    is no shared ``../shared/data`` beside the project (a fresh clone); else ``../shared/data``,
+    the shared copy that tests and CI read."""
+    own, shared = Path("data"), Path("..") / "shared" / "data"
+    return str(shared) if not own.is_dir() and shared.is_dir() else str(own)
+
+
+# Groups ``--help`` leaves out: Hydra's own, and those other choices pick (recipe/* follow
+# experiment= and algorithm=; paths has one option).
+_HIDDEN_GROUPS = ("hydra", "recipe", "paths")
+
+
+def help_groups() -> str:
+    """The config groups users choose from, one line each: ``  group: option, option``."""
+    conf = project_root() / "conf"
+    lines = []
+    for d in sorted(p for p in conf.iterdir() if p.is_dir() and p.name not in _HIDDEN_GROUPS):
+        options = sorted(f.stem for f in d.glob("*.yaml"))
+        lines.append(f"  {d.name}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
+def register_resolvers() -> None:
+    """``${metaft.data_dir:}`` (``conf/paths/default.yaml``) and ``${metaft.help_groups:}`` (``--help``)."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("metaft.data_dir", default_data_dir, replace=True)
+    OmegaConf.register_new_resolver("metaft.help_groups", help_groups, replace=True)

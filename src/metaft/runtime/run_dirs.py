@@ -17,12 +17,15 @@ callback's exceptions into warnings and carries on, which would overwrite the ru
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, flag_override
+
+log = logging.getLogger("metaft")
 
 
 def finished_results(results: Path) -> bool:
@@ -71,10 +74,30 @@ def _resumes(config: DictConfig, d: Path) -> bool:
     return path == d.resolve() or d.resolve() in path.parents
 
 
+def never_started(d: Path, log_name: str) -> bool:
+    """Whether ``d`` holds nothing a run wrote beyond Hydra's own files (``.hydra/``, the job's log):
+    a run that failed before it trained or tested anything, or wrote anything of its own."""
+    for p in d.rglob("*"):
+        top = p.relative_to(d).parts[0]
+        if p.is_file() and top not in (".hydra", log_name):
+            return False
+    return True
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The error a person can fix from its message alone (a bad setting or path), unwrapped from
+    Hydra's instantiation wrapper; None for anything else (a bug wants its traceback)."""
+    from hydra.errors import InstantiationException
+
+    if isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc if isinstance(exc, (ValueError, FileNotFoundError, NotADirectoryError)) else None
+
+
 class KeepRuns(Callback):
     """See the module docstring."""
 
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+    def _claim_run(self, config: DictConfig) -> None:
         d = Path(str(config.hydra.run.dir))
         if _given(config, "run.dir"):
             if d.is_dir() and holds_run(d) and not _resumes(config, d):
@@ -87,7 +110,25 @@ class KeepRuns(Callback):
         with flag_override(config, ["struct", "readonly"], [False, False]):  # the timestamp resolved once
             OmegaConf.update(config, "hydra.run.dir", str(claim(d)))
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._claim_run(config)
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._claim_sweep(config)
+        if "optuna" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
+            # Optuna's own handler colours every line, also into files (SLURM logs, redirects):
+            # its lines go through Hydra's logging instead, plain.
+            import optuna
+
+            optuna.logging.disable_default_handler()
+            optuna.logging.enable_propagation()
+        log.info(f"sweep directory: {config.hydra.sweep.dir}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        d = config.hydra.sweep.dir
+        log.info(f"sweep finished: {d} (a job per subdirectory; summary: python -m metaft.report {d})")
+
+    def _claim_sweep(self, config: DictConfig) -> None:
         d = Path(str(config.hydra.sweep.dir))
         if _given(config, "sweep.dir"):
             # ckpt_path=last: every job continues its own run in that directory.

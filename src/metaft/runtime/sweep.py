@@ -85,9 +85,13 @@ def slurm_tasks(devices: Any) -> int:
 
 
 def register_resolvers() -> None:
-    """``${metaft.slurm_gpus:...}`` and ``${metaft.slurm_tasks:...}``, used by the launcher presets."""
+    """``${metaft.slurm_gpus:...}`` and ``${metaft.slurm_tasks:...}``, used by the launcher presets, and
+    ``${metaft.data_dir:}`` (``metaft.runtime.paths``)."""
     OmegaConf.register_new_resolver("metaft.slurm_gpus", slurm_gpus, replace=True)
     OmegaConf.register_new_resolver("metaft.slurm_tasks", slurm_tasks, replace=True)
+    from metaft.runtime.paths import register_resolvers as register_paths  # paths.data_dir's default
+
+    register_paths()
 
 
 # At import, which Hydra's plugin discovery does (hydra_plugins.metaft_sweep imports this module)

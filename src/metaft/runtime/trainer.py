@@ -24,6 +24,22 @@ log = logging.getLogger(__name__)
 GROUPS = ("algorithm", "dataset", "model", "target")
 
 
+class ValidateAtEnd(Callback):
+    """Validate after the last step of every run, so a run shorter than ``val_check_interval``
+    still picks ``best.ckpt`` and reports ``val/*``; warn when no validation falls inside the run.
+    How: Lightning validates after a step that sets ``should_stop`` (as early stopping does)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        every, left = trainer.val_check_batch, trainer.max_steps - trainer.global_step
+        if trainer.max_steps > 0 and isinstance(every, (int, float)) and every > left > 0 and trainer.is_global_zero:
+            log.warning(f"trainer.val_check_interval={every} is more than the {left} steps this run trains: it validates "
+                        f"once, at the end (lower trainer.val_check_interval for validations along the way)")
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
 def run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
@@ -37,6 +53,7 @@ def make_trainer(cfg: DictConfig, out: Path, monitor: str | None = None, mode: s
             AtomicModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                             auto_insert_metric_name=False, enable_version_counter=False),
             AtomicLastCheckpoint(ckpt_dir, cfg.checkpoint.every_n_train_steps),
+            ValidateAtEnd(),
         ]
     bar, progress = progress_callbacks(cfg)
     callbacks += progress
@@ -59,6 +76,7 @@ def write_results(out: Path, metrics: dict[str, float], **extra: Any) -> dict[st
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     results = {**metrics, **extra, "overrides": overrides}
     write_json(out / "results.json", results)
+    log.info(f"results: {out / 'results.json'}")
     return results
 
 
@@ -83,9 +101,39 @@ def resolve_resume(ckpt_path: str | None, out: Path) -> tuple[Path | None, Path]
         if path.is_dir():
             path = path / "checkpoints" / "last.ckpt"
     run = path.parent.parent if path.parent.name == "checkpoints" else out
-    if run != out:  # Hydra's new directory for this command only points at the continued run
-        (out / "RESUMED_INTO.txt").write_text(f"{run}\n")
     return path, run
+
+
+# What makes a run another run: its data, its network, its learner.
+IDENTITY = ("dataset._target_", "model._target_", "algorithm._target_", "algorithm.first_order")
+
+
+def refuse_other_run(cfg: DictConfig, stored: dict, run: Path) -> None:
+    """``ckpt_path=last`` picked the newest run beside this one: refuse when that run's dataset,
+    model or algorithm differ from this command's, which would silently continue another
+    experiment (e.g. an Omniglot run, resumed by a command typed with the sinusoid defaults)."""
+    old = OmegaConf.create(stored)
+    differ = [(k, OmegaConf.select(old, k), OmegaConf.select(cfg, k)) for k in IDENTITY
+              if OmegaConf.select(old, k) != OmegaConf.select(cfg, k)]
+    if differ:
+        what = "; ".join(f"{k}: {a} there, {b} in this command" for k, a, b in differ)
+        raise ValueError(
+            f"ckpt_path=last would resume {run}, a different run from this command's ({what}). To continue that run, "
+            f"name it: ckpt_path={run}; to start a new run, drop ckpt_path"
+        )
+
+
+def checkpoint_file(path: Path, what: str = "ckpt_path") -> Path:
+    """``path`` itself, or for a run directory its ``checkpoints/best.ckpt`` (else ``last.ckpt``)."""
+    if not path.is_dir():
+        return path
+    folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    for name in ("best.ckpt", "last.ckpt"):
+        if (folder / name).is_file():
+            log.info(f"{what}={path}: testing {folder / name}")
+            return folder / name
+    raise FileNotFoundError(f"{what}={path} is a directory without checkpoints/best.ckpt or last.ckpt; give a run "
+                            "directory that has them, or a .ckpt file")
 
 
 def seed_everything(seed: Any) -> None:
@@ -100,6 +148,10 @@ def start_run(cfg: DictConfig) -> tuple[DictConfig, Path | None, Path]:
     interrupted run's own config is the base, so the continuation is the same run."""
     resume, out = resolve_resume(cfg.ckpt_path, run_dir())
     if resume is not None:
+        if str(cfg.ckpt_path) == "last" and out != run_dir():
+            refuse_other_run(cfg, load_checkpoint(resume)["metaft_config"], out)
+        if out != run_dir():  # Hydra's new directory for this command only points at the continued run
+            (run_dir() / "RESUMED_INTO.txt").write_text(f"{out}\n")
         # Lightning restores the optimizer's and scheduler's state, learning rate included, so a
         # changed setting would not apply, though the saved config would claim it.
         stored = OmegaConf.create(load_checkpoint(resume)["metaft_config"])

@@ -19,7 +19,8 @@ from metaft.runtime.callbacks import log_hparams
 from metaft.runtime.distributed import global_batchnorm
 from metaft.runtime.io import load_checkpoint
 from metaft.runtime.paths import project_root
-from metaft.runtime.trainer import (final_metrics, make_trainer, merged_config, run_dir, seed_everything,
+from metaft.runtime.progress import log_metrics
+from metaft.runtime.trainer import (checkpoint_file, final_metrics, make_trainer, merged_config, run_dir, seed_everything,
                                     start_run, write_results)
 
 
@@ -50,6 +51,11 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
         )
     head = getattr(net, "head", None)
     if ways is not None and not sized_per_episode and isinstance(head, torch.nn.Linear) and head.out_features != ways:
+        if head.out_features == 1:  # a regression network: fewer ways would not fix it
+            raise ValueError(
+                f"dataset.ways={ways}: model={type(net).__name__} has one output (a regression model), but this "
+                f"dataset is {ways}-way classification: use a classification model, e.g. model=conv4"
+            )
         raise ValueError(
             f"dataset.ways={ways} but the network's head has {head.out_features} outputs, and algorithm "
             f"{type(learner).__name__} classifies with that head: use dataset.ways={head.out_features} (for a "
@@ -93,10 +99,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
-            trainer.test(learner, datamodule=dm, ckpt_path=best, weights_only=True)
+            trainer.test(learner, datamodule=dm, ckpt_path=best, weights_only=True, verbose=False)
         else:
-            trainer.test(learner, datamodule=dm)
+            trainer.test(learner, datamodule=dm, verbose=False)
         results.update(final_metrics(trainer, "test/"))
+        log_metrics(f"test of {'the best checkpoint' if best else 'the final weights'}", final_metrics(trainer, "test/"))
         results["ckpt"] = str(Path(best).resolve()) if best else None
         results["test_episodes_fingerprint"] = dm.fingerprint("test")
     results["batch_norm"] = learner.batch_norm()
@@ -107,9 +114,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test a meta-checkpoint on the fixed test episodes; write ``results.json``."""
     if cfg.ckpt_path is None:
-        raise ValueError("--config-name eval needs the checkpoint to test: add ckpt_path=PATH (a .ckpt file, e.g. "
-                         "outputs/train/runs/<run>/checkpoints/best.ckpt)")
-    ckpt_path = Path(hydra.utils.to_absolute_path(str(cfg.ckpt_path)))
+        raise ValueError("--config-name eval needs the checkpoint to test: add ckpt_path=PATH (a run directory, which "
+                         "tests its best.ckpt, or a .ckpt file)")
+    ckpt_path = checkpoint_file(Path(hydra.utils.to_absolute_path(str(cfg.ckpt_path))))
     ckpt = load_checkpoint(ckpt_path)
     run_cfg = merged_config(cfg, ckpt["metaft_config"])
     # Before loading any data: a checkpoint must not be scored on classes it was trained on.
@@ -131,8 +138,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = run_dir()
     OmegaConf.save(run_cfg, out / "eval_config.yaml")
     trainer = make_trainer(run_cfg, out)
-    trainer.test(learner, datamodule=dm)
+    trainer.test(learner, datamodule=dm, verbose=False)
     results = final_metrics(trainer, "test/")
+    log_metrics("test", results)
     log_hparams(trainer, run_cfg, results)
     return write_results(out, results, ckpt=str(ckpt_path), test_episodes_fingerprint=dm.fingerprint("test"),
                          batch_norm=learner.batch_norm())

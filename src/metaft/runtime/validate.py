@@ -1,0 +1,196 @@
+"""Check a command line's overrides before anything runs: unknown keys (with "did you mean"),
+and values of the wrong type, each named with the key, the value and the type wanted.
+
+Hydra only says that an unknown key "is not in struct" and advises ``+key=value``, which passes
+a typo on to a constructor (a TypeError deep inside Lightning); a wrong type surfaces as a raw
+TypeError, or not at all until the inner loop. Checked here against the composed defaults, before
+Hydra creates the run directory. Imports no torch, so ``train.py`` starts as fast as before.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+# Words some integer settings also accept (the constructor handles them).
+WORDS = {"target.shots": {"all"}, "trainer.devices": {"auto"}, "trainer.max_steps": set()}
+# Settings that are real numbers whatever their default is written as (by the last word of the key).
+REAL_WORDS = {"lr", "scale", "clip", "decay", "momentum", "temperature", "delta", "eps", "ratio", "rate"}
+# Hydra's own flags: with any of these no job runs, or the command is Hydra's business.
+NO_CHECK_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+                  "--resolve", "--package", "-p", "--config-path", "-cp", "--config-dir", "-cd"}
+VALUE_FLAGS = {"--config-name", "-cn", "--experimental-rerun"}
+
+
+class ConfigError(SystemExit):
+    """A command-line problem found before the run: the message, exit status 1."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("error: " + "\nerror: ".join(problems))
+        self.problems = list(problems)
+
+
+def split_argv(argv: Sequence[str]) -> tuple[str, list[str]] | None:
+    """(config name, overrides) of a ``train.py`` command line, or None when Hydra's own flags
+    take over (help, printing the config, another config directory)."""
+    name, overrides, args = "train", [], list(argv)
+    while args:
+        a = args.pop(0)
+        flag = a.split("=", 1)[0]
+        if flag in NO_CHECK_FLAGS:
+            return None
+        if flag in VALUE_FLAGS:
+            value = a.split("=", 1)[1] if "=" in a else (args.pop(0) if args else "")
+            if flag == "--experimental-rerun":
+                return None
+            name = value
+        elif a in ("-m", "--multirun"):
+            continue
+        elif not a.startswith("-"):
+            overrides.append(a)
+    return name, overrides
+
+
+def _keys(cfg: Any, prefix: str = "") -> Iterable[str]:
+    """Every key path of a config, nested ones included."""
+    if isinstance(cfg, DictConfig):
+        for k in cfg.keys():
+            path = f"{prefix}{k}"
+            yield path
+            node = cfg._get_node(k)
+            if isinstance(node, DictConfig):
+                yield from _keys(node, f"{path}.")
+
+
+def _node(cfg: DictConfig, key: str) -> tuple[bool, Any, bool]:
+    """(exists, raw value, is an interpolation) of ``key`` in ``cfg``, without resolving."""
+    parent: Any = cfg
+    parts = key.split(".")
+    for p in parts[:-1]:
+        if not isinstance(parent, DictConfig) or p not in parent:
+            return False, None, False
+        parent = parent._get_node(p)
+    if not isinstance(parent, DictConfig) or parts[-1] not in parent:
+        return False, None, False
+    node = parent._get_node(parts[-1])
+    if OmegaConf.is_interpolation(parent, parts[-1]):
+        return True, None, True
+    if isinstance(node, (DictConfig, ListConfig)):
+        return True, node, False
+    return True, node._value(), False
+
+
+def type_problem(key: str, value: Any, default: Any) -> str | None:
+    """Why ``value`` cannot replace ``default`` at ``key`` (None: it can)."""
+    if value is None or default is None:
+        return None
+    words = WORDS.get(key, set())
+    if isinstance(value, str) and value in words:
+        return None
+    extra = f" (or {', '.join(sorted(words))})" if words else ""
+    if isinstance(default, bool):
+        ok, wanted = isinstance(value, bool), "true or false"
+    elif isinstance(default, int) and key.rsplit(".", 1)[-1].rsplit("_", 1)[-1] in REAL_WORDS:
+        # A real-valued setting that a config happens to write as a whole number (feature_scale: 40).
+        ok, wanted = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif isinstance(default, int):
+        ok, wanted = isinstance(value, int) and not isinstance(value, bool), f"a whole number{extra}"
+    elif isinstance(default, float):
+        ok, wanted = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif isinstance(default, (ListConfig, list)):
+        ok, wanted = isinstance(value, list), "a list, e.g. [1,2]"
+    elif isinstance(default, (DictConfig, dict)):
+        ok, wanted = isinstance(value, dict), "a mapping, e.g. {a:1}"
+    else:  # strings take whatever the command line gives
+        return None
+    if ok:
+        return None
+    example = f", e.g. {key}={default}" if type(default) in (int, float) else ""
+    return f"{key}={value!r}: {key} wants {wanted}{example}"
+
+
+def suggestions(key: str, known: Sequence[str]) -> list[str]:
+    """Known keys close to ``key``: the same parent first, then anywhere."""
+    parent, _, leaf = key.rpartition(".")
+    # Leaves compared among siblings: full paths share their prefix, which makes any two look alike.
+    siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent}
+    close = [siblings[k] for k in difflib.get_close_matches(leaf, list(siblings), n=3, cutoff=0.7)]
+    return close or difflib.get_close_matches(key, known, n=3, cutoff=0.85)
+
+
+def _values(override: Any) -> list[Any] | None:
+    """The values an override gives (each of a sweep's), or None when they are not plain values
+    (an Optuna interval, a glob)."""
+    if not override.is_sweep_override():
+        return [override.value()]
+    if override.is_choice_sweep() or override.is_range_sweep():
+        return list(override.sweep_iterator())
+    return None
+
+
+def check_overrides(config_dir: Path, config_name: str, overrides: Sequence[str]) -> None:
+    """Raise ``ConfigError`` naming each unknown key and each value of the wrong type."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # a syntax error: Hydra's own message says where
+        return
+    groups, values = [], []
+    for o in parsed:
+        key = o.key_or_group
+        if o.is_hydra_override() or key.startswith("hydra") or o.package is not None:
+            continue
+        if (config_dir / key).is_dir():  # a group choice (dataset=omniglot): composed below
+            if o.is_sweep_override():
+                first = next(iter(o.sweep_string_iterator()), None)
+                if first is None:
+                    continue
+                groups.append(f"{o.get_key_element()}={first}")
+            else:
+                groups.append(o.input_line)
+        elif not o.is_delete():
+            values.append(o)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            base = compose(config_name=config_name, overrides=groups)
+    except Exception:  # an unknown group option or config name: Hydra's message lists the options
+        return
+    finally:
+        GlobalHydra.instance().clear()
+    known = list(_keys(base))
+    problems = []
+    for o in values:
+        key, prefix = o.key_or_group, o.get_key_element()[: len(o.get_key_element()) - len(o.key_or_group)]
+        exists, default, interpolated = _node(base, key)
+        if not exists:
+            close = suggestions(key, known)
+            if prefix == "++" or (prefix == "+" and not close):
+                continue  # a deliberate addition: an option the class takes that the config does not list
+            hint = f"did you mean {' or '.join(close)}?" if close else f"{key} is not a setting of the {config_name} config"
+            if prefix == "+":
+                problems.append(f"{o.input_line}: {hint} (+ adds a new key, which the code would then reject)")
+                continue
+            msg = f"{o.input_line}: {hint}"
+            if not close:
+                msg += "; list the settings with `python train.py --cfg job`"
+            if config_name == "eval":
+                msg += (" (eval composes the default dataset before it reads the checkpoint's config: a key only the "
+                        f"checkpoint's config has takes ++, e.g. ++{o.input_line.lstrip('+')})")
+            problems.append(msg)
+            continue
+        if interpolated:
+            continue
+        given = _values(o)
+        for v in given or []:
+            problem = type_problem(key, v, default)
+            if problem:
+                problems.append(problem)
+                break
+    if problems:
+        raise ConfigError(problems)

@@ -1,0 +1,57 @@
+"""Command-line settings are checked before anything runs: unknown keys, wrong types, the
+dataset's natural model."""
+from __future__ import annotations
+
+import pytest
+
+from tests.workflow.conftest import ROOT, train_cli
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("trainer.max_step=100", "trainer.max_step=100: did you mean trainer.max_steps?"),
+    ("+trainer.max_step=100", "did you mean trainer.max_steps?"),
+    ("algorithm.inner_lr=abc", "algorithm.inner_lr='abc': algorithm.inner_lr wants a number"),
+    ("dataset.shots=abc", "dataset.shots='abc': dataset.shots wants a whole number"),
+    ("trainer.max_steps=ten", "trainer.max_steps='ten': trainer.max_steps wants a whole number"),
+    ("algorithm.inner_steps=1.5", "algorithm.inner_steps=1.5: algorithm.inner_steps wants a whole number"),
+    ("test=maybe", "test='maybe': test wants true or false"),
+])
+def test_a_config_error_names_the_key_and_leaves_no_run_directory(tmp_path, override, expected):
+    proc = train_cli([override], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_sweep_value_of_the_wrong_type_stops_the_sweep_before_any_job(tmp_path):
+    proc = train_cli(["-m", "seed=1,x"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1 and "seed='x': seed wants a whole number" in proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_the_values_a_setting_documents_pass():
+    from metaft.runtime.validate import type_problem
+
+    assert type_problem("target.shots", "all", 5) is None
+    assert type_problem("algorithm.inner_lr", 1, 0.01) is None  # an int where a float is wanted
+    assert type_problem("model.feature_scale", 40, None) is None
+    assert type_problem("dataset.shots", 5.0, 1) is not None
+    assert type_problem("model.feature_scale", 40.5, 40) is None  # a real number a recipe writes as 40
+
+
+def test_a_dataset_brings_its_natural_model_unless_one_is_chosen(run_config):
+    assert run_config("train", []).model._target_.endswith("MLP")
+    assert run_config("train", ["dataset=omniglot"]).model._target_.endswith("Conv4")
+    assert run_config("train", ["dataset=omniglot", "model=mlp"]).model._target_.endswith("MLP")
+    assert run_config("train", ["experiment=omniglot_cpu"]).model._target_.endswith("Conv4")
+
+
+def test_a_regression_model_on_a_classification_dataset_advises_a_classification_model(run_config):
+    from metaft.stages.meta import build
+
+    if not (ROOT / "conf" / "dataset" / "omniglot.yaml").is_file():
+        pytest.skip("no omniglot config")
+    cfg = run_config("train", ["dataset=omniglot", "model=mlp"])
+    with pytest.raises(ValueError, match="use a classification model, e.g. model=conv4"):
+        build(cfg)
