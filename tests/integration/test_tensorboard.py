@@ -17,10 +17,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from metaft.algorithms import MAML
-from metaft.runtime.callbacks import sinusoid_fit
+from metaft.stages.monitor import sinusoid_fit
 from metaft.data import Episode, EpisodicDataModule, SinusoidDataModule, split_generator
 from metaft.models import MLP, Conv4
-from metaft.runtime.trainer import make_trainer
+from metaft.stages.meta import make_trainer
 from metaft.stages import main
 from metaft.stages.meta import build
 

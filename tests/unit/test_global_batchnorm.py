@@ -3,7 +3,6 @@ of Conv4 (plain batch norm does not: each rank would normalise its share alone).
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp

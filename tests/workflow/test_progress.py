@@ -10,7 +10,7 @@ import torch
 
 import metaft.runtime.progress as progress
 from metaft.runtime.progress import ProgressLog, progress_callbacks
-from metaft.runtime.trainer import make_trainer
+from metaft.stages.meta import make_trainer
 from metaft.stages import main
 
 FAST = ["trainer.max_steps=4", "trainer.val_check_interval=2", "dataset.meta_batch_size=4",

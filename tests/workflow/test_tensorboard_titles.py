@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from metaft.runtime.callbacks import sinusoid_figure
+from metaft.stages.monitor import sinusoid_figure
 
 
 def test_the_sinusoid_figure_carries_its_title():
@@ -23,7 +23,7 @@ def test_validation_episodes_with_predictions_at_every_validation(run_config):
 
     from metaft.algorithms import MAML
     from metaft.models import Conv4
-    from metaft.runtime.trainer import make_trainer
+    from metaft.stages.meta import make_trainer
     from tests.integration.test_tensorboard import TinyImages
 
     cfg = run_config("train", ["logging.predictions=true", "trainer.max_steps=4", "trainer.val_check_interval=2"])
@@ -40,7 +40,7 @@ def test_validation_episodes_with_predictions_at_every_validation(run_config):
 def test_the_predictions_figure_marks_right_and_wrong_queries():
     import torch
 
-    from metaft.runtime.callbacks import predictions_figure
+    from metaft.stages.monitor import predictions_figure
 
     sx, sy = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
     qx, qy, pred = torch.rand(4, 1, 8, 8), torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1])

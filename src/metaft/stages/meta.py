@@ -2,27 +2,37 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import hydra
+import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from metaft.algorithms.episodic import MetaLearner
 import metaft.algorithms.catalogue as catalogue
+from metaft.algorithms.episodic import MetaLearner
 from metaft.algorithms.pretrain import Pretrain
 from metaft.algorithms.warm_start import without_init_ckpt
 from metaft.data.episodic import EpisodicDataModule
 from metaft.data.omniglot.splits import check_held_out, held_out_split
+from metaft.runtime import trainer as runtime
 from metaft.runtime.callbacks import log_hparams
 from metaft.runtime.distributed import global_batchnorm
 from metaft.runtime.io import load_checkpoint
 from metaft.runtime.paths import project_root
 from metaft.runtime.progress import log_metrics
-from metaft.runtime.trainer import (checkpoint_file, final_metrics, make_trainer, merged_config, run_dir, seed_everything,
-                                    start_run, write_results)
-
+from metaft.runtime.trainer import (
+    checkpoint_file,
+    final_metrics,
+    merged_config,
+    run_dir,
+    seed_everything,
+    start_run,
+    write_results,
+)
+from metaft.stages.monitor import monitor as stage_monitor
 
 
 def _per_episode_heads() -> str:
@@ -63,6 +73,12 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
         )
     learner.run_config = OmegaConf.to_container(cfg, resolve=True)
     return dm, learner
+
+
+def make_trainer(cfg: DictConfig, out: Path, monitor: str | None = None, mode: str = "min",
+                 callbacks: Sequence[Callback] = ()) -> L.Trainer:
+    """The runtime's Trainer with stage 1's monitor (throughput, step sizes, images)."""
+    return runtime.make_trainer(cfg, out, monitor, mode, [stage_monitor(cfg), *callbacks])
 
 
 def check_recipe() -> None:

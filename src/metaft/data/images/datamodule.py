@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from metaft.data.episode import Episode
-from metaft.data.episodic import EpisodicDataModule, episode_generator, split_generator
+from metaft.data.episodic import EpisodicDataModule, episode_generator
 from metaft.data.images.augment import augment
 from metaft.data.images.episodes import ClassTable, normalize, read_rows, to_float
 from metaft.data.images.readers import LAYOUTS, make_reader
