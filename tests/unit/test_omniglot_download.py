@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from metaft.data import OmniglotDataModule
-from metaft.data.omniglot import episodes, store
+from metaft.data.omniglot import classes, store
 
 
 def test_download_with_vinyals_split_names_the_lists_before_fetching(tmp_path, monkeypatch):
     fetched = []
     monkeypatch.setattr(store, "download_zip", lambda name, data_dir, *a, **k: fetched.append(name))
-    monkeypatch.setattr(episodes, "zip_paths", lambda d, download: pytest.fail("zips fetched before the lists"))
+    monkeypatch.setattr(classes, "zip_paths", lambda d, download: pytest.fail("zips fetched before the lists"))
     with pytest.raises(FileNotFoundError) as e:
         OmniglotDataModule(str(tmp_path / "omniglot"), download=True, cache_dir=str(tmp_path / "cache"))
     msg = str(e.value)

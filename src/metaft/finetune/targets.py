@@ -207,13 +207,14 @@ class OmniglotTarget(SupervisedTarget):
                  split: str = "vinyals", rotations: bool | None = None, lake_val_alphabets: int = 5,
                  image_size: int = 28, cache_dir: str | None = None, **common: Any) -> None:
         super().__init__(**common)
-        from metaft.data.omniglot import DRAWERS, OmniglotDataModule
+        from metaft.data.omniglot.classes import OmniglotClasses
+        from metaft.data.omniglot.store import DRAWERS
 
         if classes not in ("characters", "alphabet"):
             raise ValueError(f"target.classes must be 'characters' or 'alphabet', got {classes!r}")
-        self.omniglot = OmniglotDataModule(data_dir, ways=1, shots=1, queries=1, split=split, rotations=rotations,
-                                           lake_val_alphabets=lake_val_alphabets, image_size=image_size,
-                                           cache_dir=cache_dir)
+        if split not in ("vinyals", "lake"):
+            raise ValueError(f"target.split must be 'vinyals' or 'lake', got {split!r}")
+        self.omniglot = OmniglotClasses(data_dir, split, rotations, lake_val_alphabets, image_size, cache_dir)
         self.split, self.image_size = split, image_size
         g = split_generator(self.seed, "test", 2)
         held_out = self.omniglot.class_names("test")

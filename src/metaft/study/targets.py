@@ -25,7 +25,7 @@ def shots_value(shots: Any, all_shots: int) -> int:
 def datamodule(dataset: DictConfig, ways: int | None, shots: int, test_per_class: int) -> EpisodicDataModule:
     """The target's datamodule with ``ways``/``shots``/``test_per_class`` set (regression: no ways)."""
     cfg = OmegaConf.to_container(dataset, resolve=True)
-    cfg.update(shots=shots, eval_queries=test_per_class)
+    cfg.update(shots=shots, eval_queries=test_per_class, queries=test_per_class)  # training queries: unused here
     if ways is not None:
         cfg.update(ways=ways)
     return hydra.utils.instantiate(cfg)

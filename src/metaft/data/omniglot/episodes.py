@@ -18,9 +18,9 @@ from torch import Tensor
 
 from metaft.data.episode import Episode
 from metaft.data.episodic import EpisodicDataModule
+from metaft.data.omniglot.classes import OmniglotClasses
 from metaft.data.omniglot.images import affine_distort, random_affine
-from metaft.data.omniglot.splits import lake_classes, read_split, vinyals_split_files
-from metaft.data.omniglot.store import DRAWERS, SETS, default_cache_dir, load_images, zip_paths
+from metaft.data.omniglot.store import DRAWERS
 
 class OmniglotDataModule(EpisodicDataModule):
     """N-way K-shot Omniglot episodes.
@@ -95,29 +95,9 @@ class OmniglotDataModule(EpisodicDataModule):
         self.split, self.image_size = split, image_size
         self.augment = bool(augment)
         self.data_dir = Path(data_dir).expanduser()
-        cache = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
-
-        # download=true cannot fetch the Vinyals lists: check them before fetching any zip. Without
-        # it, a missing data directory is named first (the likelier mistake).
-        if download and split == "vinyals":
-            vinyals_split_files(self.data_dir, download)
-        zips = zip_paths(self.data_dir, download)
-        split_files = vinyals_split_files(self.data_dir, download) if split == "vinyals" else {}
-        chars: list[str] = []
-        parts = []
-        for name in SETS:
-            c, imgs = load_images(zips[name], image_size, cache)
-            chars += c
-            parts.append(imgs)
-        n_background = len(parts[0])
-        # All characters, uint8 [characters, drawers, H, W]; sampling indexes into this alone.
-        self.images = torch.cat(parts)
-        self.chars = chars
-        row = {c: i for i, c in enumerate(chars)}
-        if split == "vinyals":
-            self.classes = {s: read_split(f, row, rotations) for s, f in split_files.items()}
-        else:
-            self.classes = lake_classes(chars, n_background, lake_val_alphabets, bool(rotations))
+        self.store = OmniglotClasses(self.data_dir, split, rotations, lake_val_alphabets, image_size, cache_dir, download)
+        self.images, self.chars, self.classes = self.store.images, self.store.chars, self.store.classes
+        chars = self.chars
         alphabet_id = {a: i for i, a in enumerate(sorted({c.split("/")[0] for c in chars}))}
         char_alphabet = torch.tensor([alphabet_id[c.split("/")[0]] for c in chars])
         # Per split, each class's alphabet (for within_alphabet episodes), and a check that every
@@ -136,30 +116,17 @@ class OmniglotDataModule(EpisodicDataModule):
 
     # ------------------------------------------------------------------------- sampling
     def _classes(self, split: str) -> Tensor:
-        if split not in self.classes:
-            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-        return self.classes[split]
+        return self.store.table(split)
 
     def num_classes(self, split: str) -> int:
         """How many classes (character x rotation) ``split`` has."""
         return len(self._classes(split))
 
     def class_names(self, split: str) -> list[str]:
-        """``ALPHABET/characterNN/rotDDD`` of every class of ``split``, by global class index."""
-        return [f"{self.chars[i]}/rot{90 * k:03d}" for i, k in self._classes(split).tolist()]
+        return self.store.class_names(split)
 
     def gather(self, classes: Tensor, drawers: Tensor) -> Tensor:
-        """Float images in [0, 1] of split-table rows ``classes`` (``S + [2]``: character, quarter
-        turns) and drawers (``S + [m]``): ``S + [m, 1, H, W]``."""
-        char, turn = classes.unbind(-1)
-        rows = char.unsqueeze(-1) * DRAWERS + drawers  # S + [m]
-        size = self.image_size
-        x = self.images.view(-1, size, size).index_select(0, rows.flatten()).view(-1, rows.shape[-1], size, size)
-        # All four turns of the whole (small, uint8) batch, then each class picks its own: a fixed
-        # four rot90 calls and one block gather instead of a loop over tasks or classes.
-        turns = torch.stack([torch.rot90(x, k, dims=(-2, -1)) for k in range(4)])
-        x = turns[turn.flatten(), torch.arange(len(x))].view(*rows.shape, size, size)
-        return x.unsqueeze(-3).float().div_(255)
+        return self.store.gather(classes, drawers)
 
     def split_ways(self, split: str) -> int:
         """Classes per episode of ``split``: ``train_ways`` in meta-training, ``ways`` otherwise."""
