@@ -136,6 +136,11 @@ def split_per_class(n_items: list[int], shots: Shots, val: int, test: int, gener
     if pool <= 0:
         raise ValueError(f"a class has only {min(n_items)} examples: fewer than target.val_per_class + "
                          f"target.test_per_class + 1 = {val + test + 1}; lower them")
+    if shots is not None and str(shots).lower() != "all" and str(shots).isdigit() and int(shots) > pool:
+        raise ValueError(
+            f"target.shots={shots} but only {pool} examples per class are left for training (a class of "
+            f"{min(n_items)} after target.val_per_class={val} and target.test_per_class={test}): lower "
+            f"target.test_per_class or target.val_per_class to leave more, or use target.shots={pool} (or all)")
     k = parse_shots(shots, pool)
     parts = []
     for n in n_items:
@@ -214,7 +219,8 @@ class OmniglotTarget(SupervisedTarget):
             raise ValueError(f"target.classes must be 'characters' or 'alphabet', got {classes!r}")
         if split not in ("vinyals", "lake"):
             raise ValueError(f"target.split must be 'vinyals' or 'lake', got {split!r}")
-        self.omniglot = OmniglotClasses(data_dir, split, rotations, lake_val_alphabets, image_size, cache_dir)
+        self.omniglot = OmniglotClasses(data_dir, split, rotations, lake_val_alphabets, image_size, cache_dir,
+                                       key="target")
         self.split, self.image_size = split, image_size
         g = split_generator(self.seed, "test", 2)
         held_out = self.omniglot.class_names("test")

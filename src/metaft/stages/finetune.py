@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from metaft.finetune.targets import SupervisedTarget
 from metaft.finetune.module import FineTuner, init_head, load_body, metasgd_step_sizes, untrained_head_rule
 from metaft.runtime.io import load_checkpoint
+from metaft.runtime.progress import log_metrics
 from metaft.runtime.trainer import final_metrics, make_trainer, start_run, write_results
 
 
@@ -148,7 +149,8 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     results: dict[str, Any] = {**final_metrics(trainer, "val/"), "steps": trainer.global_step}
     if cfg.test:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(learner, datamodule=dm, ckpt_path=best or None, weights_only=True)
+        trainer.test(learner, datamodule=dm, ckpt_path=best or None, weights_only=True, verbose=False)
         results.update(final_metrics(trainer, "test/"))
+        log_metrics("test of the best checkpoint", final_metrics(trainer, "test/"))  # steps in natural order
         results["ckpt"] = str(Path(best).resolve()) if best else None
     return write_results(out, results, **info)

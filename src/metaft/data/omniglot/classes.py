@@ -18,7 +18,7 @@ class OmniglotClasses:
     for ``OmniglotDataModule``."""
 
     def __init__(self, data_dir: Path, split: str, rotations: bool | None, lake_val_alphabets: int, image_size: int,
-                 cache_dir: str | None, download: bool = False) -> None:
+                 cache_dir: str | None, download: bool = False, key: str = "dataset") -> None:
         self.data_dir, self.image_size = Path(data_dir).expanduser(), image_size
         cache = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
 
@@ -26,7 +26,7 @@ class OmniglotClasses:
         # it, a missing data directory is named first (the likelier mistake).
         if download and split == "vinyals":
             vinyals_split_files(self.data_dir, download)
-        zips = zip_paths(self.data_dir, download)
+        zips = zip_paths(self.data_dir, download, key)
         split_files = vinyals_split_files(self.data_dir, download) if split == "vinyals" else {}
         chars: list[str] = []
         parts = []

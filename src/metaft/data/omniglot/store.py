@@ -169,8 +169,9 @@ def download_zip(name: str, data_dir: Path, url: str | None = None, md5: str | N
     return dest
 
 
-def zip_paths(data_dir: Path, download: bool) -> dict[str, Path]:
-    """The two official zips under ``data_dir``, fetched when missing and ``download``; else a clear error."""
+def zip_paths(data_dir: Path, download: bool, key: str = "dataset") -> dict[str, Path]:
+    """The two official zips under ``data_dir``, fetched when missing and ``download``; else a clear
+    error naming ``key``'s settings (``dataset`` in meta-training, ``target`` in fine-tuning)."""
     paths = {name: data_dir / f"{name}.zip" for name in SETS}
     for name, p in paths.items():
         if p.is_file():
@@ -181,9 +182,13 @@ def zip_paths(data_dir: Path, download: bool) -> dict[str, Path]:
         where = "does not exist" if not data_dir.is_dir() else f"has no {p.name}"
         if not data_dir.is_absolute():  # relative paths are from the directory train.py runs in
             where += f" (here: {data_dir.resolve()})"
+        urls = f"{OFFICIAL_URL.format(name=SETS[0])} and {OFFICIAL_URL.format(name=SETS[1])}"
+        fix = (f"or add dataset.download=true to fetch the official zips ({urls}) into it" if key == "dataset" else
+               f"fine-tuning does not download: put {urls} there by hand, or run meta-training once with "
+               "dataset.download=true")
         raise FileNotFoundError(
-            f"dataset.data_dir={data_dir} {where}. Point dataset.data_dir (or paths.data_dir) at the "
-            f"Omniglot directory, or set dataset.download=true to fetch the official zips "
-            f"({OFFICIAL_URL.format(name=SETS[0])} and {OFFICIAL_URL.format(name=SETS[1])}) into it."
+            f"{key}.data_dir={data_dir} {where}. Set paths.data_dir to the folder holding "
+            f"omniglot/images_background.zip and omniglot/images_evaluation.zip (or {key}.data_dir to that "
+            f"omniglot folder); {fix}."
         )
     return paths
