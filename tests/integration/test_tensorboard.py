@@ -179,8 +179,8 @@ class TinyImages(EpisodicDataModule):
 
 @pytest.mark.parametrize("images", [True, False])
 def test_image_classification_run(run_config, images):
-    cfg = run_config("train", [f"logging.images={images}", "trainer.max_steps=2", "trainer.val_check_interval=2",
-                               "trainer.log_every_n_steps=1"])
+    cfg = run_config("train", [f"logging.images={images}", "logging.predictions=false", "trainer.max_steps=2",
+                               "trainer.val_check_interval=2", "trainer.log_every_n_steps=1"])
     dm = TinyImages(meta_batch_size=2, val_episodes=4, test_episodes=4, eval_batch_size=4, seed=0)
     torch.manual_seed(0)
     learner = MAML(net=Conv4(1, 16, filters=4, out_features=3), task="classification", inner_lr=0.1,

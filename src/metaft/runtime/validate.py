@@ -116,8 +116,16 @@ def suggestions(key: str, known: Sequence[str]) -> list[str]:
     parent, _, leaf = key.rpartition(".")
     # Leaves compared among siblings: full paths share their prefix, which makes any two look alike.
     siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent}
-    close = [siblings[k] for k in difflib.get_close_matches(leaf, list(siblings), n=3, cutoff=0.7)]
-    return close or difflib.get_close_matches(key, known, n=3, cutoff=0.85)
+    close = [siblings[k] for k in _closest(leaf, list(siblings), cutoff=0.7)]
+    return close or _closest(key, known, cutoff=0.85)
+
+
+def _closest(word: str, options: list[str], cutoff: float) -> list[str]:
+    """Up to three close matches, only those about as close as the closest (``max_step``: not
+    ``max_time`` beside ``max_steps``)."""
+    scored = sorted(((difflib.SequenceMatcher(None, word, o).ratio(), o) for o in options), reverse=True)
+    scored = [(r, o) for r, o in scored if r >= cutoff]
+    return [o for r, o in scored[:3] if r >= scored[0][0] - 0.1] if scored else []
 
 
 def _values(override: Any) -> list[Any] | None:
