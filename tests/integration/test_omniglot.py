@@ -468,6 +468,8 @@ def test_train_maml_conv4_on_lake_then_eval_on_runs(run_config, cache_dir, runs_
     runs = json.loads((Path(ev.hydra.runtime.output_dir) / "results.json").read_text())
     # 20 runs x 20 trials: multiples of 1/4 percent.
     assert runs["test/episodes"] == 20 and abs(runs["test/acc"] * 4 - round(runs["test/acc"] * 4)) < 1e-3
+    # Compared with people scoring one image at a time: inductive, whatever the training used.
+    assert res["batch_norm"] == "transductive (query set)" and runs["batch_norm"] == "inductive (support set)"
 
 
 @pytest.mark.parametrize("experiment, ways, lr, eval_lr, steps, batch", [

@@ -83,6 +83,10 @@ class EpisodicDataModule(L.LightningDataModule):
     seed: selects the training stream and the fixed evaluation episodes.
     """
 
+    # Whether this dataset's scores are compared with scoring one example at a time (people on
+    # Lake's runs): its queries are then always normalised with the support set's statistics.
+    inductive_only: bool = False
+
     task: str = "classification"
 
     def __init__(

@@ -44,6 +44,8 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
     """Instantiate the datamodule and the learner (with its model) from a composed config."""
     dm: EpisodicDataModule = hydra.utils.instantiate(cfg.dataset)
     net = hydra.utils.instantiate(cfg.model)
+    if dm.inductive_only and getattr(net, "norm", None) == "transductive":
+        net.norm = "inductive"  # the same weights; no query's statistics reach another's prediction
     learner: MetaLearner = hydra.utils.instantiate(cfg.algorithm, net=net, task=dm.task)
     if isinstance(learner, Pretrain):
         # Its labelled batches are shared out across data-parallel ranks: batch norm must use the

@@ -81,6 +81,8 @@ class OmniglotRunsDataModule(EpisodicDataModule):
         eval_batch_size, seed: as in ``EpisodicDataModule`` (the runs themselves are fixed).
     """
 
+    inductive_only = True  # compared with people and a Siamese net, who score one image at a time
+
     task = "classification"
 
     def __init__(self, data_dir: str, image_size: int = 28, ways: int = WAYS, shots: int = 1,
