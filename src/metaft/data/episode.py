@@ -47,6 +47,20 @@ class Episode:
         return Episode(*(getattr(self, name).contiguous() for name in _FIELDS))
 
     @staticmethod
+    def from_blocks(x: torch.Tensor, shots: int) -> "Episode":
+        """Tasks from class-blocked examples ``x [tasks, ways, shots + queries, ...]``: the first
+        ``shots`` of each class are support, the rest query; labels are the class's position."""
+        n, ways, s = x.shape[0], x.shape[1], shots
+        q = x.shape[2] - s
+        labels = torch.arange(ways)
+        return Episode(
+            x[:, :, :s].reshape(n, ways * s, *x.shape[3:]),
+            labels.repeat_interleave(s).expand(n, -1).contiguous(),
+            x[:, :, s:].reshape(n, ways * q, *x.shape[3:]),
+            labels.repeat_interleave(q).expand(n, -1).contiguous(),
+        )
+
+    @staticmethod
     def cat(episodes: list["Episode"]) -> "Episode":
         return Episode(*(torch.cat([getattr(e, name) for e in episodes]) for name in _FIELDS))
 

@@ -182,16 +182,8 @@ class FewShotImages(EpisodicDataModule):
 
     def episode(self, split: str, rows: Tensor, generator: torch.Generator | None = None) -> Episode:
         """The episodes of drawn ``rows`` (``generator``: for training-image augmentation)."""
-        n, ways, s = rows.shape[0], rows.shape[1], self.split_shots(split)
-        q = rows.shape[2] - s
         x = self.images(split, rows, generator)  # [n, ways, s+q, C, S, S]
-        labels = torch.arange(ways)
-        return Episode(
-            x[:, :, :s].reshape(n, ways * s, *x.shape[3:]),
-            labels.repeat_interleave(s).expand(n, -1).contiguous(),
-            x[:, :, s:].reshape(n, ways * q, *x.shape[3:]),
-            labels.repeat_interleave(q).expand(n, -1).contiguous(),
-        )
+        return Episode.from_blocks(x, self.split_shots(split))
 
     def labelled_batch(self, split: str, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """``n`` images drawn uniformly (with replacement) from ``split`` and their class indices."""

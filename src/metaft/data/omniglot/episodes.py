@@ -167,15 +167,7 @@ class OmniglotDataModule(EpisodicDataModule):
 
     def _episode(self, x: Tensor) -> Episode:
         """Support and query sets of images ``[n, ways, shots + queries, 1, H, W]``."""
-        n, s, ways = x.shape[0], self.shots, x.shape[1]
-        q = x.shape[2] - s
-        labels = torch.arange(ways)
-        return Episode(
-            x[:, :, :s].reshape(n, ways * s, *x.shape[3:]),
-            labels.repeat_interleave(s).expand(n, -1).contiguous(),
-            x[:, :, s:].reshape(n, ways * q, *x.shape[3:]),
-            labels.repeat_interleave(q).expand(n, -1).contiguous(),
-        )
+        return Episode.from_blocks(x, self.shots)
 
     def labelled_batch(self, split: str, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """``n`` images drawn uniformly (with replacement) from ``split``: ``[n, 1, H, W]`` in [0, 1]
