@@ -55,3 +55,13 @@ def test_a_regression_model_on_a_classification_dataset_advises_a_classification
     cfg = run_config("train", ["dataset=omniglot", "model=mlp"])
     with pytest.raises(ValueError, match="use a classification model, e.g. model=conv4"):
         build(cfg)
+
+
+def test_a_setting_the_user_must_give_is_a_known_key(tmp_path):
+    """Keys whose default is ``???`` (``target.root`` of the folder target, an image folder's
+    ``dataset.data_dir``) are settings like any other: given, they pass; misspelt, they are named."""
+    from metaft.runtime.validate import ConfigError, check_overrides
+
+    check_overrides(ROOT / "conf", "finetune", ["target=folder", f"target.root={tmp_path}"])
+    with pytest.raises(ConfigError, match="did you mean target.root"):
+        check_overrides(ROOT / "conf", "finetune", ["target=folder", f"target.rot={tmp_path}"])

@@ -68,11 +68,13 @@ def _node(cfg: DictConfig, key: str) -> tuple[bool, Any, bool]:
     """(exists, raw value, is an interpolation) of ``key`` in ``cfg``, without resolving."""
     parent: Any = cfg
     parts = key.split(".")
+    # ``key in cfg`` is False for a key whose value is missing (``???``, a setting the user must
+    # give, e.g. target.root): look the key up among the node's keys instead.
     for p in parts[:-1]:
-        if not isinstance(parent, DictConfig) or p not in parent:
+        if not isinstance(parent, DictConfig) or p not in parent.keys():
             return False, None, False
         parent = parent._get_node(p)
-    if not isinstance(parent, DictConfig) or parts[-1] not in parent:
+    if not isinstance(parent, DictConfig) or parts[-1] not in parent.keys():
         return False, None, False
     node = parent._get_node(parts[-1])
     if OmegaConf.is_interpolation(parent, parts[-1]):
