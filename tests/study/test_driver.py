@@ -49,6 +49,7 @@ def test_every_init_is_adapted_on_the_same_problems_and_reported(tmp_path):
     assert {r["adaptation"] for r in table if r["init"] == "maml"} == {"probe", "finetune", "inner"}
     text = (out / "study.md").read_text()
     assert "## The answer" in text and "maml" in text and "inductive" in text
+    assert f"--out {out}" in text and "target.problems=6" in text  # the command that continues it
     assert (out / "study.png").is_file() and any((out / "tensorboard").iterdir())
 
 

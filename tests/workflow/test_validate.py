@@ -65,3 +65,15 @@ def test_a_setting_the_user_must_give_is_a_known_key(tmp_path):
     check_overrides(ROOT / "conf", "finetune", ["target=folder", f"target.root={tmp_path}"])
     with pytest.raises(ConfigError, match="did you mean target.root"):
         check_overrides(ROOT / "conf", "finetune", ["target=folder", f"target.rot={tmp_path}"])
+
+
+def test_a_gpu_setting_without_a_gpu_says_what_to_use(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: hardware=gpu is valid")
+    proc = train_cli(["hardware=gpu", "trainer.max_steps=2"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1
+    assert "needs a CUDA GPU, and torch finds none here: use hardware=cpu" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not any((tmp_path / "outputs" / "train" / "runs").glob("*"))

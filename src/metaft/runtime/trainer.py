@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -60,6 +61,9 @@ def make_trainer(cfg: DictConfig, out: Path, monitor: str | None = None, mode: s
     logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
     trainer_kwargs = hydra.utils.instantiate(cfg.trainer, _convert_="all")  # builds a configured strategy
     devices = trainer_kwargs.get("devices")
+    if trainer_kwargs.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.accelerator={trainer_kwargs['accelerator']} (hardware=gpu or ddp) needs a CUDA GPU, "
+                         "and torch finds none here: use hardware=cpu (or hardware=ddp_cpu for two CPU processes)")
     if trainer_kwargs.get("accelerator") == "cpu" and isinstance(devices, int) and devices > (os.cpu_count() or 1):
         raise ValueError(f"trainer.devices={devices} CPU processes is more than this machine's {os.cpu_count()} cores; lower trainer.devices")
     if trainer_kwargs.get("enable_progress_bar") is None:
@@ -158,6 +162,15 @@ def start_run(cfg: DictConfig) -> tuple[DictConfig, Path | None, Path]:
         state_keys = ("algorithm.optimizer", "algorithm.scheduler", "finetuner.optimizer", "finetuner.scheduler")
         for override in HydraConfig.get().overrides.task:
             key = override.split("=", 1)[0].lstrip("+~")
+            # What the run learns from is part of the run: continuing it on another dataset, model
+            # or algorithm would leave a run whose saved config describes neither half.
+            if key.split(".")[0] in GROUPS and key.split(".")[0] in stored and not key.startswith(state_keys) \
+                    and OmegaConf.select(cfg, key) != OmegaConf.select(stored, key):
+                raise ValueError(
+                    f"{override}: resuming continues the run as it was trained ({key}="
+                    f"{OmegaConf.select(stored, key)}); drop it to continue the run, or start a new run (without "
+                    "ckpt_path) to train with it"
+                )
             if key.startswith(state_keys) and OmegaConf.select(cfg, key) != OmegaConf.select(stored, key):
                 raise ValueError(
                     f"{override}: resuming restores the optimizer and scheduler from the checkpoint "

@@ -14,7 +14,7 @@ from metaft.finetune.targets import SupervisedTarget
 from metaft.finetune.module import FineTuner, init_head, load_body, metasgd_step_sizes, untrained_head_rule
 from metaft.runtime.io import load_checkpoint
 from metaft.runtime.progress import log_metrics
-from metaft.runtime.trainer import final_metrics, make_trainer, start_run, write_results
+from metaft.runtime.trainer import checkpoint_file, final_metrics, make_trainer, start_run, write_results
 
 
 INIT_KINDS = ("random", "pretrained", "meta")
@@ -36,6 +36,8 @@ def resolve_init(cfg: DictConfig) -> tuple[str, str | None]:
                          f"({', '.join(mapping) or 'empty'})")
     if not path:
         raise ValueError(f"init={name} needs a checkpoint: give meta_ckpt=PATH (or checkpoints.{name}=PATH)")
+    # A stage-1 run directory stands for its checkpoint, as ckpt_path takes one.
+    path = checkpoint_file(Path(hydra.utils.to_absolute_path(str(path))), "meta_ckpt")
     return ("pretrained" if name == "pretrained" else "meta"), str(path)
 
 

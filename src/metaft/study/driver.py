@@ -193,7 +193,7 @@ def report(out: Path) -> str:
     meta = [i for i, a in cfg.inits.items() if a is not None and i not in cfg.pretrained]
     seeds = sorted({r["seed"] for r in rows})
     header = [f"# Data-efficiency study: {cfg.name}", "",
-              f"Command: `python -m metaft.study {cfg.name} --out {out}` (settings: `{CONFIG}`).",
+              f"Command: `{_command(out, cfg)}` (settings: `{CONFIG}`).",
               f"Batch norm: {rows[0]['bn']} at adaptation and test"
               + (" (queries normalised with the support set's statistics)." if rows[0]["bn"] == "inductive"
                  else " (TRANSDUCTIVE: queries share their batch statistics)."),
@@ -211,6 +211,11 @@ def report(out: Path) -> str:
     return text
 
 
+def _command(out: Path, cfg: DictConfig) -> str:
+    saved = out / "command.txt"
+    return saved.read_text().strip() if saved.is_file() else f"python -m metaft.study {cfg.name} --out {out}"
+
+
 def _tensorboard(out: Path, pictures: list[Path]) -> None:
     import matplotlib.image as mpimg
     from torch.utils.tensorboard import SummaryWriter
@@ -226,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("rest", nargs="*", help="key=value overrides of the study's config; for report: the study's DIR")
     p.add_argument("--out", default=None, help="output directory (an existing one of the same study continues)")
     p.add_argument("--ckpt", action="append", default=[], help="INIT=PATH[,PATH...]: stage-1 checkpoints, one per seed")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value before or after the options
     try:
         if args.name == "report":
             if len(args.rest) != 1:
@@ -237,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         given = given_checkpoints(cfg, args.ckpt)
         out = output_dir(cfg, args.out)
         print(f"study directory: {out}", flush=True)
+        # The exact command, so the report can say how to continue or reproduce this study.
+        command = " ".join(["python -m metaft.study", args.name, *args.rest, "--out", str(out),
+                            *(f"--ckpt {c}" for c in args.ckpt)])
+        atomic_write_text(out / "command.txt", command + "\n")
         run(cfg, out, given)
         print(report(out))
         print(f"\nwritten: {out / 'study.md'}, {out / 'study.csv'}", flush=True)
