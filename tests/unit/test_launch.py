@@ -85,3 +85,17 @@ def test_a_request_slurm_can_never_meet_fails_at_once_naming_it(monkeypatch):
         launcher._wait(Job(), poll_s=0)
     assert calls == ["squeue", "squeue", "scancel"]
     assert ms.never_runs("QOSMaxGRESPerJob") and ms.never_runs("PartitionNodeLimit") and not ms.never_runs("Resources")
+
+
+def test_only_rank_zero_writes_the_results(tmp_path, monkeypatch):
+    """Under SLURM or torchrun every rank runs the stage to its end: one results.json, rank 0's."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from metaft.runtime.trainer import write_results
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    assert write_results(tmp_path, {"test/acc": 50.0})["test/acc"] == 50.0
+    assert not (tmp_path / "results.json").exists()
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    write_results(tmp_path, {"test/acc": 50.0})
+    assert (tmp_path / "results.json").is_file()

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -79,6 +80,8 @@ def final_metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:
 def write_results(out: Path, metrics: dict[str, float], **extra: Any) -> dict[str, Any]:
     overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
     results = {**metrics, **extra, "overrides": overrides}
+    if rank_zero_only.rank != 0:  # under SLURM or torchrun every rank runs the stage; one writes
+        return results
     write_json(out / "results.json", results)
     log.info(f"results: {out / 'results.json'}")
     return results
