@@ -30,7 +30,7 @@ def default_data_dir() -> str:
 
 # Groups ``--help`` leaves out: Hydra's own, and those other choices pick (recipe/* follow
 # experiment= and algorithm=; paths has one option).
-_HIDDEN_GROUPS = ("hydra", "recipe", "paths")
+_HIDDEN_GROUPS = ("hydra", "recipe", "paths", "study")  # study: python -m metaft.study, not train.py
 
 
 def help_groups() -> str:
