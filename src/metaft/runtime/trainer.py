@@ -165,14 +165,15 @@ def start_run(cfg: DictConfig) -> tuple[DictConfig, Path | None, Path]:
         state_keys = ("algorithm.optimizer", "algorithm.scheduler", "finetuner.optimizer", "finetuner.scheduler")
         for override in HydraConfig.get().overrides.task:
             key = override.split("=", 1)[0].lstrip("+~")
-            # What the run learns from is part of the run: continuing it on another dataset, model
-            # or algorithm would leave a run whose saved config describes neither half.
-            if key.split(".")[0] in GROUPS and key.split(".")[0] in stored and not key.startswith(state_keys) \
-                    and OmegaConf.select(cfg, key) != OmegaConf.select(stored, key):
+            # What the run learns from is part of the run: continuing it on other data, another model
+            # or another algorithm would leave a run whose saved config describes neither half.
+            # (An algorithm's own settings may change: e.g. nonfinite=skip to get past a bad step.)
+            defines_run = key in GROUPS or key.startswith(("dataset.", "model."))
+            if defines_run and key.split(".")[0] in stored and OmegaConf.select(cfg, key) != OmegaConf.select(stored, key):
                 raise ValueError(
                     f"{override}: resuming continues the run as it was trained ({key}="
-                    f"{OmegaConf.select(stored, key)}); drop it to continue the run, or start a new run (without "
-                    "ckpt_path) to train with it"
+                    f"{_brief(OmegaConf.select(stored, key))}); drop it to continue the run, or start a new run "
+                    "(without ckpt_path) to train with it"
                 )
             if key.startswith(state_keys) and OmegaConf.select(cfg, key) != OmegaConf.select(stored, key):
                 raise ValueError(
@@ -184,6 +185,11 @@ def start_run(cfg: DictConfig) -> tuple[DictConfig, Path | None, Path]:
         log.info("resuming %s in %s", resume, out)
     seed_everything(cfg.seed)
     return cfg, resume, out
+
+
+def _brief(value: Any) -> Any:
+    """A group's stored config by its target (``metaft.algorithms.MAML``), a setting as it is."""
+    return value.get("_target_", value) if isinstance(value, DictConfig) else value
 
 
 def merged_config(cfg: DictConfig, stored: dict) -> DictConfig:
