@@ -77,3 +77,12 @@ def test_a_gpu_setting_without_a_gpu_says_what_to_use(tmp_path):
     assert "needs a CUDA GPU, and torch finds none here: use hardware=cpu" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not any((tmp_path / "outputs" / "train" / "runs").glob("*"))
+
+
+def test_a_setting_left_to_the_user_is_asked_for_before_anything_runs(tmp_path):
+    from metaft.runtime.validate import ConfigError, check_overrides
+
+    with pytest.raises(ConfigError, match="target.root must be given: add target.root=... to the command line"):
+        check_overrides(ROOT / "conf", "finetune", ["target=folder"])
+    check_overrides(ROOT / "conf", "train", [])  # the defaults leave nothing to give
+    check_overrides(ROOT / "conf", "eval", ["ckpt_path=x.ckpt"])

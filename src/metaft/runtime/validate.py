@@ -202,5 +202,12 @@ def check_overrides(config_dir: Path, config_name: str, overrides: Sequence[str]
             if problem:
                 problems.append(problem)
                 break
+    # Settings the chosen configs leave for the user (``???``, e.g. target.root of target=folder):
+    # named now, not as OmegaConf's MissingMandatoryValue from inside the run.
+    given = {o.key_or_group for o in values}
+    for key in known:  # raw values, unresolved: interpolations may need Hydra's runtime
+        missing = _node(base, key)[1] == "???"
+        if missing and not key.startswith("hydra") and key not in given and not any(key.startswith(g + ".") for g in given):
+            problems.append(f"{key} must be given: add {key}=... to the command line")
     if problems:
         raise ConfigError(problems)
