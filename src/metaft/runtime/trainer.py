@@ -155,13 +155,14 @@ def start_run(cfg: DictConfig) -> tuple[DictConfig, Path | None, Path]:
     interrupted run's own config is the base, so the continuation is the same run."""
     resume, out = resolve_resume(cfg.ckpt_path, run_dir())
     if resume is not None:
+        saved = load_checkpoint(resume)["metaft_config"]  # the whole checkpoint is read once
         if str(cfg.ckpt_path) == "last" and out != run_dir():
-            refuse_other_run(cfg, load_checkpoint(resume)["metaft_config"], out)
+            refuse_other_run(cfg, saved, out)
         if out != run_dir():  # Hydra's new directory for this command only points at the continued run
             (run_dir() / "RESUMED_INTO.txt").write_text(f"{out}\n")
         # Lightning restores the optimizer's and scheduler's state, learning rate included, so a
         # changed setting would not apply, though the saved config would claim it.
-        stored = OmegaConf.create(load_checkpoint(resume)["metaft_config"])
+        stored = OmegaConf.create(saved)
         state_keys = ("algorithm.optimizer", "algorithm.scheduler", "finetuner.optimizer", "finetuner.scheduler")
         for override in HydraConfig.get().overrides.task:
             key = override.split("=", 1)[0].lstrip("+~")

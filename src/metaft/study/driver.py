@@ -28,6 +28,7 @@ from metaft.core.objective import Objective
 from metaft.runtime.io import atomic_write_text, load_checkpoint
 from metaft.runtime.paths import project_root
 from metaft.runtime.run_dirs import claim
+from metaft.finetune.targets import parse_shots
 from metaft.study import analysis, evaluate, stage1, targets
 from metaft.study.problems import problem_fingerprints
 from metaft.study.stats import curves_convergence
@@ -119,7 +120,7 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
     t, ft = cfg.target, cfg.adapt.finetune
     for ways in t.ways:
         for shots in t.shots:
-            k = targets.shots_value(shots, int(t.all_shots))
+            k = parse_shots(shots, int(t.all_shots))  # `all`: every example left after the test ones
             piece = out / "rows" / f"N{ways}_K{shots}"
             todo = [(key, a) for key in inits for a in evaluate.ADAPTATIONS
                     if not (piece / f"{key[0]}_seed{key[1]}_{a}.csv").is_file()]

@@ -63,10 +63,6 @@ def check(init: str, config: dict[str, Any], cfg: DictConfig) -> None:
         raise ValueError(f"init {init}: its checkpoint does not fit the {cfg.name} study: " + "; ".join(problems))
 
 
-def metric_name(objective: Objective) -> str:
-    return "mse" if objective.regression else "acc"
-
-
 def probe(init: Init, episode: Episode, cfg: DictConfig, objective: Objective) -> np.ndarray:
     if objective.regression:
         return P.ridge_problems(init.net, episode, lam=float(cfg.adapt.probe.lam), bn=cfg.adapt.bn).numpy()

@@ -4,22 +4,12 @@ problems (paired; ``problems.problem_fingerprints`` names each)."""
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from metaft.data.episode import Episode
 from metaft.data.episodic import EpisodicDataModule, split_generator
-
-
-def shots_value(shots: Any, all_shots: int) -> int:
-    """``K`` as a number: ``all`` is every example a class has left after its test examples."""
-    if str(shots) == "all":
-        return all_shots
-    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
-        raise ValueError(f"study target shots must be integers >= 1 or 'all', got {shots!r}")
-    return shots
 
 
 def datamodule(dataset: DictConfig, ways: int | None, shots: int, test_per_class: int) -> EpisodicDataModule:
