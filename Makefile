@@ -8,10 +8,13 @@ BIN := $(VENV)/bin
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-# torch is pinned first so pip takes the CPU build, not a multi-GB CUDA one.
+# torch is installed first, pinned, so the project's install does not pull another build. Where pip
+# would fetch the multi-GB CUDA build and no GPU is wanted:
+#   make setup TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q $(TORCH_PIP_ARGS) "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 

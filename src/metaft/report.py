@@ -21,7 +21,9 @@ from typing import Sequence
 
 from metaft.core.metrics import mean_ci95, t975  # noqa: F401 (t975: re-exported)
 
-_IGNORED_KEYS = ("seed",)
+# Not part of a run's group: its seed (the unit averaged over), and the checkpoint it resumed
+# from (a resumed run is the same experiment as its siblings).
+_IGNORED_KEYS = ("seed", "ckpt_path")
 _SKIPPED = re.compile(r"(_ci95|_step\d+)$|/(episodes|loss)$")
 
 
@@ -40,8 +42,10 @@ class Run:
         self.config, self.seed = [], ""
         for o in self.overrides:
             key, _, value = o.lstrip("+~").partition("=")
-            if key in _IGNORED_KEYS:
+            if key == "seed":
                 self.seed = value
+            elif key in _IGNORED_KEYS:
+                continue
             elif not key.startswith(("hydra.", "hydra/")):
                 self.config.append(o)
 
@@ -150,6 +154,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def render(root: Path, runs: Sequence[Run], groups: Sequence[Group], metrics: Sequence[str], sort_by: str | None) -> str:
     g_rows = [[g.name, str(g.n), str(g.failed), *(fmt(*g.stats[m]) for m in metrics)] for g in groups]
     order = {g.name: i for i, g in enumerate(groups)}
@@ -161,7 +169,8 @@ def render(root: Path, runs: Sequence[Run], groups: Sequence[Group], metrics: Se
     common = " ".join(f"`{o}`" for o in common_overrides(runs)) or "none"
     return "\n\n".join([
         f"# Report: {root}",
-        f"{len(runs)} runs ({sum(r.status != 'ok' for r in runs)} failed) in {len(groups)} groups{sort_note}. "
+        f"{_count(len(runs), 'run')} ({sum(r.status != 'ok' for r in runs)} failed) in {_count(len(groups), 'group')}"
+        f"{sort_note}. "
         f"Overrides common to all runs: {common}.",
         "## Groups (mean ± 95% CI across seeds)",
         "± is the 95% confidence interval of the mean over a group's successful runs (seeds): "
@@ -276,7 +285,8 @@ def report(root: str | Path, out: str | Path | None = None, metric: str | None =
     write_csvs(out, runs, groups, metrics)
     if sort_by:
         ok = sum(r.status == "ok" for r in runs)
-        plot(out / "report.png", groups, sort_by, f"{root.resolve().name}: {sort_by}, {ok} runs in {len(groups)} groups")
+        plot(out / "report.png", groups, sort_by,
+             f"{root.resolve().name}: {sort_by}, {_count(ok, 'run')} in {_count(len(groups), 'group')}")
     return text
 
 

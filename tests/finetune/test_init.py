@@ -1,6 +1,8 @@
 """Initialising the fine-tuning model: body from the checkpoint, head rules, step sizes, errors."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -242,3 +244,20 @@ def test_a_preset_model_does_not_override_the_checkpoints_architecture(run_confi
     assert "5.scale" not in learner.net.body.state_dict()
     with pytest.raises(ValueError, match="another architecture"):
         build(run_config("finetune", [*common, "model=conv4", "model.filters=4", "model.feature_scale=null"], "explicit"))
+
+
+def test_early_stopping_is_logged_and_results_name_the_tested_step(run_config, mlp_ckpt, caplog):
+    import json
+    import logging
+
+    from metaft.stages import main
+
+    caplog.set_level(logging.INFO, logger="metaft.stages.finetune")
+    # A step size too small to change anything: validation never improves after the first one.
+    cfg = run_config("finetune", [f"meta_ckpt={mlp_ckpt}", "trainer.max_steps=30", "trainer.val_check_interval=3",
+                                  "early_stopping.patience=2", "finetuner.optimizer.lr=1e-30", "test=false",
+                                  "progress=log"], "early")
+    main(cfg)
+    results = json.loads((Path(cfg.hydra.runtime.output_dir) / "results.json").read_text())
+    assert results["early_stopped"] is True and results["steps"] == 9 and results["best_step"] == 3
+    assert "early stopping at step 9 of 30: val/mse did not improve for 2 validations" in caplog.text

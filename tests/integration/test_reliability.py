@@ -72,6 +72,7 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, stage):
     resume = ["--config-name", "finetune"] if stage == "fine-tuning" else []
     finish(train_py(*resume, f"ckpt_path={killed}", f"hydra.run.dir={tmp_path / 'resume_cmd'}"))
     assert (tmp_path / "resume_cmd" / "RESUMED_INTO.txt").read_text().strip() == str(killed)
+    assert f"resuming {last} in {killed}" in (killed / "train.log").read_text()  # the run's log has both halves
 
     a = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     b = torch.load(last, map_location="cpu", weights_only=True)

@@ -6,6 +6,7 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 import torch
 
 from metaft.models import MLP
@@ -51,6 +52,11 @@ def test_every_init_is_adapted_on_the_same_problems_and_reported(tmp_path):
     assert "## The answer" in text and "maml" in text and "inductive" in text
     assert f"--out {out}" in text and "target.problems=6" in text  # the command that continues it
     assert (out / "study.png").is_file() and any((out / "tensorboard").iterdir())
+    # Each fine-tuned problem keeps its curve (max_steps=4, evaluated every 2) for the convergence plot.
+    from metaft.study.analysis import parse_curve
+
+    steps, mse = parse_curve(next(r for r in table if r["adaptation"] == "finetune")["curve"])
+    assert steps == [0, 2, 4] and len(mse) == 3 and (out / "study_convergence.png").is_file()
 
 
 def test_an_interrupted_study_continues_without_recomputing(tmp_path):
@@ -127,3 +133,54 @@ def test_a_problem_on_which_one_init_diverged_is_left_out_for_every_init():
     assert study.excluded == {("5", "1", "finetune"): {"p2"}}
     diff = study.differences(("5", "finetune"))["b"]["1"]["holm"].raw.mean
     assert diff == ((40 - 50) + (90 - 70)) / 2  # p2 dropped for both inits, the rest still paired
+
+
+def test_full_fine_tuning_is_limited_to_the_ks_it_is_asked_for(tmp_path):
+    out = tmp_path / "study"
+    assert main(["sinusoid", *TOY, "adapt.finetune.shots=[5]", "--out", str(out), "--ckpt", maml_ckpts(tmp_path)]) == 0
+    table = rows(out / "study.csv")
+    assert {r["shots"] for r in table if r["adaptation"] == "finetune"} == {"5"}
+    assert {r["shots"] for r in table if r["adaptation"] == "probe"} == {"2", "5"}
+
+
+def test_a_preset_changes_its_base_study_and_replaces_its_inits_whole():
+    from metaft.study.driver import load_config
+
+    full, cpu = load_config("omniglot"), load_config("omniglot_cpu")
+    assert cpu.name == "omniglot_cpu" and "base" not in cpu
+    assert list(cpu.target.ways) == [5] and cpu.target.shots == full.target.shots  # the rest inherited
+    assert set(cpu.inits) < set(full.inits) and "metaoptnet" not in cpu.inits and not cpu.variants
+    assert cpu.adapt.probe == full.adapt.probe and list(cpu.adapt.finetune.shots) == [1]
+
+
+def test_stage_one_runs_can_be_launched_through_a_prefix_and_a_new_neutral_setting_continues(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from metaft.study import driver, stage1
+
+    cfg = driver.load_config("omniglot", ["stage1.prefix=[srun,--ntasks=1,--exclusive]"])
+    cmd = stage1.command(cfg, "maml", 0, tmp_path / "run", {})
+    assert cmd[:3] == ["srun", "--ntasks=1", "--exclusive"] and cmd[4].endswith("train.py")
+    # A study saved before stage1.prefix existed continues; another value of a setting does not.
+    out = tmp_path / "study"
+    out.mkdir()
+    old = driver.load_config("omniglot")
+    del old.stage1["prefix"]
+    OmegaConf.save(old, out / driver.CONFIG)
+    assert driver.output_dir(driver.load_config("omniglot"), str(out)) == out
+    with pytest.raises(ValueError, match="stage1.prefix"):
+        driver.output_dir(cfg, str(out))
+
+
+def test_each_stage_one_run_gets_the_same_share_of_the_cores(tmp_path, monkeypatch):
+    import sys
+
+    from metaft.study import stage1
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(stage1.os, "cpu_count", lambda: 4)
+    show = [sys.executable, "-c", "import os; print(os.environ['OMP_NUM_THREADS'])"]
+    logs = [tmp_path / f"{i}.log" for i in range(3)]
+    assert stage1.run_all([show] * 3, logs, jobs=2) == [0, 0, 0]
+    # two threads each, the third run too though it runs alone
+    assert [log.read_text().strip() for log in logs] == ["2", "2", "2"]

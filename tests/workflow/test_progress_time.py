@@ -88,3 +88,22 @@ def test_the_metrics_table_orders_steps_by_number():
 
     rows = metrics_table({"test/mse_step10": 1.0, "test/mse_step2": 2.0, "test/mse": 3.0}).splitlines()
     assert [r.split()[0] for r in rows] == ["test/mse", "test/mse_step2", "test/mse_step10"]
+
+
+def test_the_estimate_of_a_run_bounded_by_max_time_is_the_time_left(monkeypatch, caplog):
+    from lightning.pytorch.callbacks import Timer
+
+    class TwoMinutesLeft(Timer):
+        def time_remaining(self, stage: str = "train") -> float:
+            return 120.0
+
+    clock = Clock()
+    monkeypatch.setattr(progress.time, "perf_counter", clock)
+    caplog.set_level(logging.INFO, logger="metaft.runtime.progress")
+    cb, trainer = ProgressLog(every_n_steps=1), slow_trainer()
+    trainer.max_steps, trainer.callbacks = 1_000_000, [TwoMinutesLeft(duration="00:00:05:00")]
+    cb.on_train_start(trainer, None)
+    clock.t, trainer.global_step = 10.0, 1
+    cb.on_train_batch_end(trainer, None, None, SimpleNamespace(num_tasks=32), 0)
+    # a million steps of 10 s would be years; trainer.max_time ends the run in 2 minutes
+    assert caplog.records[-1].getMessage().endswith("about 2.0 min left"), caplog.records[-1].getMessage()

@@ -28,6 +28,13 @@ def test_a_run_prints_its_directory_and_results_and_validates_at_the_end(tmp_pat
     assert lines == ["test/mse_step0", "test/mse_step1"]
 
 
+def test_a_last_step_on_the_validation_schedule_is_validated_once(tmp_path):
+    proc = train_cli([*FAST, "test=false"], cwd=tmp_path)  # 4 steps, validated every 2
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert out.count("validation at step 2:") == 1 and out.count("validation at step 4:") == 1
+
+
 def test_a_run_that_never_started_leaves_nothing_but_its_message(tmp_path):
     proc = train_cli([*FAST, "algorithm.inner_lr=-1"], cwd=tmp_path)
     assert proc.returncode == 1

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from metaft.stages.monitor import sinusoid_figure
+from metaft.runtime.figures import sinusoid_figure
 
 
 def test_the_sinusoid_figure_carries_its_title():
@@ -40,7 +40,7 @@ def test_validation_episodes_with_predictions_at_every_validation(run_config):
 def test_the_predictions_figure_marks_right_and_wrong_queries():
     import torch
 
-    from metaft.stages.monitor import predictions_figure
+    from metaft.runtime.figures import predictions_figure
 
     sx, sy = torch.rand(2, 1, 8, 8), torch.tensor([0, 1])
     qx, qy, pred = torch.rand(4, 1, 8, 8), torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1])

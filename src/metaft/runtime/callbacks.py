@@ -18,7 +18,9 @@ What a run's ``tensorboard/`` holds (``M`` is ``mse`` or ``acc``; step ``0`` is 
   ``logging.predictions``, ``val/episode_predictions`` (a validation episode, queries marked right
   or wrong) at every validation.
 - ``hp/{val,test}_M`` and the hparams session (``log_hparams``) when the run ends.
-- Fine-tuning: ``val/*`` at step 0 from the validation before training (``StartingPoint``).
+- Fine-tuning: ``val/*`` at step 0 from the validation before training (``StartingPoint``); with
+  ``logging.images``, ``val/fit`` or ``val/predictions`` there and at every validation
+  (``metaft.finetune.monitor``).
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, Timer
 from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,10 @@ class ProgressLog(Callback):
         if self._val_s is not None and isinstance(every, int) and every > 0:
             validations = (trainer.max_steps // every - step // every) + (trainer.max_steps % every != 0)
             left += validations * self._val_s
+        timer = next((c for c in getattr(trainer, "callbacks", []) if isinstance(c, Timer)), None)
+        remaining = timer.time_remaining() if timer is not None else None
+        if remaining is not None:  # trainer.max_time stops the run first
+            left = min(left, max(remaining, 0.0) + (self._val_s or 0.0))  # then the validation at the end
         test = None
         val_batches = sum(getattr(trainer, "num_val_batches", None) or [0])
         if self.test and self._val_s is not None and val_batches:

@@ -38,7 +38,10 @@ class ValidateAtEnd(Callback):
                         f"once, at the end (lower trainer.val_check_interval for validations along the way)")
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if 0 < trainer.max_steps <= trainer.global_step:
+        every = trainer.val_check_batch
+        # A last step on the validation schedule is validated by it already (not twice).
+        scheduled = isinstance(every, int) and every > 0 and trainer.global_step % every == 0
+        if 0 < trainer.max_steps <= trainer.global_step and not scheduled:
             trainer.should_stop = True
 
 
@@ -160,6 +163,7 @@ def start_run(cfg: DictConfig) -> tuple[DictConfig, Path | None, Path]:
             refuse_other_run(cfg, saved, out)
         if out != run_dir():  # Hydra's new directory for this command only points at the continued run
             (run_dir() / "RESUMED_INTO.txt").write_text(f"{out}\n")
+            log_also_into(out)
         # Lightning restores the optimizer's and scheduler's state, learning rate included, so a
         # changed setting would not apply, though the saved config would claim it.
         stored = OmegaConf.create(saved)
@@ -186,6 +190,19 @@ def start_run(cfg: DictConfig) -> tuple[DictConfig, Path | None, Path]:
         log.info("resuming %s in %s", resume, out)
     seed_everything(cfg.seed)
     return cfg, resume, out
+
+
+def log_also_into(folder: Path) -> None:
+    """Append this command's log to the continued run's own log file too (Hydra writes it into the
+    new directory only), so the run's log holds both halves."""
+    root = logging.getLogger()
+    mine = [h for h in root.handlers if isinstance(h, logging.FileHandler)
+            and Path(h.baseFilename).parent == run_dir().resolve()]
+    for h in mine:
+        twin = logging.FileHandler(folder / Path(h.baseFilename).name, mode="a")
+        twin.setFormatter(h.formatter)
+        twin.setLevel(h.level)
+        root.addHandler(twin)
 
 
 def _brief(value: Any) -> Any:

@@ -1,6 +1,7 @@
 """Stage 2 entry: ``python train.py --config-name finetune meta_ckpt=PATH target=... [init=...]``."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,13 @@ from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig, OmegaConf
 
 from metaft.finetune.targets import SupervisedTarget
+from metaft.finetune.monitor import FineTuneFigures
 from metaft.finetune.module import FineTuner, init_head, load_body, metasgd_step_sizes, untrained_head_rule
 from metaft.runtime.io import load_checkpoint
 from metaft.runtime.progress import log_metrics
 from metaft.runtime.trainer import checkpoint_file, final_metrics, make_trainer, start_run, write_results
+
+log = logging.getLogger(__name__)
 
 
 INIT_KINDS = ("random", "pretrained", "meta")
@@ -146,11 +150,22 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     if cfg.early_stopping.patience > 0:
         callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=int(cfg.early_stopping.patience),
                                        min_delta=float(cfg.early_stopping.min_delta)))
+    if OmegaConf.select(cfg, "logging.images", default=True):
+        callbacks.append(FineTuneFigures())
     trainer = make_trainer(cfg, out, monitor=monitor, mode=mode, callbacks=callbacks)
     trainer.fit(learner, datamodule=dm, ckpt_path=resume, weights_only=True)
     results: dict[str, Any] = {**final_metrics(trainer, "val/"), "steps": trainer.global_step}
+    stopper = next((c for c in callbacks if isinstance(c, EarlyStopping)), None)
+    results["early_stopped"] = bool(stopper is not None and stopper.wait_count >= stopper.patience
+                                    and trainer.global_step < trainer.max_steps)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:  # the step whose weights are tested
+        results["best_step"] = int(load_checkpoint(best, what="the best checkpoint")["global_step"])
+    if results["early_stopped"]:
+        log.info(f"early stopping at step {trainer.global_step} of {trainer.max_steps}: {monitor} did not improve "
+                 f"for {stopper.patience} validations (early_stopping.patience; 0 disables it); best at step "
+                 f"{results.get('best_step', '?')}")
     if cfg.test:
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(learner, datamodule=dm, ckpt_path=best or None, weights_only=True, verbose=False)
         results.update(final_metrics(trainer, "test/"))
         log_metrics("test of the best checkpoint", final_metrics(trainer, "test/"))  # steps in natural order

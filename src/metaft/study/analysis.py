@@ -13,7 +13,17 @@ import numpy as np
 from metaft.study import stats
 
 FIELDS = ["init", "seed", "ways", "shots", "adaptation", "problem", "fingerprint", "metric", "bn",
-          "chosen_step", "chosen_lr", "steps_to_final", "seconds_to_final", "auc"]
+          "chosen_step", "chosen_lr", "steps_to_final", "seconds_to_final", "auc", "curve"]
+
+
+def format_curve(steps: list[int], values: list[float]) -> str:
+    """A fine-tuning curve as one CSV cell: ``step:metric`` pairs joined by ``;``."""
+    return ";".join(f"{s}:{v:.6g}" for s, v in zip(steps, values))
+
+
+def parse_curve(cell: str) -> tuple[list[int], list[float]]:
+    pairs = [p.split(":") for p in cell.split(";") if p]
+    return [int(s) for s, _ in pairs], [float(v) for _, v in pairs]
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -214,6 +224,50 @@ def plot(out: Path, study: Study, metric: str) -> list[Path]:
             axes[1, j].legend(fontsize=7)
         fig.tight_layout()
         path = out / f"study_{ways}way.png" if ways not in ("None", "") else out / "study.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        files.append(path)
+    return files
+
+
+def plot_convergence(out: Path, study: Study, metric: str) -> list[Path]:
+    """``study_convergence_<N>way.png``: full fine-tuning's mean test metric against the step
+    count, a panel per K, a line per init with its hierarchical-bootstrap CI band (seeds, then
+    problems), from the curves stored with each problem's row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, dict[str, dict[str, dict[str, list[float]]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(dict)))  # [ways][K][init][seed] -> per-problem curves
+    steps: dict[tuple[str, str], list[int]] = {}
+    for r in study.rows:
+        if r["adaptation"] != "finetune" or not r.get("curve"):
+            continue
+        s, v = parse_curve(r["curve"])
+        steps[r["ways"], r["shots"]] = s
+        curves[r["ways"]][r["shots"]][r["init"]].setdefault(r["seed"], []).append(v)
+    files = []
+    inits = sorted({i for cell in study.cells.values() for i in cell})
+    color = {i: plt.get_cmap("tab10" if len(inits) <= 10 else "tab20")(n) for n, i in enumerate(inits)}
+    for ways, per_k in sorted(curves.items()):
+        shots = sorted(per_k, key=_k_key)
+        fig, axes = plt.subplots(1, len(shots), figsize=(5 * len(shots), 4), squeeze=False)
+        for j, k in enumerate(shots):
+            ax, x = axes[0, j], steps[ways, k]
+            for init in sorted(per_k[k]):
+                by_seed = [np.array(v, dtype=np.float64) for _, v in sorted(per_k[k][init].items())]
+                res = [stats.hierarchical_bootstrap([b[:, t] for b in by_seed], study.n_boot, study.rng(),
+                                                    1 - study.alpha) for t in range(len(x))]
+                ax.plot(x, [r.mean for r in res], label=init, color=color[init])
+                ax.fill_between(x, [r.lo for r in res], [r.hi for r in res], alpha=0.15, color=color[init])
+            ax.set_xlabel("fine-tuning steps")
+            ax.set_title(f"{_where(ways)}, K={k}: test {metric} ({'lower' if study.lower else 'higher'} is better)",
+                         fontsize=9)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / (f"study_convergence_{ways}way.png" if ways not in ("None", "") else "study_convergence.png")
         fig.savefig(path, dpi=100)
         plt.close(fig)
         files.append(path)

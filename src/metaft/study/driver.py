@@ -42,6 +42,15 @@ def load_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
         have = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
         raise ValueError(f"no study named {name!r}: conf/study/{name}.yaml does not exist (studies: {have})")
     cfg = OmegaConf.load(path)
+    if "base" in cfg:  # a preset: another study's settings with a few of them changed
+        base = cfg.pop("base")
+        if base == name:
+            raise ValueError(f"conf/study/{name}.yaml names itself as its base")
+        merged = OmegaConf.merge(load_config(base), cfg)
+        for key in ("inits", "variants"):  # named sets, not settings: the preset's replaces the base's
+            if key in cfg:
+                merged[key] = cfg[key]
+        cfg = merged
     for o in overrides:
         key = o.split("=", 1)[0]
         if "=" not in o or OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
@@ -58,9 +67,11 @@ def output_dir(cfg: DictConfig, out: str | None) -> Path:
     d = Path(out)
     saved = d / CONFIG
     if saved.is_file():
-        before = OmegaConf.load(saved)
-        if before != cfg:
-            diff = [k for k in set(_flat(before)) | set(_flat(cfg)) if _flat(before).get(k) != _flat(cfg).get(k)]
+        before, now = _flat(OmegaConf.load(saved)), _flat(cfg)
+        # A setting added to the protocol since, at its neutral value (null, []), changes nothing done.
+        diff = [k for k in set(before) | set(now)
+                if (now[k] not in (None, []) if k not in before else before[k] != now.get(k, "<removed>"))]
+        if diff:
             raise ValueError(f"--out {d} holds a study with other settings ({', '.join(sorted(diff)[:5])}); continue it "
                              "with the same settings, or choose another --out")
     elif d.exists() and any(d.iterdir()):
@@ -133,7 +144,7 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
             n_ft = int(t.finetune_problems)
             for (init, seed), adaptation in todo:
                 began = time.perf_counter()
-                rows = _adapt(inits[init, seed], adaptation, test, val, n_ft, fps, cfg, objective)
+                rows = _adapt(inits[init, seed], adaptation, shots, test, val, n_ft, fps, cfg, objective)
                 common = {"init": init, "seed": seed, "ways": ways, "shots": shots, "adaptation": adaptation,
                           "bn": cfg.adapt.bn}
                 _write_rows(piece / f"{init}_seed{seed}_{adaptation}.csv", [{**common, **r} for r in rows])
@@ -144,8 +155,8 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
     return out / "study.csv"
 
 
-def _adapt(init: evaluate.Init, adaptation: str, test: list, val: list, n_ft: int, fps: list[str],
-           cfg: DictConfig, objective: Objective) -> list[dict[str, object]]:
+def _adapt(init: evaluate.Init, adaptation: str, shots: object, test: list, val: list, n_ft: int,
+           fps: list[str], cfg: DictConfig, objective: Objective) -> list[dict[str, object]]:
     """One (init, seed, N, K, adaptation): a row per problem (none when it does not apply)."""
     if adaptation == "probe":
         values = np.concatenate([evaluate.probe(init, ep, cfg, objective) for ep in test])
@@ -159,6 +170,9 @@ def _adapt(init: evaluate.Init, adaptation: str, test: list, val: list, n_ft: in
         values = np.concatenate(parts)
         return [{"problem": i, "fingerprint": fp, "metric": float(v)} for i, (fp, v) in enumerate(zip(fps, values))]
     # Full fine-tuning: step size and count chosen on validation problems, then the test problems.
+    only = cfg.adapt.finetune.get("shots")
+    if only is not None and str(shots) not in {str(k) for k in only}:
+        return []  # fine-tuned at the Ks of adapt.finetune.shots only (its cost grows with K)
     lr, j = evaluate.choose(init, val, cfg, objective)
     rows: list[dict[str, object]] = []
     done = 0
@@ -172,7 +186,8 @@ def _adapt(init: evaluate.Init, adaptation: str, test: list, val: list, n_ft: in
         for i in range(take):
             rows.append({"problem": done + i, "fingerprint": fps[done + i], "metric": float(c.acc[i, j]),
                          "chosen_step": c.steps[j], "chosen_lr": lr, "steps_to_final": conv["steps"][i],
-                         "seconds_to_final": conv["seconds"][i], "auc": sign * conv["auc"][i]})
+                         "seconds_to_final": conv["seconds"][i], "auc": sign * conv["auc"][i],
+                         "curve": analysis.format_curve(c.steps, c.acc[i].tolist())})
         done += take
     return rows
 
@@ -207,7 +222,7 @@ def report(out: Path) -> str:
     text = analysis.markdown(study, metric, rows[0]["bn"], meta, header)
     text += "\n" + "\n".join(analysis.convergence_table(rows))
     atomic_write_text(out / "study.md", text)
-    pictures = analysis.plot(out, study, metric)
+    pictures = analysis.plot(out, study, metric) + analysis.plot_convergence(out, study, metric)
     _tensorboard(out, pictures)
     return text
 

@@ -29,7 +29,8 @@ def command(cfg: DictConfig, algorithm: str, seed: int, run: Path, ckpts: dict[t
     settings becomes that init's checkpoint of the same seed (Meta-Baseline's pre-trained body)."""
     variant_ = [re.sub(r"CKPT\((\w+)\)", lambda m: str(ckpts[m.group(1), seed]), v) for v in variant(cfg, algorithm)]
     experiment = cfg.stage1.get("experiment")
-    return [sys.executable, str(project_root() / "train.py"), *([f"experiment={experiment}"] if experiment else []),
+    prefix = [str(v) for v in cfg.stage1.get("prefix") or []]  # e.g. srun inside a SLURM allocation
+    return [*prefix, sys.executable, str(project_root() / "train.py"), *([f"experiment={experiment}"] if experiment else []),
             f"algorithm={variant_[0]}", *cfg.stage1.overrides, *variant_[1:], f"seed={seed}", f"hydra.run.dir={run}"]
 
 
@@ -44,8 +45,11 @@ def checkpoint_of(run: Path) -> Path | None:
 
 
 def run_all(cmds: Sequence[list[str]], logs: Sequence[Path], jobs: int) -> list[int]:
-    """Run the commands, ``jobs`` at a time, each logging to its file; their exit codes."""
+    """Run the commands, ``jobs`` at a time, each logging to its file; their exit codes. Each run
+    gets the same share of the cores (``OMP_NUM_THREADS``), whether or not another runs beside it:
+    the budget is wall time, so a run alone on the machine would otherwise train several times more."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(project_root() / "src"), os.environ.get("PYTHONPATH", "")])}
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
     codes: list[int] = []
     pending = list(zip(cmds, logs))
     while pending:
