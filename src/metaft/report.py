@@ -21,9 +21,7 @@ from typing import Sequence
 
 from metaft.core.metrics import mean_ci95, t975  # noqa: F401 (t975: re-exported)
 
-# Not part of a run's group: its seed (the unit averaged over), and the checkpoint it resumed
-# from (a resumed run is the same experiment as its siblings).
-_IGNORED_KEYS = ("seed", "ckpt_path")
+_IGNORED_KEYS = ("seed",)
 _SKIPPED = re.compile(r"(_ci95|_step\d+)$|/(episodes|loss)$")
 
 
@@ -42,10 +40,8 @@ class Run:
         self.config, self.seed = [], ""
         for o in self.overrides:
             key, _, value = o.lstrip("+~").partition("=")
-            if key == "seed":
+            if key in _IGNORED_KEYS:
                 self.seed = value
-            elif key in _IGNORED_KEYS:
-                continue
             elif not key.startswith(("hydra.", "hydra/")):
                 self.config.append(o)
 

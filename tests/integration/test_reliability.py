@@ -73,6 +73,13 @@ def test_resume_after_sigkill_is_bitwise_identical(tmp_path, stage):
     finish(train_py(*resume, f"ckpt_path={killed}", f"hydra.run.dir={tmp_path / 'resume_cmd'}"))
     assert (tmp_path / "resume_cmd" / "RESUMED_INTO.txt").read_text().strip() == str(killed)
     assert f"resuming {last} in {killed}" in (killed / "train.log").read_text()  # the run's log has both halves
+    # ... and its results.json its own overrides (what the report groups it by), not the resume command's
+    import json
+
+    from omegaconf import OmegaConf
+
+    first = [str(o) for o in OmegaConf.load(killed / ".hydra" / "overrides.yaml")]
+    assert json.loads((killed / "results.json").read_text())["overrides"] == first
 
     a = torch.load(full / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     b = torch.load(last, map_location="cpu", weights_only=True)

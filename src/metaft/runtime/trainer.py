@@ -80,9 +80,25 @@ def final_metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
 
 
+def run_overrides(out: Path) -> list[str]:
+    """The command-line overrides that define the run in ``out``. A run continued from another
+    command (``ckpt_path``, Hydra's new directory elsewhere) is the run it continues: that run's
+    own overrides, with this command's on top, without ``ckpt_path``."""
+    now = [str(o) for o in HydraConfig.get().overrides.task] if HydraConfig.initialized() else []
+    saved = out / ".hydra" / "overrides.yaml"
+    if not HydraConfig.initialized() or out.resolve() == run_dir().resolve() or not saved.is_file():
+        return now
+
+    def key(o: str) -> str:
+        return o.split("=", 1)[0].lstrip("+~")
+
+    added = {key(o): o for o in now if key(o) != "ckpt_path"}
+    first = [str(o) for o in OmegaConf.load(saved)]
+    return [added.pop(key(o), o) for o in first] + list(added.values())
+
+
 def write_results(out: Path, metrics: dict[str, float], **extra: Any) -> dict[str, Any]:
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    results = {**metrics, **extra, "overrides": overrides}
+    results = {**metrics, **extra, "overrides": run_overrides(out)}
     if rank_zero_only.rank != 0:  # under SLURM or torchrun every rank runs the stage; one writes
         return results
     write_json(out / "results.json", results)
