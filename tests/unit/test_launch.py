@@ -33,10 +33,15 @@ def test_a_slurm_task_is_a_rank_and_spawns_nothing(monkeypatch):
     assert (env.global_rank(), env.world_size()) == (1, 2)
 
 
-def test_slurm_jobs_end_when_a_rank_fails(tmp_path):
+def test_slurm_jobs_end_when_a_rank_fails(tmp_path, monkeypatch):
     """The SLURM launcher runs its tasks with srun --kill-on-bad-exit=1."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import submitit.slurm.slurm as submitit_slurm
+
     from hydra_plugins.metaft_sweep import SlurmLauncher
+
+    # submitit probes a live cluster (srun) when the executor is made; only its arguments are checked here
+    monkeypatch.setattr(submitit_slurm.SlurmExecutor, "affinity", staticmethod(lambda: 1))
 
     launcher = SlurmLauncher.__new__(SlurmLauncher)
     launcher.params = {"submitit_folder": str(tmp_path), "timeout_min": 10, "tasks_per_node": 2, "nodes": 1}
