@@ -261,3 +261,16 @@ def test_early_stopping_is_logged_and_results_name_the_tested_step(run_config, m
     results = json.loads((Path(cfg.hydra.runtime.output_dir) / "results.json").read_text())
     assert results["early_stopped"] is True and results["steps"] == 9 and results["best_step"] == 3
     assert "early stopping at step 9 of 30: val/mse did not improve for 2 validations" in caplog.text
+
+
+def test_resuming_a_finished_run_with_no_steps_left_is_refused_before_anything_is_rewritten(run_config, mlp_ckpt):
+    from metaft.stages import main
+
+    common = [f"meta_ckpt={mlp_ckpt}", "early_stopping.patience=0", "test=false", *FAST]
+    first = run_config("finetune", common, "first")
+    main(first)
+    run = Path(first.hydra.runtime.output_dir)
+    before = (run / "results.json").read_text()
+    with pytest.raises(ValueError, match=r"has finished 6 steps, and trainer.max_steps=6; raise trainer.max_steps"):
+        main(run_config("finetune", [*common, f"ckpt_path={run}"], "again"))
+    assert (run / "results.json").read_text() == before

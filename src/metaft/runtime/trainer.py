@@ -174,7 +174,8 @@ def start_run(cfg: DictConfig) -> tuple[DictConfig, Path | None, Path]:
     interrupted run's own config is the base, so the continuation is the same run."""
     resume, out = resolve_resume(cfg.ckpt_path, run_dir())
     if resume is not None:
-        saved = load_checkpoint(resume)["metaft_config"]  # the whole checkpoint is read once
+        ckpt = load_checkpoint(resume)  # the whole checkpoint is read once
+        saved, done = ckpt["metaft_config"], int(ckpt.get("global_step", 0))
         if str(cfg.ckpt_path) == "last" and out != run_dir():
             refuse_other_run(cfg, saved, out)
         if out != run_dir():  # Hydra's new directory for this command only points at the continued run
@@ -203,6 +204,12 @@ def start_run(cfg: DictConfig) -> tuple[DictConfig, Path | None, Path]:
                     "continue the run, or start a new run"
                 )
         cfg = merged_config(cfg, OmegaConf.to_container(stored))
+        steps = int(OmegaConf.select(cfg, "trainer.max_steps", default=-1) or -1)
+        if 0 < steps <= done and (out / "results.json").is_file():
+            # Nothing would train, yet results.json would be rewritten under this command's settings.
+            raise ValueError(f"ckpt_path={cfg.ckpt_path}: the run in {out} has finished {done} steps, and "
+                             f"trainer.max_steps={steps}; raise trainer.max_steps to train it further, or test it "
+                             f"again with --config-name eval ckpt_path={out}")
         log.info("resuming %s in %s", resume, out)
     seed_everything(cfg.seed)
     return cfg, resume, out
