@@ -74,7 +74,8 @@ def test_refused_and_failed_commands_leave_a_finished_run_as_it_was(tmp_path):
                     f"hydra.run.dir={run}"], cwd=tmp_path)
     assert lr.returncode == 1 and "algorithm.optimizer.lr=0.5: resuming restores the optimizer" in lr.stderr
     # A resume that fails on bad input: its error is recorded beside the finished run's results.
-    bad = train_cli([*FAST, "ckpt_path=last", "algorithm.inner_lr=-1", f"hydra.run.dir={run}"], cwd=tmp_path)
+    bad = train_cli([*FAST, "ckpt_path=last", "trainer.max_steps=8", "algorithm.inner_lr=-1", f"hydra.run.dir={run}"],
+                    cwd=tmp_path)
     assert bad.returncode == 1
     assert "algorithm.inner_lr must be > 0" in (run / "error.txt").read_text()
     after = digests(run)
