@@ -65,5 +65,3 @@ def predictions_figure(support_x: Tensor, support_y: Tensor, query_x: Tensor, qu
         fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     return fig
-
-

@@ -146,16 +146,14 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
                          f"got {cfg.early_stopping.patience!r}")
     dm, learner, info = build(cfg)
     monitor, mode = f"val/{learner.metric_name}", "min" if learner.task == "regression" else "max"
-    callbacks = []
-    if cfg.early_stopping.patience > 0:
-        callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=int(cfg.early_stopping.patience),
-                                       min_delta=float(cfg.early_stopping.min_delta)))
+    stopper = EarlyStopping(monitor=monitor, mode=mode, patience=int(cfg.early_stopping.patience),
+                            min_delta=float(cfg.early_stopping.min_delta)) if cfg.early_stopping.patience > 0 else None
+    callbacks = [stopper] if stopper is not None else []
     if OmegaConf.select(cfg, "logging.images", default=True):
         callbacks.append(FineTuneFigures())
     trainer = make_trainer(cfg, out, monitor=monitor, mode=mode, callbacks=callbacks)
     trainer.fit(learner, datamodule=dm, ckpt_path=resume, weights_only=True)
     results: dict[str, Any] = {**final_metrics(trainer, "val/"), "steps": trainer.global_step}
-    stopper = next((c for c in callbacks if isinstance(c, EarlyStopping)), None)
     results["early_stopped"] = bool(stopper is not None and stopper.wait_count >= stopper.patience
                                     and trainer.global_step < trainer.max_steps)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
