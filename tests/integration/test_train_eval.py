@@ -78,3 +78,22 @@ def test_eval_overrides_apply_on_top_of_the_stored_config(run_config):
     assert [k for k in res if k.startswith("test/mse_step")] == [f"test/mse_step{i}" for i in range(5)]
     # More steps at test keep improving a freshly trained model on average; step 0 is unadapted.
     assert res["test/mse_step4"] < res["test/mse_step0"]
+
+
+def test_eval_on_validation_scores_the_training_runs_validation_episodes(run_config):
+    # Validated once, at its last step, so the run's last validation scored best.ckpt's weights:
+    # eval_split=val must give that number again (same episodes, same weights), and no test number.
+    once = [o for o in FAST if not o.startswith("trainer.val_check_interval")] + ["trainer.val_check_interval=6"]
+    cfg = run_config("train", once, "train")
+    main(cfg)
+    out = cfg.hydra.runtime.output_dir
+    trained = json.loads(open(f"{out}/results.json").read())
+    ev = run_config("eval", [f"ckpt_path={out}", "eval_split=val"], "eval")
+    main(ev)
+    res = json.loads(open(f"{ev.hydra.runtime.output_dir}/results.json").read())
+    assert res["val/mse"] == pytest.approx(trained["val/mse"], rel=1e-6)
+    assert not any(k.startswith("test/") for k in res)
+    assert "val_episodes_fingerprint" in res
+    bad = run_config("eval", [f"ckpt_path={out}", "eval_split=train"], "eval")
+    with pytest.raises(ValueError, match="eval_split must be test or val"):
+        main(bad)

@@ -16,7 +16,7 @@ from metaft.study.problems import (
     probe_problems,
     query_outputs,
 )
-from metaft.study.heads import linear_logits, prototype_head
+from metaft.algorithms.probes import linear_logits, prototype_head
 from metaft.models.conv4 import Conv4
 
 

@@ -1,4 +1,4 @@
-"""metaft.study.heads against scikit-learn, float64 optimality conditions and hand computations."""
+"""metaft.algorithms.probes against scikit-learn, float64 optimality conditions and hand computations."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from metaft.models.heads import CosineClassifier, cosine_logits
-from metaft.study.heads import (
+from metaft.algorithms.probes import (
     fit_cosine_head,
     linear_logits,
     logistic_regression,

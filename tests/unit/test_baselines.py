@@ -217,3 +217,28 @@ def test_options_for_the_other_variant_are_refused():
         make(ProtoNet, scale_init=10.0)
     with pytest.raises(ValueError, match="algorithm.scale_init must be > 0"):
         make(ProtoNet, distance="cosine", scale_init=-1.0)
+
+
+def test_rfs_probe_at_evaluation_matches_sklearn(episode):
+    """``eval_head=logistic``: each task's predictions are scikit-learn's LogisticRegression (C=1,
+    intercept) fitted to the L2-normalised support features, which RFS uses at test."""
+    sklearn = pytest.importorskip("sklearn.linear_model")
+    torch.manual_seed(0)
+    learner = Pretrain(net=MLP(6, (5, 8), WAYS).double(), task="classification", eval_head="logistic",
+                       eval_inner_steps=None)
+    learner.eval()
+    with torch.no_grad():
+        out = learner.query_outputs(episode, 0, first_order=True, all_steps=True)
+    assert out.shape == (episode.num_tasks, 1, WAYS * QUERIES, WAYS)
+    for t in range(episode.num_tasks):
+        with torch.no_grad():
+            fs, fq = learner.net.body(episode.support_x[t]), learner.net.body(episode.query_x[t])
+        ref = sklearn.LogisticRegression(C=1.0, tol=1e-12, max_iter=100_000).fit(unit(fs).numpy(), episode.support_y[t].numpy())
+        want = torch.from_numpy(ref.predict_proba(unit(fq).numpy()))
+        torch.testing.assert_close(torch.softmax(out[t, 0], -1), want, rtol=0, atol=1e-5)
+    # One task through solve_task (outside vmap) gives the same logits.
+    one = learner.solve_task(learner.meta_params(), episode.support_x[0], episode.support_y[0], episode.query_x[0],
+                             0, True, all_steps=False)
+    torch.testing.assert_close(one, out[0, 0], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="algorithm.eval_head must be"):
+        Pretrain(net=MLP(6, (5, 8), WAYS), task="classification", eval_head="svm")

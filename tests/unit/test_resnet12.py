@@ -185,6 +185,36 @@ def test_dropblock():
         torch.func.vmap(drop)(x[:, None])
 
 
+def test_dropblock_ramp():
+    """MetaOptNet's and RFS's schedule: the rate grows linearly from 0 to drop_rate over the ramp."""
+    x = torch.ones(16, 8, 20, 20)
+
+    def dropped(step):
+        drop = DropBlock(0.2, 3, ramp_steps=100).train()
+        if step is not None:
+            drop.set_step(step)
+        torch.manual_seed(0)
+        return (drop(x) == 0).float().mean().item()
+
+    assert dropped(0) == 0.0
+    assert 0.06 < dropped(50) < 0.14  # half the rate half-way
+    assert 0.14 < dropped(100) < 0.26 and dropped(100) == dropped(5000) == dropped(None)  # full rate, and before any step
+
+    # The learners tell the network the global step before every training batch (0 without a trainer).
+    net = ResNet12(in_channels=1, image_size=16, channels=(2, 2, 2, 2), drop_rate=0.2, dropblock_ramp_steps=10)
+    blocks = [m for m in net.modules() if isinstance(m, DropBlock)]
+    assert len(blocks) == 2 and all(b.rate() == 0.2 for b in blocks)
+    ProtoNet(net=net, task="classification", inner_steps=0).on_train_batch_start(None, 0)
+    assert all(b.rate() == 0.0 for b in blocks)
+    net.set_training_step(5)
+    assert all(b.rate() == pytest.approx(0.1) for b in blocks)
+    # The first two blocks drop single units at the full rate (the reference code's F.dropout).
+    drops = [b.drop for b in net.body[:2]]
+    assert all(isinstance(d, torch.nn.Dropout) and d.p == 0.2 for d in drops)
+    with pytest.raises(RuntimeError, match="algorithm.vectorize=false"):
+        torch.func.vmap(drops[0].train())(x[:, None])
+
+
 def test_bad_settings():
     with pytest.raises(ValueError, match="model.channels must be four"):
         ResNet12(channels=(4, 4, 4))
@@ -192,6 +222,8 @@ def test_bad_settings():
         ResNet12(image_size=8)
     with pytest.raises(ValueError, match="model.drop_rate"):
         ResNet12(drop_rate=1.0)
+    with pytest.raises(ValueError, match="model.dropblock_ramp_steps"):
+        ResNet12(dropblock_ramp_steps=-1)
 
 
 @pytest.mark.parametrize("cls", [MAML, ProtoNet])

@@ -125,3 +125,34 @@ def test_start_again_keeps_the_running_daemons(cluster):
     assert {n: (state / "run" / f"{n}.pid").read_text().strip() for n in names} == before
     assert subprocess.run([str(SCRIPT), "status"], capture_output=True).returncode == 0
     assert sh("sinfo", "-h", "-o", "%T").strip() in ("idle", "mixed", "allocated")
+
+
+def test_data_parallel_job_under_slurm_is_the_one_process_run(cluster, tmp_path):
+    """hardware=ddp_cpu through the SLURM launcher: SLURM's two tasks are the two ranks (none
+    spawns another), the sweep ends, and the result is the one-process run's (the meta-batch is
+    split across ranks and the meta-gradient averaged)."""
+    run = ["hardware=ddp_cpu", "dataset.meta_batch_size=8", "trainer.max_steps=6", "trainer.val_check_interval=3",
+           "dataset.val_episodes=10", "dataset.test_episodes=10", "seed=1", "progress=log"]
+    proc = train_cli(["-m", *SMALL, *run, f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    job = tmp_path / "sweep" / "0"
+    job_id = slurm_job_id(job)
+    logs = sorted(p.name for p in (tmp_path / "sweep" / ".submitit" / job_id).glob("*_log.out"))
+    assert logs == [f"{job_id}_0_log.out", f"{job_id}_1_log.out"]  # one log per SLURM task: two ranks
+    assert sacct_state(job_id) == "COMPLETED"
+    single = ["hardware=cpu" if o == "hardware=ddp_cpu" else o for o in run]
+    alone = train_cli([*single, f"hydra.run.dir={tmp_path / 'alone'}"], cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    want = json.loads((tmp_path / "alone" / "results.json").read_text())["test/mse"]
+    assert json.loads((job / "results.json").read_text())["test/mse"] == pytest.approx(want, rel=1e-5)
+
+
+def test_request_the_cluster_can_never_meet_fails_at_once(cluster, tmp_path):
+    """Two ranks of 64 CPUs each on a node of two would pend forever: the sweep fails at once,
+    naming the resources asked for, and leaves no job pending."""
+    t0 = time.monotonic()
+    proc = train_cli(["-m", "hydra/launcher=slurm", "hardware=ddp_cpu", "hydra.launcher.cpus_per_task=64", *FAST, f"hydra.sweep.dir={tmp_path}"], cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    assert "can never start" in proc.stderr and "cpus_per_task=64" in proc.stderr
+    assert time.monotonic() - t0 < 60
+    assert not sh("squeue", "-h").strip()  # nothing left pending

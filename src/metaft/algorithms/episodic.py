@@ -273,6 +273,10 @@ class MetaLearner(L.LightningModule):
             g /= world
         return total[0] / world
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Regularisers on a schedule (DropBlock's ramp) follow the global step, which a resumed run restores.
+        self.net.set_training_step(self.global_step)
+
     def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
         return self.outer_step(lambda: self.meta_backward(episode), episode.query_y,
                                lambda: self.log_training_details(episode))

@@ -3,7 +3,8 @@
 Training is ordinary classification over all training classes with mini-batches, by a linear
 classifier (Baseline) or a cosine-similarity one (Baseline++, ``classifier=cosine``); evaluation
 fits a new head of the same kind per episode on the frozen body's features with the shared inner
-loop ``adapt``, so the episodes are scored through the same metric path as every meta-learner.
+loop ``adapt`` (or, ``eval_head=logistic``, RFS's logistic regression on L2-normalised features),
+so the episodes are scored through the same metric path as every meta-learner.
 """
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from torch import Tensor, nn
 
 from metaft.algorithms.episodic import check_positive
 from metaft.algorithms.feature_head import FeatureHeadLearner, one_hot
+from metaft.algorithms.probes import logistic_regression, probe_logits
 from metaft.core.inner_loop import Params, adapt
 from metaft.data.episodic import EpisodicDataModule
 from metaft.data.episode import Episode
 from metaft.models.heads import CosineClassifier, cosine_logits
 
 Classifier = Literal["linear", "cosine"]
+EvalHead = Literal["gradient", "logistic"]
 
 
 def _linear(p: Params, x: Tensor) -> Tensor:
@@ -46,14 +49,22 @@ class Pretrain(FeatureHeadLearner):
         scale: the cosine classifier's scale, its value throughout unless ``learn_scale``
             (Chen et al. fix it; default 10, their value for more than 200 classes).
         learn_scale: learn the cosine classifier's scale, starting at ``scale``.
+        eval_head: ``gradient`` (the head above, fitted by ``eval_inner_steps`` steps) or
+            ``logistic``: RFS's probe (Tian et al. 2020), multinomial logistic regression with
+            scikit-learn's default L2 penalty (C=1) on L2-normalised features, solved exactly
+            (``algorithms.probes``), for any classifier; ``eval_inner_steps`` is then not used.
         **kwargs: ``MetaLearner``'s arguments; ``inner_steps`` must be 0 (no inner loop in training).
     """
 
     fits_head_at_eval = True
 
     def __init__(self, batch_size: int = 64, classifier: Classifier = "linear", scale: float | None = None,
-                 learn_scale: bool = False, **kwargs: Any) -> None:
+                 learn_scale: bool = False, eval_head: EvalHead = "gradient", **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if eval_head not in ("gradient", "logistic"):
+            raise ValueError(f"algorithm.eval_head must be 'gradient' (a head fitted by eval_inner_steps steps) or "
+                             f"'logistic' (RFS's logistic regression), got {eval_head!r}")
+        self.eval_head = eval_head
         if batch_size <= 0:
             raise ValueError(f"algorithm.batch_size must be > 0, got {batch_size}")
         if classifier not in ("linear", "cosine"):
@@ -61,8 +72,9 @@ class Pretrain(FeatureHeadLearner):
         if classifier == "linear" and (scale is not None or learn_scale):
             raise ValueError("algorithm.scale and algorithm.learn_scale set the cosine classifier's scale: set "
                              "algorithm.classifier=cosine (algorithm=baselinepp), or drop them")
-        if classifier == "linear" and not self.eval_inner_steps:
-            raise ValueError("algorithm=pretrain fits a new head at evaluation: set algorithm.eval_inner_steps > 0")
+        if classifier == "linear" and eval_head == "gradient" and not self.eval_inner_steps:
+            raise ValueError("algorithm=pretrain fits a new head at evaluation: set algorithm.eval_inner_steps > 0, "
+                             "or algorithm.eval_head=logistic (solved exactly, no steps)")
         self.batch_size = int(batch_size)
         self.classifier_type = classifier
         self.scale = 10.0 if scale is None else float(scale)
@@ -126,7 +138,30 @@ class Pretrain(FeatureHeadLearner):
         ``scale`` before there is one."""
         return self.scale if self.classifier is None else self.classifier.scale.detach()
 
+    def query_outputs(self, episode: Episode, steps: int, first_order: bool, all_steps: bool = False) -> Tensor:
+        if self.eval_head == "gradient":
+            return super().query_outputs(episode, steps, first_order, all_steps)
+        # The logistic probe is batched over tasks already, and its Newton iterations stop on
+        # data-dependent tests that vmap cannot run: all tasks in one call instead.
+        ways, meta = self.episode_ways(episode), self.meta_params()
+
+        def features(m: dict[str, Any], sx: Tensor, sy: Tensor, qx: Tensor) -> tuple[Tensor, Tensor]:
+            return self.episode_features(m["net"], sx, qx)
+
+        fs, fq = self.map_tasks(features, meta, episode)
+        out = self.precise_head(self._logistic)(meta, fs, episode.support_y, fq, ways)
+        return out.unsqueeze(1) if all_steps else out
+
+    @staticmethod
+    def _logistic(meta: dict[str, Any], fs: Tensor, sy: Tensor, fq: Tensor, ways: int) -> Tensor:
+        """Query logits ``[tasks, Q, ways]`` of RFS's probe fitted to every task's support set."""
+        with torch.no_grad():  # the body is frozen at evaluation: nothing to differentiate
+            w, b = logistic_regression(fs.detach(), sy, ways)
+            return probe_logits(fq.detach(), w, b)
+
     def head_logits(self, meta: dict[str, Any], fs: Tensor, sy: Tensor, fq: Tensor, ways: int, steps: int) -> Tensor:
+        if self.eval_head == "logistic":  # one task, outside vmap (query_outputs takes all at once)
+            return self._logistic(meta, fs[None], sy[None], fq[None], ways)
         fs, fq = fs.detach(), fq.detach()  # the body is frozen; only the new head is fitted
         if self.classifier_type == "cosine":
             # Not from zero: the direction of a zero weight is undefined (F.normalize's gradient

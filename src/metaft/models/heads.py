@@ -1,5 +1,5 @@
 """Cosine-similarity classifiers, shared by a learner (Baseline++ pre-training) and the study's
-probes on frozen features (``metaft.study.heads``)."""
+probes on frozen features (``metaft.algorithms.probes``)."""
 from __future__ import annotations
 
 import torch

@@ -27,6 +27,10 @@ class MetaNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
 
+    def set_training_step(self, step: int) -> None:
+        """Told the meta-training step before each batch (for regularisers on a schedule, such as
+        ResNet-12's DropBlock ramp); nothing by default."""
+
 
 class MLP(MetaNet):
     """The MAML paper's regression network: in -> hidden... -> out, ReLU between layers."""

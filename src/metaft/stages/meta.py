@@ -130,7 +130,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Test a meta-checkpoint on the fixed test episodes; write ``results.json``."""
+    """Score a meta-checkpoint on the fixed test episodes (or, with ``eval_split=val``, the
+    validation episodes, for choosing settings without looking at test); write ``results.json``."""
+    split = str(cfg.get("eval_split", "test"))
+    if split not in ("test", "val"):
+        raise ValueError(f"eval_split must be test or val (the validation episodes, to choose settings), got {split!r}")
     if cfg.ckpt_path is None:
         raise ValueError("--config-name eval needs the checkpoint to test: add ckpt_path=PATH (a run directory, which "
                          "tests its best.ckpt, or a .ckpt file)")
@@ -156,11 +160,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     out = run_dir()
     OmegaConf.save(run_cfg, out / "eval_config.yaml")
     trainer = make_trainer(run_cfg, out)
-    trainer.test(learner, datamodule=dm, verbose=False)
-    results = final_metrics(trainer, "test/")
-    log_metrics("test", results)
+    if split == "val":
+        trainer.validate(learner, datamodule=dm, verbose=False)
+    else:
+        trainer.test(learner, datamodule=dm, verbose=False)
+    results = final_metrics(trainer, f"{split}/")
+    log_metrics(split if split == "test" else "validation", results)
     log_hparams(trainer, run_cfg, results)
-    return write_results(out, results, ckpt=str(ckpt_path), test_episodes_fingerprint=dm.fingerprint("test"),
-                         batch_norm=learner.batch_norm())
+    return write_results(out, results, ckpt=str(ckpt_path), batch_norm=learner.batch_norm(),
+                         **{f"{split}_episodes_fingerprint": dm.fingerprint(split)})
 
 

@@ -30,7 +30,7 @@ from metaft.algorithms.feature_head import FeatureHeadLearner
 from metaft.core.inner_loop import adapt
 from metaft.core.objective import Objective
 from metaft.data.episode import Episode
-from metaft.study.heads import (
+from metaft.algorithms.probes import (
     cosine_logits,
     fit_cosine_head,
     linear_logits,

@@ -1,5 +1,5 @@
-"""Heads fitted on frozen body features, for many target problems at once (the linear probes of
-the study, issue #17). Every function takes features with a leading problem dimension,
+"""Heads fitted on frozen body features, for many target problems at once (the study's linear
+probes; pre-training's ``eval_head=logistic``). Every function takes features with a leading problem dimension,
 ``fs [P, S, D]`` support, labels ``sy [P, S]`` in ``[0, ways)``, and works in the features' dtype
 (float64 for references).
 
