@@ -470,6 +470,11 @@ def test_train_maml_conv4_on_lake_then_eval_on_runs(run_config, cache_dir, runs_
     assert runs["test/episodes"] == 20 and abs(runs["test/acc"] * 4 - round(runs["test/acc"] * 4)) < 1e-3
     # Compared with people scoring one image at a time: inductive, whatever the training used.
     assert res["batch_norm"] == "transductive (query set)" and runs["batch_norm"] == "inductive (support set)"
+    # The runs are a test: there are no validation episodes to choose settings on.
+    val = run_config("eval", [f"ckpt_path={res['ckpt']}", "dataset=omniglot_runs", f"dataset.data_dir={runs_dir}",
+                              "eval_split=val"], "eval")
+    with pytest.raises(ValueError, match="eval_split=val: OmniglotRunsDataModule has no validation episodes"):
+        main(val)
 
 
 @pytest.mark.parametrize("experiment, ways, lr, eval_lr, steps, batch", [

@@ -93,7 +93,8 @@ def test_eval_on_validation_scores_the_training_runs_validation_episodes(run_con
     res = json.loads(open(f"{ev.hydra.runtime.output_dir}/results.json").read())
     assert res["val/mse"] == pytest.approx(trained["val/mse"], rel=1e-6)
     assert not any(k.startswith("test/") for k in res)
-    assert "val_episodes_fingerprint" in res
+    dm = hydra.utils.instantiate(cfg.dataset)
+    assert res["val_episodes_fingerprint"] == dm.fingerprint("val") != dm.fingerprint("test")
     bad = run_config("eval", [f"ckpt_path={out}", "eval_split=train"], "eval")
     with pytest.raises(ValueError, match="eval_split must be test or val"):
         main(bad)

@@ -236,6 +236,12 @@ def test_rfs_probe_at_evaluation_matches_sklearn(episode):
         ref = sklearn.LogisticRegression(C=1.0, tol=1e-12, max_iter=100_000).fit(unit(fs).numpy(), episode.support_y[t].numpy())
         want = torch.from_numpy(ref.predict_proba(unit(fq).numpy()))
         torch.testing.assert_close(torch.softmax(out[t, 0], -1), want, rtol=0, atol=1e-5)
+    # Through the evaluation path with the gradient head's default 100 steps: one set of logits, the probe's.
+    steps100 = Pretrain(net=learner.net, task="classification", eval_head="logistic", eval_inner_steps=100)
+    assert steps100.eval_inner_steps == 0  # the validation/test statistics are sized by it (one column)
+    metric, _ = steps100.adaptation_curve(episode, steps100.eval_inner_steps)
+    want_acc = (out[:, 0].argmax(-1) == episode.query_y).double().mean(-1) * 100
+    torch.testing.assert_close(metric.squeeze(-1).double(), want_acc)
     # One task through solve_task (outside vmap) gives the same logits.
     one = learner.solve_task(learner.meta_params(), episode.support_x[0], episode.support_y[0], episode.query_x[0],
                              0, True, all_steps=False)

@@ -1,7 +1,10 @@
 """`python train.py --help`: what metaft is, its stages, the groups users pick, the settings changed most."""
 from __future__ import annotations
 
-from tests.workflow.conftest import train_cli
+import subprocess
+import sys
+
+from tests.workflow.conftest import cli_env, train_cli
 
 
 def test_help_names_the_stages_and_groups_and_hides_the_recipes(tmp_path):
@@ -24,11 +27,6 @@ def test_help_names_the_stages_and_groups_and_hides_the_recipes(tmp_path):
 def test_module_commands_start_without_warnings(tmp_path):
     """The documented `python -m` commands print their help and nothing on stderr (runpy warns when
     a package imports the module it is asked to run)."""
-    import subprocess
-    import sys
-
-    from tests.workflow.conftest import cli_env
-
     for module in ("metaft.data.omniglot.runs", "metaft.report", "metaft.study"):
         proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=tmp_path, env=cli_env(),
                               capture_output=True, text=True, timeout=120)

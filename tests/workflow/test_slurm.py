@@ -137,8 +137,12 @@ def test_data_parallel_job_under_slurm_is_the_one_process_run(cluster, tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     job = tmp_path / "sweep" / "0"
     job_id = slurm_job_id(job)
-    logs = sorted(p.name for p in (tmp_path / "sweep" / ".submitit" / job_id).glob("*_log.out"))
-    assert logs == [f"{job_id}_0_log.out", f"{job_id}_1_log.out"]  # one log per SLURM task: two ranks
+    folder = tmp_path / "sweep" / ".submitit" / job_id
+    assert sorted(p.name for p in folder.glob("*_log.out")) == [f"{job_id}_0_log.out", f"{job_id}_1_log.out"]
+    for task in (0, 1):  # each SLURM task is exactly one rank of two: none started another
+        text = (folder / f"{job_id}_{task}_log.out").read_text() + (folder / f"{job_id}_{task}_log.err").read_text()
+        assert [line.split("distributed: ", 1)[1] for line in text.splitlines() if "Initializing distributed" in line] \
+            == [f"GLOBAL_RANK: {task}, MEMBER: {task + 1}/2"]
     assert sacct_state(job_id) == "COMPLETED"
     single = ["hardware=cpu" if o == "hardware=ddp_cpu" else o for o in run]
     alone = train_cli([*single, f"hydra.run.dir={tmp_path / 'alone'}"], cwd=tmp_path)

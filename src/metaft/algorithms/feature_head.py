@@ -38,8 +38,8 @@ class FeatureHeadLearner(MetaLearner):
     ``eval_inner_steps`` too unless the head is fitted by gradient steps (``fits_head_at_eval``).
     ``joint_forward`` (``MetaLearner``'s) passes a task's support and query images through the
     body in one batch, as the Prototypical Networks reference code does; the ProtoNet and
-    MetaOptNet configs leave it off (it tested worse with transductive batch norm), pre-training's
-    turns it on for evaluation.
+    MetaOptNet configs leave it off (it scored lower on validation episodes with transductive batch
+    norm), pre-training's turns it on for evaluation.
     """
 
     fits_head_at_eval: bool = False

@@ -65,6 +65,8 @@ class Pretrain(FeatureHeadLearner):
             raise ValueError(f"algorithm.eval_head must be 'gradient' (a head fitted by eval_inner_steps steps) or "
                              f"'logistic' (RFS's logistic regression), got {eval_head!r}")
         self.eval_head = eval_head
+        if eval_head == "logistic":
+            self.eval_inner_steps = 0  # solved exactly: one set of query logits, whatever the gradient head's steps
         if batch_size <= 0:
             raise ValueError(f"algorithm.batch_size must be > 0, got {batch_size}")
         if classifier not in ("linear", "cosine"):

@@ -86,6 +86,8 @@ class EpisodicDataModule(L.LightningDataModule):
     # Whether this dataset's scores are compared with scoring one example at a time (people on
     # Lake's runs): its queries are then always normalised with the support set's statistics.
     inductive_only: bool = False
+    # Whether the validation episodes are distinct from the test ones (Lake's runs have only the runs).
+    has_val_split: bool = True
 
     task: str = "classification"
 

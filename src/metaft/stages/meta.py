@@ -150,6 +150,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                    "override to test on the checkpoint's own split.")
     seed_everything(run_cfg.seed)
     dm, learner = build(without_init_ckpt(run_cfg))  # the checkpoint replaces every weight
+    if split == "val" and not dm.has_val_split:
+        raise ValueError(f"eval_split=val: {type(dm).__name__} has no validation episodes (its val split would be its "
+                         "test); choose settings on the training dataset's validation split (drop the dataset override)")
     try:
         learner.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

@@ -82,6 +82,7 @@ class OmniglotRunsDataModule(EpisodicDataModule):
     """
 
     inductive_only = True  # compared with people and a Siamese net, who score one image at a time
+    has_val_split = False  # the 20 runs are the test; there is nothing to choose settings on
 
     task = "classification"
 
