@@ -124,15 +124,21 @@ class FeatureHeadLearner(MetaLearner):
         looped, as ``vectorize`` says), then the head for all tasks under vmap. The head has no
         convolutions, and looping its many small operations (the SVM solver's iterations, the
         pre-training head's steps) costs more than the body on a CPU (benchmarks/heads_timing.py)."""
+        ways, meta, fs, fq = self.task_features(episode)
+        head = partial(self.head_logits, ways=ways, steps=steps)
+        out = self.precise_head(vmap(head, in_dims=(None, 0, 0, 0)))(meta, fs, episode.support_y, fq)
+        return out if all_steps else out[:, -1]
+
+    def task_features(self, episode: Episode) -> tuple[int, dict[str, Any], Tensor, Tensor]:
+        """``(ways, meta-parameters, support features [tasks, S, D], query features [tasks, Q, D])``,
+        the body run task by task (vmapped or looped, as ``vectorize`` says)."""
         ways, meta = self.episode_ways(episode), self.meta_params()
 
         def features(m: dict[str, Any], sx: Tensor, sy: Tensor, qx: Tensor) -> tuple[Tensor, Tensor]:
             return self.episode_features(m["net"], sx, qx)
 
         fs, fq = self.map_tasks(features, meta, episode)
-        head = partial(self.head_logits, ways=ways, steps=steps)
-        out = self.precise_head(vmap(head, in_dims=(None, 0, 0, 0)))(meta, fs, episode.support_y, fq)
-        return out if all_steps else out[:, -1]
+        return ways, meta, fs, fq
 
     @staticmethod
     def episode_ways(episode: Episode) -> int:

@@ -145,12 +145,7 @@ class Pretrain(FeatureHeadLearner):
             return super().query_outputs(episode, steps, first_order, all_steps)
         # The logistic probe is batched over tasks already, and its Newton iterations stop on
         # data-dependent tests that vmap cannot run: all tasks in one call instead.
-        ways, meta = self.episode_ways(episode), self.meta_params()
-
-        def features(m: dict[str, Any], sx: Tensor, sy: Tensor, qx: Tensor) -> tuple[Tensor, Tensor]:
-            return self.episode_features(m["net"], sx, qx)
-
-        fs, fq = self.map_tasks(features, meta, episode)
+        ways, meta, fs, fq = self.task_features(episode)
         out = self.precise_head(self._logistic)(meta, fs, episode.support_y, fq, ways)
         return out.unsqueeze(1) if all_steps else out
 

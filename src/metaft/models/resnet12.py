@@ -20,13 +20,22 @@ from metaft.models.nets import MetaNet, ScaledL2Norm
 BN = Literal["transductive", "inductive", "running", "none"]
 
 
+def _refuse_under_vmap(what: str) -> None:
+    """vmap refuses random draws by default, and one mask per task is not what MAML's vectorized
+    tasks would share anyway: say what to change instead of failing deep inside."""
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        raise RuntimeError(f"model.drop_rate > 0 ({what}) cannot run under torch.func.vmap: set "
+                           "algorithm.vectorize=false (a loop over tasks) or model.drop_rate=0")
+
+
 class DropBlock(nn.Module):
     """DropBlock (Ghiasi et al. 2018): in training, zero ``block_size`` x ``block_size`` squares so
     that about ``drop_rate`` of the map is dropped, and rescale the rest; the identity in eval.
 
     With ``ramp_steps`` the rate grows linearly from 0 at step 0 to ``drop_rate`` at
-    ``ramp_steps`` (MetaOptNet's and RFS's schedule: 40,000 batches), following the step that
-    ``set_step`` was last given; before any (fine-tuning, a bare forward) it is ``drop_rate``."""
+    ``ramp_steps`` (MetaOptNet's and RFS's schedule, which their code counts in forward passes;
+    conf/model/resnet12_*.yaml turn it into steps), following the step that ``set_step`` was last
+    given; before any (fine-tuning, a bare forward) it is ``drop_rate``."""
 
     def __init__(self, drop_rate: float, block_size: int, ramp_steps: int = 0) -> None:
         super().__init__()
@@ -46,11 +55,7 @@ class DropBlock(nn.Module):
         rate = self.rate()
         if not self.training or rate <= 0:
             return x
-        if torch._C._functorch.peek_interpreter_stack() is not None:
-            # vmap refuses random draws by default, and one mask per task is not what MAML's
-            # vectorized tasks would share anyway: say what to change instead of failing deep inside.
-            raise RuntimeError("model.drop_rate > 0 (DropBlock) cannot run under torch.func.vmap: set "
-                               "algorithm.vectorize=false (a loop over tasks) or model.drop_rate=0")
+        _refuse_under_vmap("DropBlock")
         n, c, h, w = x.shape
         bs = min(self.block_size, h, w)
         gamma = rate / bs**2 * (h * w) / ((h - bs + 1) * (w - bs + 1))
@@ -65,9 +70,8 @@ class Dropout(nn.Dropout):
     rate, without blocks or ramp), with DropBlock's clear refusal under vmap."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training and self.p > 0 and torch._C._functorch.peek_interpreter_stack() is not None:
-            raise RuntimeError("model.drop_rate > 0 (dropout) cannot run under torch.func.vmap: set "
-                               "algorithm.vectorize=false (a loop over tasks) or model.drop_rate=0")
+        if self.training and self.p > 0:
+            _refuse_under_vmap("dropout")
         return super().forward(x)
 
 
