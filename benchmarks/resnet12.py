@@ -93,7 +93,10 @@ def main() -> None:
     p.add_argument("--round-seconds", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-higher", action="store_true", help="skip higher (not installed)")
-    p.add_argument("--no-loop", action="store_true", help="skip the one-task-at-a-time paths (minutes per step on a CPU)")
+    p.add_argument("--paths", default="all,chunks,loop",
+                   help="metaft's MAML paths to time, comma-separated: all (every task vmapped at once), "
+                        "chunks (--task-chunk tasks at a time), loop (one task at a time, the CPU default); "
+                        "higher and ProtoNet are always timed beside them")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if args.threads:
@@ -101,6 +104,9 @@ def main() -> None:
     device = torch.device(args.device)
     widths = tuple(int(w) for w in args.widths.split(","))
     contenders = [] if args.no_higher else ["higher"]
+    chosen = args.paths.split(",")
+    if unknown := set(chosen) - {"all", "chunks", "loop"}:
+        p.error(f"--paths: unknown {sorted(unknown)}; choose from all, chunks, loop")
 
     gate = suite((3, 4, 4, 5), 16, 2)
     for algorithm in ("maml", "fomaml"):
@@ -111,9 +117,10 @@ def main() -> None:
     ep = s.make_episode(args.meta_batch, torch.Generator().manual_seed(0)).to(device)
     steps = {}
     for algorithm in ("maml", "fomaml"):
-        paths = [("all tasks", {"vectorize": "true"}), (f"chunks of {args.task_chunk}",
-                 {"vectorize": "true", "task_chunk": args.task_chunk}), ("loop", {"vectorize": "false"})]
-        for name, kw in paths[:2] if args.no_loop else paths:
+        paths = {"all": ("all tasks", {"vectorize": "true"}),
+                 "chunks": (f"chunks of {args.task_chunk}", {"vectorize": "true", "task_chunk": args.task_chunk}),
+                 "loop": ("loop", {"vectorize": "false"})}
+        for name, kw in (paths[k] for k in chosen):
             learner = make_learner(s, algorithm, kw["vectorize"], task_chunk=kw.get("task_chunk")).to(device)
             steps[f"{algorithm} metaft {name}"] = metaft_step(learner, ep)
         for c in contenders:

@@ -475,6 +475,14 @@ def test_train_maml_conv4_on_lake_then_eval_on_runs(run_config, cache_dir, runs_
                               "eval_split=val"], "eval")
     with pytest.raises(ValueError, match="eval_split=val: OmniglotRunsDataModule has no validation episodes"):
         main(val)
+    # Validation on fewer held-out alphabets than the training's scores a subset of its validation classes;
+    # on more, it would score alphabets the checkpoint was trained on: refused before any data is read.
+    fewer = run_config("eval", [f"ckpt_path={res['ckpt']}", "eval_split=val", "++dataset.lake_val_alphabets=1"], "eval")
+    main(fewer)
+    assert json.loads((Path(fewer.hydra.runtime.output_dir) / "results.json").read_text())["val/episodes"] == 4
+    more = run_config("eval", [f"ckpt_path={res['ckpt']}", "eval_split=val", "++dataset.lake_val_alphabets=6"], "eval")
+    with pytest.raises(ValueError, match="lake_val_alphabets=6: the checkpoint held out only the last 5 .* at most 5"):
+        main(more)
 
 
 @pytest.mark.parametrize("experiment, ways, lr, eval_lr, steps, batch", [

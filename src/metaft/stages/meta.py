@@ -16,7 +16,7 @@ from metaft.algorithms.episodic import MetaLearner
 from metaft.algorithms.pretrain import Pretrain
 from metaft.algorithms.warm_start import without_init_ckpt
 from metaft.data.episodic import EpisodicDataModule
-from metaft.data.omniglot.splits import check_held_out, held_out_split
+from metaft.data.omniglot.splits import check_held_out, check_validation_held_out, held_out_split
 from metaft.runtime import trainer as runtime
 from metaft.runtime.callbacks import log_hparams
 from metaft.runtime.distributed import global_batchnorm
@@ -148,6 +148,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_held_out(ckpt["metaft_config"].get("dataset"), tested, what,
                    "Evaluate a checkpoint trained with dataset.split=" + str(tested) + ", or drop the dataset/split "
                    "override to test on the checkpoint's own split.")
+    if split == "val":
+        check_validation_held_out(ckpt["metaft_config"].get("dataset"), run_cfg.get("dataset"))
     seed_everything(run_cfg.seed)
     dm, learner = build(without_init_ckpt(run_cfg))  # the checkpoint replaces every weight
     if split == "val" and not dm.has_val_split:

@@ -96,3 +96,18 @@ def check_held_out(trained_cfg: Mapping[str, Any] | None, tested: str | None, wh
         f"classes of split={tested}, and split={trained}'s training classes include some of those; the score "
         f"would count characters the model was trained on. {fix}"
     )
+
+
+def check_validation_held_out(trained_cfg: Mapping[str, Any] | None, scored_cfg: Mapping[str, Any] | None) -> None:
+    """Refuse validation episodes drawn from alphabets the checkpoint was trained on: on Lake's
+    split, raising ``dataset.lake_val_alphabets`` above the training run's moves background
+    alphabets it trained on into the validation classes (lowering it scores a subset: allowed)."""
+    if held_out_split(trained_cfg) != "lake" or held_out_split(scored_cfg) != "lake":
+        return
+    trained, scored = int(trained_cfg.get("lake_val_alphabets", 5)), int(scored_cfg.get("lake_val_alphabets", 5))
+    if scored > trained:
+        raise ValueError(
+            f"eval_split=val with dataset.lake_val_alphabets={scored}: the checkpoint held out only the last "
+            f"{trained} background alphabets, so {scored - trained} of the {scored} validation alphabets are ones it "
+            f"was trained on. Set dataset.lake_val_alphabets to at most {trained}."
+        )
