@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,11 +17,11 @@ STEPS = ["trainer.max_steps=8", "trainer.val_check_interval=4", "dataset.meta_ba
 
 @pytest.mark.parametrize("algorithm", ["maml", "reptile"])
 def test_two_ranks_give_the_one_rank_update(run_config, algorithm):
-    runs = {}
+    runs, outs = {}, {}
     for hw in ("cpu", "ddp_cpu"):
         cfg = run_config("train", [*STEPS, f"algorithm={algorithm}", f"hardware={hw}"], hw)
         main(cfg)
-        out = Path(cfg.hydra.runtime.output_dir)
+        out = outs[hw] = Path(cfg.hydra.runtime.output_dir)
         runs[hw] = (torch.load(out / "checkpoints" / "last.ckpt", weights_only=True),
                     json.loads((out / "results.json").read_text()))
     (one, r1), (two, r2) = runs["cpu"], runs["ddp_cpu"]
@@ -32,6 +33,11 @@ def test_two_ranks_give_the_one_rank_update(run_config, algorithm):
     # Every test episode counted exactly once across the two ranks, same metric.
     assert r1["test/episodes"] == r2["test/episodes"] == 60
     assert r2["test/mse"] == pytest.approx(r1["test/mse"], rel=1e-4)
+    # Each episode's score is filed under its own index whichever rank scored it (the ranks take
+    # interleaved tasks of every batch): the two files agree row by row.
+    files = [np.loadtxt(outs[hw] / "test_episodes.csv", delimiter=",", skiprows=1) for hw in ("cpu", "ddp_cpu")]
+    assert (files[0][:, 0] == np.arange(60)).all() and (files[1][:, 0] == np.arange(60)).all()
+    assert files[1][:, 1] == pytest.approx(files[0][:, 1], rel=1e-4, abs=1e-7)
 
 
 def _omniglot() -> Path:

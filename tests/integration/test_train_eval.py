@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import hydra
+import numpy as np
 import pytest
 import torch
 from torch.func import functional_call
@@ -16,10 +17,10 @@ FAST = ["trainer.max_steps=6", "trainer.val_check_interval=3", "checkpoint.every
         "dataset.val_episodes=20", "dataset.test_episodes=30", "dataset.meta_batch_size=4", "seed=0"]
 
 
-def hand_test_mse(cfg, ckpt: str) -> float:
+def hand_test_mse(cfg, ckpt: str) -> list[float]:
     """Test MSE of a checkpoint by a loop written from the papers: per test task, the configured
     number of plain SGD steps (Meta-SGD: its learned per-entry step sizes; ANIL: the head only) on
-    the support MSE, then the query MSE; the mean over tasks."""
+    the support MSE, then the query MSE; one value per task, in episode order."""
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     net = hydra.utils.instantiate(cfg.model)
     net.load_state_dict({k[len("net."):]: v for k, v in state.items() if k.startswith("net.")})
@@ -39,7 +40,7 @@ def hand_test_mse(cfg, ckpt: str) -> float:
                 params.update({k: params[k] - lrs.get(k, lr) * g for k, g in zip(adapted, grads)})
             with torch.no_grad():
                 errors.append((functional_call(net, params, batch.query_x[t]) - batch.query_y[t]).pow(2).mean().item())
-    return sum(errors) / len(errors)
+    return errors
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml", "metasgd", "reptile", "anil"])
@@ -59,13 +60,20 @@ def test_train_then_eval_reproduces(run_config, algorithm):
     assert results["test/mse"] < results["test/mse_step0"]
     ckpt = f"{out}/checkpoints/best.ckpt"
     assert results["ckpt"].endswith("best.ckpt")
-    assert results["test/mse"] == pytest.approx(hand_test_mse(cfg, ckpt), rel=1e-4)
+    hand = hand_test_mse(cfg, ckpt)
+    assert results["test/mse"] == pytest.approx(sum(hand) / len(hand), rel=1e-4)
+    # The per-episode file holds every episode's own score, by index (what metaft.compare pairs).
+    rows = np.loadtxt(f"{out}/test_episodes.csv", delimiter=",", skiprows=1)
+    assert open(f"{out}/test_episodes.csv").readline().strip() == "episode,mse,loss"
+    assert (rows[:, 0] == np.arange(30)).all()
+    assert rows[:, 1] == pytest.approx(hand, rel=1e-4, abs=1e-7)
 
     ev = run_config("eval", [f"ckpt_path={ckpt}"], "eval")
     main(ev)
     again = json.loads(open(f"{ev.hydra.runtime.output_dir}/results.json").read())
     assert again["test/mse"] == results["test/mse"]
     assert again["test/mse_ci95"] == results["test/mse_ci95"]
+    assert open(f"{ev.hydra.runtime.output_dir}/test_episodes.csv").read() == open(f"{out}/test_episodes.csv").read()
 
 
 def test_eval_overrides_apply_on_top_of_the_stored_config(run_config):

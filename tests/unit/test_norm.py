@@ -67,3 +67,18 @@ def test_inductive_query_is_normalised_with_the_support_statistics():
 
     torch.testing.assert_close(fq[1:2], by_hand(ep.support_x[0], ep.query_x[0][1:2]), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(fs, by_hand(ep.support_x[0], ep.support_x[0]), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("trained, scored, refused", [
+    ("transductive", "inductive", None), ("inductive", "transductive", None), ("running", "running", None),
+    ("running", "inductive", "already inductive"), ("transductive", "running", "no running statistics"),
+    ("none", "inductive", "different batch-norm layers"), ("inductive", "none", "different batch-norm layers"),
+])
+def test_eval_refuses_batch_norm_modes_the_checkpoint_cannot_take(trained, scored, refused):
+    from metaft.stages.meta import check_batch_norm
+
+    if refused is None:
+        check_batch_norm({"bn": trained}, {"bn": scored})
+        return
+    with pytest.raises(ValueError, match=f"model.bn={scored} cannot score a checkpoint trained with model.bn={trained}.*{refused}"):
+        check_batch_norm({"bn": trained}, {"bn": scored})

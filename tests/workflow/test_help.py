@@ -27,7 +27,7 @@ def test_help_names_the_stages_and_groups_and_hides_the_recipes(tmp_path):
 def test_module_commands_start_without_warnings(tmp_path):
     """The documented `python -m` commands print their help and nothing on stderr (runpy warns when
     a package imports the module it is asked to run)."""
-    for module in ("metaft.data.omniglot.runs", "metaft.report", "metaft.study"):
+    for module in ("metaft.data.omniglot.runs", "metaft.report", "metaft.compare", "metaft.study"):
         proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=tmp_path, env=cli_env(),
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and proc.stdout.strip(), (module, proc.stderr[-2000:])

@@ -125,6 +125,8 @@ class MetaLearner(L.LightningModule):
         self.grad_clip = grad_clip
         self.nonfinite = nonfinite
         self.skipped_steps = 0
+        # The last evaluation's per-episode (metric, loss) of each stage ("val", "test").
+        self.episode_scores: dict[str, tuple[Tensor, Tensor]] = {}
         self.run_config: dict | None = None  # the composed Hydra config, stored in checkpoints
 
     # ------------------------------------------------------------- what the algorithm declares
@@ -386,6 +388,8 @@ class MetaLearner(L.LightningModule):
         self.log(f"{stage}/loss", loss_mean[-1].float())
         self.log(f"{stage}/episodes", n[0].float())
         self.log_per_step(stage, mean, loss_mean)
+        # Kept for the per-episode file (stages.meta): [episodes, steps+1], ranks in order.
+        self.episode_scores[stage] = (self.eval_stats.gathered, self.eval_loss.gathered)
         self.eval_stats.reset()
         self.eval_loss.reset()
 

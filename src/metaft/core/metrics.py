@@ -64,7 +64,9 @@ class EpisodeStats(Metric):
     ``update`` takes ``[episodes, n]``; ``compute`` returns ``(mean[n], ci95[n], count)``, float32
     on the metric's device. The values are kept (float32, as every device has it) and gathered
     across ranks, and the statistics are computed from all of them in float64 on the CPU: the
-    same on one device or many, and no cancellation of large sums of squares.
+    same on one device or many, and no cancellation of large sums of squares. After ``compute``,
+    ``gathered`` holds those values (float64 ``[episodes, n]``, ranks in order) for paired
+    comparisons between runs scored on the same episodes.
     """
 
     full_state_update = False
@@ -83,6 +85,7 @@ class EpisodeStats(Metric):
         empty = isinstance(self.values, list) and not self.values
         v = torch.zeros(0, self.n) if empty else dim_zero_cat(self.values).reshape(-1, self.n)
         v = v.cpu().to(torch.float64)
+        self.gathered = v
         count = v.shape[0]
         mean_ = v.mean(0) if count else torch.full((self.n,), math.nan, dtype=torch.float64)
         std = v.std(0, correction=1) if count > 1 else torch.full((self.n,), math.nan, dtype=torch.float64)

@@ -206,6 +206,17 @@ class EpisodicDataModule(L.LightningDataModule):
                                  f"least one episode; raise dataset.{split}_episodes or lower trainer.devices")
         return DataLoader(_FixedEpisodes(batches), batch_size=None, shuffle=False, collate_fn=_as_is)
 
+    def gathered_order(self, split: str) -> torch.Tensor:
+        """The episode index of each value the ranks' evaluation of ``split`` gathers, in order:
+        rank 0's share of every batch, then rank 1's, ... (``_eval_loader``'s sharding)."""
+        _, world = self.rank_and_world()
+        starts, sizes, start = [], [], 0
+        for ep in self.fixed_episodes(split):
+            starts.append(start)
+            sizes.append(ep.num_tasks)
+            start += ep.num_tasks
+        return torch.cat([torch.arange(s + r, s + n, world) for r in range(world) for s, n in zip(starts, sizes)])
+
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
 

@@ -20,7 +20,7 @@ from metaft.data.omniglot.splits import check_held_out, check_validation_held_ou
 from metaft.runtime import trainer as runtime
 from metaft.runtime.callbacks import log_hparams
 from metaft.runtime.distributed import global_batchnorm
-from metaft.runtime.io import load_checkpoint
+from metaft.runtime.io import atomic_write_text, load_checkpoint
 from metaft.runtime.paths import project_root
 from metaft.runtime.progress import log_metrics
 from metaft.runtime.trainer import (
@@ -111,7 +111,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # so not train) as one process does.
         learner.make_classifier(dm.num_classes("train"))
     monitor_mode = "min" if learner.metric_name == "mse" else "max"
-    trainer = make_trainer(cfg, out, monitor=f"val/{learner.metric_name}", mode=monitor_mode)
+    trainer = make_trainer(cfg, out, monitor=f"val/{learner.metric_name}", mode=monitor_mode,
+                           callbacks=[EpisodeScores(out, "test")])
     trainer.fit(learner, datamodule=dm, ckpt_path=resume, weights_only=True)
     results: dict[str, Any] = final_metrics(trainer, "val/")
     if cfg.test:
@@ -127,6 +128,50 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     results["batch_norm"] = learner.batch_norm()
     log_hparams(trainer, cfg, results)
     return write_results(out, results)
+
+
+class EpisodeScores(Callback):
+    """Writes ``{split}_episodes.csv`` at the end of the ``split`` evaluation: each episode's
+    metric and loss after the last inner step, by episode index, so that two checkpoints scored
+    on the same episodes can be compared pairwise (``python -m metaft.compare``). A callback, so
+    that it runs where the evaluation ran (spawned ranks included); global rank 0 writes."""
+
+    def __init__(self, out: Path, split: str) -> None:
+        self.out, self.split = out, split
+
+    def write(self, trainer: L.Trainer, learner: MetaLearner, split: str) -> None:
+        if split != self.split or trainer.global_rank != 0 or split not in learner.episode_scores:
+            return
+        metric, loss = learner.episode_scores[split]
+        order = trainer.datamodule.gathered_order(split)
+        if len(order) != len(metric):
+            raise RuntimeError(f"{split}: {len(metric)} per-episode scores for {len(order)} episodes")
+        rows = sorted(zip(order.tolist(), metric[:, -1].tolist(), loss[:, -1].tolist()))
+        text = f"episode,{learner.metric_name},loss\n" + "".join(f"{i},{m!r},{l!r}\n" for i, m, l in rows)
+        atomic_write_text(self.out / f"{split}_episodes.csv", text)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write(trainer, pl_module, "val")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write(trainer, pl_module, "test")
+
+
+def check_batch_norm(trained: Any, scored: Any) -> None:
+    """Only the transductive and inductive modes share weights (batch norm without running
+    statistics); scoring a checkpoint in any other mode than its own is refused, with the reason."""
+    was, now = (str(m.get("bn")) if m is not None and "bn" in m else None for m in (trained, scored))
+    if was == now or {was, now} <= {"transductive", "inductive"}:
+        return
+    if was == "running":
+        why = ("its running statistics are part of the model, and scoring with them is already inductive (each query "
+               "normalised alone): drop the model.bn override")
+    elif now == "running":
+        why = ("it has no running statistics to score with: use model.bn=inductive (the support set's statistics, each "
+               "query scored alone) or transductive")
+    else:
+        why = "the two modes have different batch-norm layers: drop the model.bn override"
+    raise ValueError(f"model.bn={now} cannot score a checkpoint trained with model.bn={was}: {why}")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -148,6 +193,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_held_out(ckpt["metaft_config"].get("dataset"), tested, what,
                    "Evaluate a checkpoint trained with dataset.split=" + str(tested) + ", or drop the dataset/split "
                    "override to test on the checkpoint's own split.")
+    check_batch_norm(ckpt["metaft_config"].get("model"), run_cfg.get("model"))
     if split == "val":
         check_validation_held_out(ckpt["metaft_config"].get("dataset"), run_cfg.get("dataset"))
     seed_everything(run_cfg.seed)
@@ -164,7 +210,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         ) from e
     out = run_dir()
     OmegaConf.save(run_cfg, out / "eval_config.yaml")
-    trainer = make_trainer(run_cfg, out)
+    trainer = make_trainer(run_cfg, out, callbacks=[EpisodeScores(out, split)])
     if split == "val":
         trainer.validate(learner, datamodule=dm, verbose=False)
     else:
