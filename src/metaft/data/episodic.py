@@ -210,12 +210,9 @@ class EpisodicDataModule(L.LightningDataModule):
         """The episode index of each value the ranks' evaluation of ``split`` gathers, in order:
         rank 0's share of every batch, then rank 1's, ... (``_eval_loader``'s sharding)."""
         _, world = self.rank_and_world()
-        starts, sizes, start = [], [], 0
-        for ep in self.fixed_episodes(split):
-            starts.append(start)
-            sizes.append(ep.num_tasks)
-            start += ep.num_tasks
-        return torch.cat([torch.arange(s + r, s + n, world) for r in range(world) for s, n in zip(starts, sizes)])
+        sizes = [ep.num_tasks for ep in self.fixed_episodes(split)]
+        batches = torch.arange(sum(sizes)).split(sizes)  # each batch's episode indices, sharded as the loader does
+        return torch.cat([batch[rank::world] for rank in range(world) for batch in batches])
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")
