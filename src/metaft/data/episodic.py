@@ -14,24 +14,43 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from metaft.data.episode import Episode
 
-# Distinct streams per split, so the fixed evaluation episodes never overlap training draws.
+# Distinct streams per split for the fixed problems of fine-tuning targets and the study.
 _SPLIT_OFFSET = {"train": 0, "val": 1_000_003, "test": 2_000_029}
+
+# The version of the meta-training stream, recorded in results.json. Version 1 drew meta-batch i
+# from ``split_generator(seed, "train", i)``, linear in (seed, i): training seed 0 at step 139 + j
+# drew with validation seed 1712's generator j. Version 2 hashes (seed, i) as the evaluation
+# episodes do (those, and every validation and test stream, are unchanged).
+TRAIN_STREAM = 2
+
+
+def split_seed(seed: int, split: str, index: int = 0) -> int:
+    """The generator seed of ``split_generator``: linear in (seed, index), kept because the fixed
+    validation and test problems of fine-tuning targets and the study are drawn with it (for seeds
+    less than 5,000 apart its val and test streams never meet: ``tests/unit/test_streams.py``)."""
+    return (int(seed) * 7_919 + _SPLIT_OFFSET[split] + index * 104_729) % (2**63 - 1)
 
 
 def split_generator(seed: int, split: str, index: int = 0) -> torch.Generator:
     """A generator determined by (seed, split, index) alone."""
     g = torch.Generator()
-    g.manual_seed((int(seed) * 7_919 + _SPLIT_OFFSET[split] + index * 104_729) % (2**63 - 1))
+    g.manual_seed(split_seed(seed, split, index))
     return g
 
 
-def episode_generator(seed: int, split: str, index: int) -> torch.Generator:
-    """The generator of evaluation episode ``index`` of ``split``, determined by (seed, split,
-    index) alone: episode i is the same whatever the batch size, the number of episodes or of
-    ranks. Hashed, so no (seed, index) pair shares a stream with another or with training."""
+def hashed_seed(seed: int, split: str, index: int) -> int:
+    """A 63-bit generator seed hashed from (seed, split, index): no two triples share one in practice."""
     digest = hashlib.sha256(f"metaft-episode/{int(seed)}/{split}/{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def episode_generator(seed: int, split: str, index: int) -> torch.Generator:
+    """The generator of evaluation episode ``index`` of ``split`` (and of meta-training batch
+    ``index`` for ``split="train"``), determined by (seed, split, index) alone: episode i is the
+    same whatever the batch size, the number of episodes or of ranks. Hashed, so no (seed, index)
+    pair shares a stream with another or with training."""
     g = torch.Generator()
-    g.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    g.manual_seed(hashed_seed(seed, split, index))
     return g
 
 
@@ -54,7 +73,7 @@ class _TrainEpisodes(IterableDataset):
         labelled = dm.labelled_batch_size
         per_rank = (labelled or dm.meta_batch_size) // world
         while True:
-            g = split_generator(dm.seed, "train", step)
+            g = episode_generator(dm.seed, "train", step)  # stream version TRAIN_STREAM
             if labelled:  # supervised pre-training: (inputs, global labels) over all training classes
                 x, y = dm.labelled_batch("train", labelled, g)
                 yield x[rank * per_rank : (rank + 1) * per_rank], y[rank * per_rank : (rank + 1) * per_rank]

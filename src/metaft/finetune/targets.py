@@ -21,7 +21,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from metaft.data.episodic import split_generator
+from metaft.data.episodic import episode_generator, split_generator
 
 Splits = dict[str, tuple[Tensor, Tensor]]
 Shots = int | str | None
@@ -59,7 +59,7 @@ class _TrainBatches(IterableDataset):
                              "lower trainer.devices or use more target.shots")
         step = dm.trainer.global_step if dm.trainer is not None else 0
         while True:
-            idx = torch.randperm(len(x), generator=split_generator(dm.seed, "train", step))[:size]
+            idx = torch.randperm(len(x), generator=episode_generator(dm.seed, "train", step))[:size]  # TRAIN_STREAM
             share = idx.tensor_split(world)[rank]
             yield x[share], y[share], size
             step += 1

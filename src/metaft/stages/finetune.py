@@ -16,6 +16,7 @@ from metaft.finetune.monitor import FineTuneFigures
 from metaft.finetune.module import FineTuner, init_head, load_body, metasgd_step_sizes, untrained_head_rule
 from metaft.runtime.io import load_checkpoint
 from metaft.runtime.progress import log_metrics
+from metaft.data.episodic import TRAIN_STREAM
 from metaft.runtime.trainer import checkpoint_file, final_metrics, make_trainer, start_run, write_results
 
 log = logging.getLogger(__name__)
@@ -168,4 +169,4 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         results.update(final_metrics(trainer, "test/"))
         log_metrics("test of the best checkpoint", final_metrics(trainer, "test/"))  # steps in natural order
         results["ckpt"] = str(Path(best).resolve()) if best else None
-    return write_results(out, results, **info)
+    return write_results(out, results, train_stream=TRAIN_STREAM, **info)

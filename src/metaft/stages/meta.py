@@ -15,7 +15,7 @@ import metaft.algorithms.catalogue as catalogue
 from metaft.algorithms.episodic import MetaLearner
 from metaft.algorithms.pretrain import Pretrain
 from metaft.algorithms.warm_start import without_init_ckpt
-from metaft.data.episodic import EpisodicDataModule
+from metaft.data.episodic import TRAIN_STREAM, EpisodicDataModule
 from metaft.data.omniglot.splits import check_held_out, check_validation_held_out, held_out_split
 from metaft.runtime import trainer as runtime
 from metaft.runtime.callbacks import log_hparams
@@ -126,6 +126,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         results["ckpt"] = str(Path(best).resolve()) if best else None
         results["test_episodes_fingerprint"] = dm.fingerprint("test")
     results["batch_norm"] = learner.batch_norm()
+    results["train_stream"] = TRAIN_STREAM
     log_hparams(trainer, cfg, results)
     return write_results(out, results)
 
