@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import lightning as L
 import torch
@@ -22,6 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from metaft.data.episodic import episode_generator, split_generator
+from metaft.data.images.episodes import normalize
 
 Splits = dict[str, tuple[Tensor, Tensor]]
 Shots = int | str | None
@@ -282,14 +283,25 @@ class FolderTarget(SupervisedTarget):
     order, per class ``test_per_class`` test and ``val_per_class`` validation images and ``shots``
     training images (random, by the seed). Images become ``channels`` (1: grey, 3: RGB) x
     ``image_size`` x ``image_size`` in [0, 1]; ``invert`` turns dark-on-light drawings into
-    Omniglot's ink-is-1 convention.
+    Omniglot's ink-is-1 convention; ``mean`` / ``std`` (one number per channel, or both None)
+    then normalise each channel, as an image dataset's ``dataset.mean`` / ``dataset.std`` do.
+    The fine-tuning stage sets channels, image_size, mean and std to the checkpoint's
+    meta-training data unless the command line gives them (``finetune.conventions``).
     """
 
     def __init__(self, root: str, shots: Shots = 5, val_per_class: int = 2, test_per_class: int = 5,
-                 image_size: int = 28, channels: int = 1, invert: bool = False, **common: Any) -> None:
+                 image_size: int = 28, channels: int = 1, invert: bool = False,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, **common: Any) -> None:
         super().__init__(**common)
         if channels not in (1, 3):
             raise ValueError(f"target.channels must be 1 or 3, got {channels}")
+        if (mean is None) != (std is None) or (mean is not None and not (len(mean) == len(std) == channels)):
+            raise ValueError(f"target.mean and target.std must both be null or both list {channels} numbers (one per "
+                             f"channel, target.channels={channels}), got {mean} and {std}")
+        if std is not None and min(std) <= 0:
+            raise ValueError(f"target.std must be positive, got {std}")
+        self.mean = None if mean is None else [float(m) for m in mean]
+        self.std = None if std is None else [float(v) for v in std]
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(f"target.root={self.root} is not a directory; point it at a folder of "
@@ -315,7 +327,8 @@ class FolderTarget(SupervisedTarget):
             img = img.convert("L" if self.channels == 1 else "RGB").resize((self.image_size,) * 2, Image.BILINEAR)
             x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).float().div(255)
         x = x.view(self.image_size, self.image_size, self.channels).permute(2, 0, 1)
-        return 1 - x if self.invert else x
+        x = 1 - x if self.invert else x
+        return normalize(x.contiguous(), self.mean, self.std)
 
     def build(self) -> Splits:
         out = {}

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig, OmegaConf
 
+from metaft.finetune.conventions import apply_conventions, meta_conventions
 from metaft.finetune.targets import SupervisedTarget
 from metaft.finetune.monitor import FineTuneFigures
 from metaft.finetune.module import FineTuner, init_head, load_body, metasgd_step_sizes, untrained_head_rule
@@ -101,13 +102,23 @@ def model_config(cfg: DictConfig, ckpt_cfg: dict[str, Any], from_checkpoint: boo
                      "whose architecture is then used)")
 
 
+def _given(prefix: str) -> set[str]:
+    """Keys under ``prefix`` that this command line sets (``target.mean=...`` -> ``mean``)."""
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in overrides)
+    return {k[len(prefix):] for k in keys if k.startswith(prefix)}
+
+
 def build(cfg: DictConfig) -> tuple[SupervisedTarget, FineTuner, dict[str, Any]]:
     """The target, the initialised fine-tuner and what was done (for results.json)."""
-    dm: SupervisedTarget = hydra.utils.instantiate(cfg.target)
     kind, path = resolve_init(cfg)
     arch_path = path or cfg.get("meta_ckpt") or None
     ckpt = load_checkpoint(hydra.utils.to_absolute_path(arch_path), what="meta_ckpt") if arch_path else None
     ckpt_cfg = ckpt["metaft_config"] if ckpt else {}
+    # The target's images are prepared as the checkpoint's meta-training images were (channels,
+    # size, mean/std), unless this command says otherwise.
+    apply_conventions(cfg.target, meta_conventions(ckpt_cfg), _given("target."))
+    dm: SupervisedTarget = hydra.utils.instantiate(cfg.target)
     if path:
         kind = _check_kind(kind, ckpt_cfg, path, str(cfg.init))
         if hasattr(dm, "check_meta_dataset"):
