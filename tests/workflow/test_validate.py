@@ -62,7 +62,7 @@ def test_a_setting_the_user_must_give_is_a_known_key(tmp_path):
     ``dataset.data_dir``) are settings like any other: given, they pass; misspelt, they are named."""
     from metaft.runtime.validate import ConfigError, check_overrides
 
-    check_overrides(ROOT / "conf", "finetune", ["target=folder", f"target.root={tmp_path}"])
+    check_overrides(ROOT / "conf", "finetune", ["init=random", "model=conv4", "target=folder", f"target.root={tmp_path}"])
     with pytest.raises(ConfigError, match="did you mean target.root"):
         check_overrides(ROOT / "conf", "finetune", ["target=folder", f"target.rot={tmp_path}"])
 
@@ -86,3 +86,46 @@ def test_a_setting_left_to_the_user_is_asked_for_before_anything_runs(tmp_path):
         check_overrides(ROOT / "conf", "finetune", ["target=folder"])
     check_overrides(ROOT / "conf", "train", [])  # the defaults leave nothing to give
     check_overrides(ROOT / "conf", "eval", ["ckpt_path=x.ckpt"])
+
+
+def _problems(config_name: str, overrides: list[str]) -> list[str]:
+    from metaft.runtime.validate import ConfigError, check_overrides
+
+    with pytest.raises(ConfigError) as info:
+        check_overrides(ROOT / "conf", config_name, overrides)
+    return info.value.problems
+
+
+def test_a_misspelt_group_option_gets_did_you_mean():
+    assert _problems("train", ["algorithm=mamll"]) == [
+        "algorithm=mamll: there is no algorithm mamll (conf/algorithm/mamll.yaml); did you mean algorithm=maml? "
+        "algorithm is one of: anil, baselinepp, boil, fomaml, maml, metabaseline, metaoptnet, metasgd, pretrain, "
+        "protonet, reptile"]
+    # every value of a sweep, and every group at once
+    problems = _problems("train", ["algorithm=maml,anill", "dataset=omniglott"])
+    assert [p.split(":")[0] for p in problems] == ["algorithm=anill", "dataset=omniglott"]
+    assert "did you mean dataset=omniglot?" in problems[1]
+
+
+def test_a_key_of_another_dataset_says_which_dataset_has_it():
+    (problem,) = _problems("train", ["dataset.ways=five"])
+    assert problem.startswith("dataset.ways=five: dataset=sinusoid is regression: it has no ways; did you mean "
+                              "dataset=omniglot? (ways is a setting of dataset=cifar_fs,")
+
+
+def test_fine_tuning_without_a_checkpoint_is_named_with_the_other_settings(tmp_path):
+    problems = _problems("finetune", ["target=omniglot", "target.shots=many"])
+    assert problems == ["target.shots='many': target.shots wants a whole number (or all), e.g. target.shots=1",
+                        "init=meta fine-tunes a stage-1 checkpoint: add meta_ckpt=PATH (a stage-1 run directory or "
+                        "its .ckpt file), or init=random model=... to start from random weights"]
+    assert _problems("finetune", [f"meta_ckpt={tmp_path / 'none.ckpt'}"]) == [
+        f"meta_ckpt={tmp_path / 'none.ckpt'}: no such file or directory; give a stage-1 run directory or a .ckpt file"]
+    from metaft.runtime.validate import check_overrides
+
+    check_overrides(ROOT / "conf", "finetune", ["init=random", "model=mlp"])  # random weights need no checkpoint
+
+
+def test_a_class_list_left_to_the_user_says_what_form_it_takes(tmp_path):
+    problems = _problems("train", ["dataset=image_folder", f"dataset.data_dir={tmp_path}"])
+    assert "dataset.class_lists.train must be given: add dataset.class_lists.train=... to the command line (a list " \
+           "of class folders, e.g. [cat,dog,emu], or a text file with one folder name a line)" in problems

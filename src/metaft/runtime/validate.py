@@ -12,7 +12,7 @@ import difflib
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 # Words some integer settings also accept (the constructor handles them).
 WORDS = {"target.shots": {"all"}, "trainer.devices": {"auto"}, "trainer.max_steps": set()}
@@ -22,6 +22,10 @@ REAL_WORDS = {"lr", "scale", "clip", "decay", "momentum", "temperature", "delta"
 NO_CHECK_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
                   "--resolve", "--package", "-p", "--config-path", "-cp", "--config-dir", "-cd"}
 VALUE_FLAGS = {"--config-name", "-cn", "--experimental-rerun"}
+# Suggested first when several options of a group have a setting (the one most runs use).
+PREFERRED = {"dataset": "omniglot", "model": "conv4"}
+# The form a setting the user must give takes, by a part of its key.
+FORMS = {"class_lists": " (a list of class folders, e.g. [cat,dog,emu], or a text file with one folder name a line)"}
 
 
 class ConfigError(SystemExit):
@@ -150,12 +154,13 @@ def check_overrides(config_dir: Path, config_name: str, overrides: Sequence[str]
         parsed = OverridesParser.create().parse_overrides(list(overrides))
     except Exception:  # a syntax error: Hydra's own message says where
         return
-    groups, values = [], []
+    groups, values, problems = [], [], []
     for o in parsed:
         key = o.key_or_group
         if o.is_hydra_override() or key.startswith("hydra") or o.package is not None:
             continue
         if (config_dir / key).is_dir():  # a group choice (dataset=omniglot): composed below
+            problems += group_problems(config_dir, o)
             if o.is_sweep_override():
                 first = next(iter(o.sweep_string_iterator()), None)
                 if first is None:
@@ -165,16 +170,20 @@ def check_overrides(config_dir: Path, config_name: str, overrides: Sequence[str]
                 groups.append(o.input_line)
         elif not o.is_delete():
             values.append(o)
+    if problems:  # the other settings cannot be checked without the groups they belong to
+        raise ConfigError(problems)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            base = compose(config_name=config_name, overrides=groups)
-    except Exception:  # an unknown group option or config name: Hydra's message lists the options
+            base = compose(config_name=config_name, overrides=groups, return_hydra_config=True)
+    except Exception:  # an unknown config name, or a group option's own error: Hydra's message says which
         return
     finally:
         GlobalHydra.instance().clear()
+    choices = {k: v for k, v in base.hydra.runtime.choices.items() if not k.startswith("hydra")}
+    with open_dict(base):
+        del base["hydra"]
     known = list(_keys(base))
-    problems = []
     for o in values:
         key, prefix = o.key_or_group, o.get_key_element()[: len(o.get_key_element()) - len(o.key_or_group)]
         exists, default, interpolated = _node(base, key)
@@ -182,6 +191,10 @@ def check_overrides(config_dir: Path, config_name: str, overrides: Sequence[str]
             close = suggestions(key, known)
             if prefix == "++" or (prefix == "+" and not close):
                 continue  # a deliberate addition: an option the class takes that the config does not list
+            other = None if close or config_name == "eval" else another_option(config_dir, key, choices)
+            if other is not None:
+                problems.append(f"{o.input_line}: {other}")
+                continue
             hint = f"did you mean {' or '.join(close)}?" if close else f"{key} is not a setting of the {config_name} config"
             if prefix == "+":
                 problems.append(f"{o.input_line}: {hint} (+ adds a new key, which the code would then reject)")
@@ -208,6 +221,82 @@ def check_overrides(config_dir: Path, config_name: str, overrides: Sequence[str]
     for key in known:  # raw values, unresolved: interpolations may need Hydra's runtime
         missing = _node(base, key)[1] == "???"
         if missing and not key.startswith("hydra") and key not in given and not any(key.startswith(g + ".") for g in given):
-            problems.append(f"{key} must be given: add {key}=... to the command line")
+            form = next((f for part, f in FORMS.items() if part in key.split(".")), "")
+            problems.append(f"{key} must be given: add {key}=... to the command line{form}")
+    if config_name == "finetune":
+        problems += checkpoint_problems(base, values)
     if problems:
         raise ConfigError(problems)
+
+
+def group_problems(config_dir: Path, o: Any) -> list[str]:
+    """An option of a config group that has no file (``algorithm=mamll``), with the closest options."""
+    key = o.key_or_group
+    if o.is_delete():
+        return []
+    options = sorted(p.stem for p in (config_dir / key).glob("*.yaml"))
+    if o.is_sweep_override():
+        if not (o.is_choice_sweep() or o.is_range_sweep()):
+            return []
+        given = list(o.sweep_string_iterator())
+    else:
+        given = [o.value()]
+    problems = []
+    for v in given:
+        if v is None or str(v) in options or not isinstance(v, (str, int)):
+            continue
+        close = _closest(str(v), options, cutoff=0.6)
+        hint = f"did you mean {' or '.join(f'{key}={c}' for c in close)}? " if close else ""
+        problems.append(f"{key}={v}: there is no {key} {v} (conf/{key}/{v}.yaml); {hint}"
+                        f"{key} is one of: {', '.join(options)}")
+    return problems
+
+
+def another_option(config_dir: Path, key: str, choices: dict[str, Any]) -> str | None:
+    """Why ``key`` (``dataset.ways``) is not a setting when another option of its group has it:
+    ``dataset=sinusoid is regression: it has no ways; did you mean dataset=omniglot?``."""
+    group, _, rest = key.partition(".")
+    if not rest or not (config_dir / group).is_dir():
+        return None
+    chosen = choices.get(group)
+    having, ready = [], []
+    for f in sorted((config_dir / group).glob("*.yaml")):
+        if f.stem == chosen:
+            continue
+        c = OmegaConf.load(f)
+        if isinstance(c, DictConfig) and _node(c, rest)[0]:
+            having.append(f.stem)
+            if "???" not in OmegaConf.to_yaml(c):  # usable without further settings: suggested first
+                ready.append(f.stem)
+    if not having:
+        return None
+    what = f"{group}={chosen}"
+    if group == "dataset" and chosen is not None and (config_dir / group / f"{chosen}.yaml").is_file():
+        own = OmegaConf.load(config_dir / group / f"{chosen}.yaml")
+        if isinstance(own, DictConfig) and not _node(own, "ways")[0]:
+            what += " is regression:"
+    best = PREFERRED.get(group) if PREFERRED.get(group) in having else (ready or having)[0]
+    return (f"{what} it has no {rest}; did you mean {group}={best}? ({rest} is a setting of "
+            f"{', '.join(f'{group}={h}' for h in having)})")
+
+
+def checkpoint_problems(base: DictConfig, values: Sequence[Any]) -> list[str]:
+    """Fine-tuning from a checkpoint needs one (``meta_ckpt``), and it must exist: named with the
+    other settings rather than after the target is built."""
+    given = {o.key_or_group: o.value() for o in values if not o.is_sweep_override()}
+    if any(o.key_or_group in ("init", "meta_ckpt") for o in values if o.is_sweep_override()):
+        return []  # each job of the sweep is checked when it starts
+    init = str(given.get("init", base.get("init")))
+    path = given.get("meta_ckpt", base.get("meta_ckpt"))
+    mapping = {**(OmegaConf.to_container(base.checkpoints) if base.get("checkpoints") else {}),
+               **{k.split(".", 1)[1]: v for k, v in given.items() if k.startswith("checkpoints.")}}
+    if init not in ("random", "pretrained", "meta") and init not in mapping:
+        return [f"init={init}: use random, pretrained, meta or a name in checkpoints ({', '.join(mapping) or 'empty'})"]
+    if init == "random":
+        path = path or None  # only the architecture: optional
+    elif not path and not mapping.get(init):
+        return [f"init={init} fine-tunes a stage-1 checkpoint: add meta_ckpt=PATH (a stage-1 run directory or its "
+                ".ckpt file), or init=random model=... to start from random weights"]
+    if path and not Path(str(path)).expanduser().exists():
+        return [f"meta_ckpt={path}: no such file or directory; give a stage-1 run directory or a .ckpt file"]
+    return []

@@ -41,7 +41,9 @@ def resolve_init(cfg: DictConfig) -> tuple[str, str | None]:
         raise ValueError(f"init={name}: use random, pretrained, meta or a name in checkpoints "
                          f"({', '.join(mapping) or 'empty'})")
     if not path:
-        raise ValueError(f"init={name} needs a checkpoint: give meta_ckpt=PATH (or checkpoints.{name}=PATH)")
+        # checkpoints.<name> is the study's mapping: named only for the study's own init names.
+        alt = "" if name in INIT_KINDS else f" (or checkpoints.{name}=PATH)"
+        raise ValueError(f"init={name} needs a checkpoint: give meta_ckpt=PATH{alt}")
     # A stage-1 run directory stands for its checkpoint, as ckpt_path takes one.
     path = checkpoint_file(Path(hydra.utils.to_absolute_path(str(path))), "meta_ckpt")
     return ("pretrained" if name == "pretrained" else "meta"), str(path)
