@@ -27,6 +27,15 @@ def one_hot(y: Tensor, ways: int, dtype: torch.dtype) -> Tensor:
 
 # The gradient learners' inner-loop options (GradientLearner's arguments).
 INNER_LOOP_OPTIONS = ("first_order", "zero_head", "learn_inner_lr", "adapt_head_only", "adapt")
+# Their inner optimiser's options, with the values that leave the plain full-batch SGD loop.
+INNER_OPTIMIZER_DEFAULTS = {"inner_optimizer": "sgd", "eval_inner_optimizer": None, "inner_momentum": 0.0,
+                            "inner_betas": [0.9, 0.999], "inner_eps": 1e-8, "inner_state": "reset",
+                            "inner_batch": None, "eval_inner_batch": None}
+
+
+def _listed(value: Any) -> Any:
+    """A config list (ListConfig, tuple) as a plain list, for comparison with a default."""
+    return list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig" else value
 
 
 class FeatureHeadLearner(MetaLearner):
@@ -66,6 +75,12 @@ class FeatureHeadLearner(MetaLearner):
             )
         for k in INNER_LOOP_OPTIONS:  # unset (false) here: nothing to pass on
             kwargs.pop(k, None)
+        changed = [k for k, v in INNER_OPTIMIZER_DEFAULTS.items() if k in kwargs and _listed(kwargs.pop(k)) != v]
+        if changed:
+            raise ValueError(
+                f"algorithm {name} fits its head with its own rule, not the gradient learners' inner optimiser: drop "
+                f"{', '.join(f'algorithm.{k}' for k in changed)} (back to {', '.join(f'{k}={INNER_OPTIMIZER_DEFAULTS[k]}' for k in changed)})"
+            )
         if eval_inner_steps and not self.fits_head_at_eval:
             raise ValueError(
                 f"algorithm {name} has no inner loop at evaluation either: set algorithm.eval_inner_steps "

@@ -11,12 +11,13 @@ from torch.func import functional_call, vmap
 
 import metaft.algorithms.catalogue as catalogue
 from metaft.algorithms.episodic import MetaLearner
-from metaft.core.inner_loop import Gradient, Params, adapt
+from metaft.core.inner_loop import Gradient, InnerOptimizer, InnerState, Params, adapt, support_batches
 from metaft.models.nets import MetaNet, batched_forward, batched_gradient, per_example
 from metaft.models.norm import support_statistics
 
 Adapt = Literal["all", "head", "body"]
 ADAPT = ("all", "head", "body")
+STATE = ("reset", "carry")
 
 
 class GradientLearner(MetaLearner):
@@ -34,13 +35,28 @@ class GradientLearner(MetaLearner):
             (the "zeroing trick" of Kao et al. 2022). Episode labels are shuffled, so a learned
             head init can only be a class-symmetric guess; zero is that guess without its noise,
             and the first inner step then sets each class's weights from its support features.
+        inner_optimizer: the inner loop's update rule in training, ``sgd`` or ``adam``
+            (``core.inner_loop.InnerOptimizer``); ``eval_inner_optimizer`` at validation and test
+            (None: the same).
+        inner_momentum: SGD's momentum (0: plain SGD).
+        inner_betas, inner_eps: Adam's.
+        inner_state: ``reset``: every task starts from a fresh optimiser state; ``carry``: the
+            state a task ends with is where the next task starts (in training; each evaluation
+            task starts from the state training reached and leaves it as it was), as Reptile's
+            reference code does. Carried state is part of the checkpoint.
+        inner_batch: support examples per inner step in training (mini-batches without
+            replacement, reshuffled each pass; None: the whole support set); ``eval_inner_batch``
+            at validation and test (None: the same as ``inner_batch``).
         **common: ``MetaLearner``'s arguments.
     """
 
     learns_step_sizes: bool = False  # Meta-SGD: learn_inner_lr always on
 
     def __init__(self, net: MetaNet, adapt: Adapt = "all", first_order: bool = False, adapt_head_only: bool = False,
-                 learn_inner_lr: bool = False, zero_head: bool = False, **common: Any) -> None:
+                 learn_inner_lr: bool = False, zero_head: bool = False, inner_optimizer: str = "sgd",
+                 eval_inner_optimizer: str | None = None, inner_momentum: float = 0.0,
+                 inner_betas: tuple[float, float] = (0.9, 0.999), inner_eps: float = 1e-8, inner_state: str = "reset",
+                 inner_batch: int | None = None, eval_inner_batch: int | None = None, **common: Any) -> None:
         if adapt not in ADAPT:
             raise ValueError(f"algorithm.adapt must be one of {', '.join(ADAPT)}, got {adapt!r}")
         if adapt_head_only:
@@ -53,10 +69,36 @@ class GradientLearner(MetaLearner):
         if common.get("eval_inner_lr") is not None and learn_inner_lr:
             raise ValueError("algorithm.eval_inner_lr is for a fixed step size; Meta-SGD learns its step sizes "
                              "(set algorithm.eval_inner_lr=null)")
+        for key, size in (("inner_batch", inner_batch), ("eval_inner_batch", eval_inner_batch)):
+            if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+                raise ValueError(f"algorithm.{key} must be a number of support examples >= 1, or null (the whole "
+                                 f"support set), got {size!r}")
+        options = dict(momentum=inner_momentum, betas=tuple(inner_betas), eps=inner_eps)
+        train_opt = InnerOptimizer(inner_optimizer, **options)
+        eval_opt = InnerOptimizer(eval_inner_optimizer or inner_optimizer, **options, setting="algorithm.eval_inner")
+        if inner_state not in STATE:
+            raise ValueError(f"algorithm.inner_state must be reset or carry, got {inner_state!r}")
+        if inner_state == "carry":
+            if train_opt.stateless:
+                raise ValueError("algorithm.inner_state=carry: plain SGD has no state to carry; set "
+                                 "algorithm.inner_optimizer=adam or algorithm.inner_momentum > 0, or inner_state=reset")
+            if zero_head:
+                raise ValueError("algorithm.inner_state=carry needs the same head shape in every task, but "
+                                 "algorithm.zero_head=true sizes the head per episode: set one of them back")
+            if str(common.get("vectorize", "auto")).lower() == "true":
+                raise ValueError("algorithm.inner_state=carry passes each task's optimiser state to the next, so tasks "
+                                 "are solved one after another: set algorithm.vectorize=auto or false")
         super().__init__(net=net, **common)
         self.adapt = adapt
         self.first_order = first_order
         self.zero_head = zero_head
+        self.inner_optimizers = {"train": train_opt, "eval": eval_opt}
+        self.inner_batch = inner_batch
+        self.eval_inner_batch = inner_batch if eval_inner_batch is None else eval_inner_batch
+        self.carries_state = inner_state == "carry"
+        # The carried state lives in buffers (saved with the weights, restored by load_state_dict,
+        # so an evaluation of the checkpoint starts where training left off).
+        self.carried = CarriedState(self.adapted_names(), train_opt) if self.carries_state else None
         if common.get("joint_forward") and not self.body_fixed_per_task:
             raise ValueError(
                 f"algorithm.joint_forward=true needs a body that stays fixed while a task is solved, but "
@@ -92,6 +134,35 @@ class GradientLearner(MetaLearner):
     def adapts(self, name: str) -> bool:
         """Whether the inner loop moves parameter ``name`` of ``net``."""
         return self.adapt == "all" or name.startswith(f"{self.adapt}.")
+
+    def adapted_names(self) -> list[str]:
+        """The names the inner loop gives the parameters it moves (the head's own names for ``adapt=head``)."""
+        names = [k for k, _ in self.net.named_parameters() if self.adapts(k)]
+        return [k[len("head."):] for k in names] if self.adapt == "head" else names
+
+    def inner_settings(self) -> tuple[InnerOptimizer, int | None]:
+        """(update rule, support mini-batch size) of the current phase (training or evaluation)."""
+        if self.training:
+            return self.inner_optimizers["train"], self.inner_batch
+        return self.inner_optimizers["eval"], self.eval_inner_batch
+
+    def inner_state(self) -> InnerState | None:
+        """The state a task's inner loop starts from: the carried one in training (advanced in
+        place), a copy of it at evaluation, None (fresh) when state is reset per task."""
+        if self.carried is None:
+            return None
+        return self.carried.state if self.training else self.carried.state.copy()
+
+    def use_vmap(self) -> bool:
+        return not self.carries_state and super().use_vmap()  # carried state: one task after another
+
+    def check_support_size(self, train: int | None, evaluation: int | None) -> None:
+        """Refuse mini-batches larger than the support sets (``train``/``evaluation`` examples)."""
+        for key, size, n, what in (("inner_batch", self.inner_batch, train, "meta-training"),
+                                   ("eval_inner_batch", self.eval_inner_batch, evaluation, "validation and test")):
+            if size is not None and n is not None and size > n:
+                raise ValueError(f"algorithm.{key}={size} is larger than the {n} support examples of a {what} task: "
+                                 f"lower algorithm.{key} (or null for the whole support set), or raise the dataset's shots")
 
     def adapted_module(self) -> nn.Module:
         return self.net.head if self.adapt == "head" else self.net
@@ -171,11 +242,25 @@ class GradientLearner(MetaLearner):
 
     def solve_task(self, meta: dict[str, Any], sx: Tensor, sy: Tensor, qx: Tensor, steps: int, first_order: bool,
                    all_steps: bool, batched: bool = False) -> Tensor:
-        forward, start, lr, sx, qx, gradient = self.inner_problem(meta, sx, qx, batched, self.zero_head_ways(sy))
-        trajectory = adapt(forward, start, sx, sy, self.task_loss(batched), steps, lr, first_order, gradient)
+        trajectory, forward, sx, qx = self.adapt_task(meta, sx, sy, qx, steps, first_order, batched)
         if all_steps:
             return torch.stack([self.query_forward(forward, p, sx, qx, batched) for p in trajectory], dim=int(batched))
         return self.query_forward(forward, trajectory[-1], sx, qx, batched)
+
+    def adapt_task(self, meta: dict[str, Any], sx: Tensor, sy: Tensor, qx: Tensor, steps: int, first_order: bool,
+                   batched: bool) -> tuple[list[Params], Callable, Tensor, Tensor]:
+        """The inner loop on one task (all tasks when ``batched``) with the phase's update rule,
+        support mini-batches and optimiser state: (the trajectory of adapted parameters, the
+        forward function, and the support and query inputs it takes: features for ``adapt=head``)."""
+        optimizer, size = self.inner_settings()
+        batches = support_batches(sx, size, steps, batched)  # keyed by the images, before any features
+        forward, start, lr, sx, qx, gradient = self.inner_problem(meta, sx, qx, batched, self.zero_head_ways(sy))
+        state = self.inner_state()
+        trajectory = adapt(forward, start, sx, sy, self.task_loss(batched), steps, lr, first_order, gradient,
+                           optimizer, state, batches)
+        if state is not None and self.training:
+            self.carried.keep(state)
+        return trajectory, forward, sx, qx
 
     def query_forward(self, forward: Callable, p: Params, sx: Tensor, qx: Tensor, batched: bool) -> Tensor:
         """``forward(p, qx)``; with inductive batch norm, the query rows of a pass over support
@@ -192,3 +277,43 @@ class GradientLearner(MetaLearner):
 def _with_fixed(fn: Callable[..., Any], fixed: Params) -> Callable[..., Any]:
     """``fn(params, *args)`` with ``fixed`` added to ``params`` (the adapted entries win)."""
     return lambda p, *args: fn({**fixed, **p}, *args)
+
+
+class CarriedState(nn.Module):
+    """The inner optimiser's state carried from task to task (``inner_state=carry``), as buffers:
+    its step count and, for every adapted parameter, each slot of the update rule."""
+
+    def __init__(self, names: list[str], optimizer: InnerOptimizer) -> None:
+        super().__init__()
+        self.names = names
+        self.slot_names = ("exp_avg", "exp_avg_sq") if optimizer.name == "adam" else ("momentum",)
+        # Slot buffers take their shapes from the first task's parameters (``keep``).
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def _key(self, slot: str, name: str) -> str:
+        return f"{slot}__{name.replace('.', '__')}"
+
+    @property
+    def state(self) -> InnerState:
+        if int(self.step) == 0:
+            return InnerState()
+        return InnerState(int(self.step), {s: {n: getattr(self, self._key(s, n)) for n in self.names}
+                                           for s in self.slot_names})
+
+    def keep(self, state: InnerState) -> None:
+        """Store ``state`` (without its graph) as the carried state."""
+        self.step.fill_(state.step)
+        for s in self.slot_names:
+            for n, t in state.slots.get(s, {}).items():
+                key = self._key(s, n)
+                if key in self._buffers and self._buffers[key].shape == t.shape:
+                    self._buffers[key].copy_(t.detach())
+                else:
+                    self.register_buffer(key, t.detach().clone())
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # Slot buffers exist only once a task has run: make room for a checkpoint's before loading.
+        for key, value in state_dict.items():
+            if key.startswith(prefix) and key[len(prefix):] != "step" and key[len(prefix):] not in self._buffers:
+                self.register_buffer(key[len(prefix):], torch.empty_like(value))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

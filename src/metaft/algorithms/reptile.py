@@ -7,7 +7,6 @@ from torch import Tensor
 from torch.utils._pytree import tree_map
 
 from metaft.algorithms.gradient import GradientLearner
-from metaft.core.inner_loop import adapt
 from metaft.data.episode import Episode
 
 
@@ -17,8 +16,10 @@ class Reptile(GradientLearner):
     schedulers, clipping and checkpointing work as for every other learner. Evaluation adapts on
     the support set and scores the query set like the others."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.pop("first_order", None)
+    def __init__(self, first_order: bool = True, **kwargs: Any) -> None:
+        if not first_order:
+            raise ValueError("Reptile's update uses the adapted weights only, so it has no second-order gradient to "
+                             "take: drop algorithm.first_order=false (its config sets true), or use algorithm=maml")
         if kwargs.get("inner_steps", 1) < 1:  # zero steps: phi = theta, an update of nothing
             raise ValueError(f"Reptile moves towards the adapted weights: algorithm.inner_steps must be >= 1, "
                              f"got {kwargs['inner_steps']}")
@@ -33,9 +34,8 @@ class Reptile(GradientLearner):
 
     def meta_backward(self, episode: Episode) -> tuple[Tensor, Tensor]:
         def adapted(meta: dict[str, Any], sx: Tensor, sy: Tensor, qx: Tensor, batched: bool = False) -> tuple[dict, Tensor]:
-            forward, start, lr, sx, qx, grad = self.inner_problem(meta, sx, qx, batched, self.zero_head_ways(sy))
-            phi = adapt(forward, start, sx, sy, self.task_loss(batched), self.inner_steps, lr, True, grad)[-1]
-            return phi, self.query_forward(forward, phi, sx, qx, batched)
+            trajectory, forward, sx, qx = self.adapt_task(meta, sx, sy, qx, self.inner_steps, True, batched)
+            return trajectory[-1], self.query_forward(forward, trajectory[-1], sx, qx, batched)
 
         # No outer graph: Reptile's update needs only the adapted weights.
         meta = tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, self.meta_params())

@@ -49,6 +49,9 @@ class SinusoidDataModule(EpisodicDataModule):
         u.mul_(self._scale[0]).add_(self._scale[1])
         return u[0], u[1]
 
+    def support_size(self, split: str) -> int:
+        return self.shots
+
     def sample(self, split: str, n: int, generator: torch.Generator) -> Episode:
         q = self.queries if split == "train" else self.eval_queries
         amp, phase = self.sample_functions(n, generator)

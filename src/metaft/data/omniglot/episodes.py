@@ -34,6 +34,8 @@ class OmniglotDataModule(EpisodicDataModule):
         train_ways: classes per meta-training episode (``None``: ``ways``). Prototypical Networks
             train with more ways than they test (60 for 5- and 20-way Omniglot): harder episodes,
             more classes per step.
+        train_shots: support images per class in meta-training (``None``: ``shots``); Reptile's
+            paper trains with 10 for its 1-shot evaluation.
         within_alphabet: draw every episode's classes from one alphabet (picked with probability
             proportional to its classes), as in Lake's one-shot runs, instead of from the whole
             split. Look-alike characters make these episodes harder; training on them teaches the
@@ -63,6 +65,7 @@ class OmniglotDataModule(EpisodicDataModule):
         queries: int = 15,
         eval_queries: int | None = None,
         train_ways: int | None = None,
+        train_shots: int | None = None,
         within_alphabet: bool = False,
         split: str = "vinyals",
         rotations: bool | None = None,
@@ -76,22 +79,23 @@ class OmniglotDataModule(EpisodicDataModule):
         super().__init__(**common)
         eval_queries = queries if eval_queries is None else eval_queries
         train_ways = ways if train_ways is None else train_ways
+        train_shots = shots if train_shots is None else train_shots
         for name, v in (("ways", ways), ("shots", shots), ("queries", queries), ("eval_queries", eval_queries),
-                        ("train_ways", train_ways), ("image_size", image_size)):
+                        ("train_ways", train_ways), ("train_shots", train_shots), ("image_size", image_size)):
             if v <= 0:
                 raise ValueError(f"dataset.{name} must be > 0, got {v}")
-        if shots + max(queries, eval_queries) > DRAWERS:
-            raise ValueError(
-                f"dataset.shots + dataset.queries/eval_queries = {shots} + {max(queries, eval_queries)} > {DRAWERS}: "
-                f"Omniglot has only {DRAWERS} drawers per character; lower shots or queries"
-            )
+        for shot_key, s, query_key, q in (("train_shots" if train_shots != shots else "shots", train_shots, "queries", queries),
+                                          ("shots", shots, "eval_queries" if eval_queries != queries else "queries", eval_queries)):
+            if s + q > DRAWERS:
+                raise ValueError(f"dataset.{shot_key} + dataset.{query_key} = {s} + {q} > {DRAWERS}: Omniglot has only "
+                                 f"{DRAWERS} drawers per character; lower dataset.{shot_key} or dataset.{query_key}")
         if split not in ("vinyals", "lake"):
             raise ValueError(f"dataset.split must be 'vinyals' or 'lake', got {split!r}")
         if split == "lake" and not 0 < lake_val_alphabets < 30:
             raise ValueError(f"dataset.lake_val_alphabets must be in 1..29 (of the 30 background alphabets), "
                              f"got {lake_val_alphabets}")
         self.ways, self.shots, self.queries, self.eval_queries = ways, shots, queries, eval_queries
-        self.train_ways, self.within_alphabet = train_ways, within_alphabet
+        self.train_ways, self.train_shots, self.within_alphabet = train_ways, train_shots, within_alphabet
         self.split, self.image_size = split, image_size
         self.augment = bool(augment)
         self.data_dir = Path(data_dir).expanduser()
@@ -132,6 +136,13 @@ class OmniglotDataModule(EpisodicDataModule):
         """Classes per episode of ``split``: ``train_ways`` in meta-training, ``ways`` otherwise."""
         return self.train_ways if split == "train" else self.ways
 
+    def split_shots(self, split: str) -> int:
+        """Support images per class of ``split``: ``train_shots`` in meta-training, ``shots`` otherwise."""
+        return self.train_shots if split == "train" else self.shots
+
+    def support_size(self, split: str) -> int:
+        return self.split_ways(split) * self.split_shots(split)
+
     def draw(self, split: str, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """The random part of ``sample``: per task ``ways`` distinct classes (indices into the
         split's class list, ``[n, ways]``) and ``shots + queries`` distinct drawers per class
@@ -148,7 +159,7 @@ class OmniglotDataModule(EpisodicDataModule):
             lead = torch.rand(n, len(table), generator=generator).masked_fill_(sizes < ways, -1).argmax(-1)
             keys.masked_fill_(alpha != alpha[lead].unsqueeze(-1), -1.0)
         picks = keys.topk(ways, dim=-1).indices
-        drawers = torch.rand(n, ways, DRAWERS, generator=generator).argsort(-1)[..., : self.shots + q]
+        drawers = torch.rand(n, ways, DRAWERS, generator=generator).argsort(-1)[..., : self.split_shots(split) + q]
         return picks, drawers
 
     def sample(self, split: str, n: int, generator: torch.Generator) -> Episode:
@@ -156,18 +167,19 @@ class OmniglotDataModule(EpisodicDataModule):
         x = self.gather(self._classes(split)[picks], drawers)  # [n, ways, shots+q, 1, H, W]
         if self.augment and split == "train":  # after the draw: the same classes and drawers as without
             x = affine_distort(x, random_affine(x.shape[:-3].numel(), generator))
-        return self._episode(x)
+        return self._episode(x, self.split_shots(split))
 
     def sample_tasks(self, split: str, generators: list[torch.Generator]) -> Episode:
         """As ``sample(split, 1, g)`` for each generator, with one gather for all of them."""
         if self.augment and split == "train":  # the distortion draws from each task's generator
             return super().sample_tasks(split, generators)
         picks, drawers = zip(*(self.draw(split, 1, g) for g in generators))
-        return self._episode(self.gather(self._classes(split)[torch.cat(picks)], torch.cat(drawers)))
+        x = self.gather(self._classes(split)[torch.cat(picks)], torch.cat(drawers))
+        return self._episode(x, self.split_shots(split))
 
-    def _episode(self, x: Tensor) -> Episode:
+    def _episode(self, x: Tensor, shots: int) -> Episode:
         """Support and query sets of images ``[n, ways, shots + queries, 1, H, W]``."""
-        return Episode.from_blocks(x, self.shots)
+        return Episode.from_blocks(x, shots)
 
     def labelled_batch(self, split: str, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """``n`` images drawn uniformly (with replacement) from ``split``: ``[n, 1, H, W]`` in [0, 1]
