@@ -106,3 +106,29 @@ def test_eval_on_validation_scores_the_training_runs_validation_episodes(run_con
     bad = run_config("eval", [f"ckpt_path={out}", "eval_split=train"], "eval")
     with pytest.raises(ValueError, match="eval_split must be test or val"):
         main(bad)
+
+
+def test_eval_seed_moves_the_test_episodes_as_dataset_seed_does(run_config, caplog):
+    import logging
+
+    cfg = run_config("train", FAST, "train")
+    main(cfg)
+    out = cfg.hydra.runtime.output_dir
+    trained = json.loads(open(f"{out}/results.json").read())
+
+    def scored(overrides: list[str], name: str) -> dict:
+        ev = run_config("eval", [f"ckpt_path={out}", *overrides], name)
+        main(ev)
+        return json.loads(open(f"{ev.hydra.runtime.output_dir}/results.json").read())
+
+    same = scored([], "same")
+    assert same["test_episodes_fingerprint"] == trained["test_episodes_fingerprint"]
+    with caplog.at_level(logging.INFO):
+        moved = scored(["seed=1"], "seed")
+    assert "seed=1: the evaluation episodes are drawn with dataset.seed=1" in caplog.text
+    explicit = scored(["dataset.seed=1"], "dataset_seed")
+    assert moved["test_episodes_fingerprint"] == explicit["test_episodes_fingerprint"] != same["test_episodes_fingerprint"]
+    assert moved["test/mse"] == pytest.approx(explicit["test/mse"], rel=1e-6)
+    # both given: dataset.seed decides the episodes
+    both = scored(["seed=1", "dataset.seed=0"], "both")
+    assert both["test_episodes_fingerprint"] == same["test_episodes_fingerprint"]

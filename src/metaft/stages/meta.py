@@ -19,6 +19,7 @@ from metaft.data.episodic import TRAIN_STREAM, EpisodicDataModule
 from metaft.data.omniglot.splits import check_held_out, check_validation_held_out, held_out_split
 from metaft.runtime import trainer as runtime
 from metaft.runtime.callbacks import log_hparams
+from metaft.runtime.data_checks import check_shapes, follow_seed, small_pool
 from metaft.runtime.distributed import global_batchnorm
 from metaft.runtime.io import atomic_write_text, load_checkpoint
 from metaft.runtime.paths import project_root
@@ -105,6 +106,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_recipe()
     cfg, resume, out = start_run(cfg)
     dm, learner = build(cfg)
+    check_shapes(dm, ("train", "val", "test") if cfg.test else ("train", "val"))  # all at once, before the run
     if isinstance(learner, Pretrain) and learner.classifier is None:
         # Made here, in the launching process, rather than in Pretrain.setup: spawned ranks would
         # draw its initial weights from their own random state, so N ranks would not start (and
@@ -125,6 +127,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log_metrics(f"test of {'the best checkpoint' if best else 'the final weights'}", final_metrics(trainer, "test/"))
         results["ckpt"] = str(Path(best).resolve()) if best else None
         results["test_episodes_fingerprint"] = dm.fingerprint("test")
+        pool = small_pool(dm, "test", learner.metric_name)
+        if pool is not None:
+            results["small_pool"] = pool
     results["batch_norm"] = learner.batch_norm()
     results["train_stream"] = TRAIN_STREAM
     log_hparams(trainer, cfg, results)
@@ -187,6 +192,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt_path = checkpoint_file(Path(hydra.utils.to_absolute_path(str(cfg.ckpt_path))))
     ckpt = load_checkpoint(ckpt_path)
     run_cfg = merged_config(cfg, ckpt["metaft_config"])
+    follow_seed(run_cfg)  # seed=S moves the episodes, as dataset.seed=S does
     # Before loading any data: a checkpoint must not be scored on classes it was trained on.
     tested = held_out_split(run_cfg.get("dataset"))
     what = "dataset=omniglot_runs (Lake's runs)" if "OmniglotRuns" in str(run_cfg.dataset.get("_target_")) else \
@@ -199,6 +205,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         check_validation_held_out(ckpt["metaft_config"].get("dataset"), run_cfg.get("dataset"))
     seed_everything(run_cfg.seed)
     dm, learner = build(without_init_ckpt(run_cfg))  # the checkpoint replaces every weight
+    check_shapes(dm, (split,))
     if split == "val" and not dm.has_val_split:
         raise ValueError(f"eval_split=val: {type(dm).__name__} has no validation episodes (its val split would be its "
                          "test); choose settings on the training dataset's validation split (drop the dataset override)")
@@ -218,6 +225,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         trainer.test(learner, datamodule=dm, verbose=False)
     results = final_metrics(trainer, f"{split}/")
     log_metrics(split if split == "test" else "validation", results)
+    pool = small_pool(dm, split, learner.metric_name)
+    if pool is not None:
+        results["small_pool"] = pool
     log_hparams(trainer, run_cfg, results)
     return write_results(out, results, ckpt=str(ckpt_path), batch_norm=learner.batch_norm(),
                          **{f"{split}_episodes_fingerprint": dm.fingerprint(split)})

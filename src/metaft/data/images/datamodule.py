@@ -139,17 +139,54 @@ class FewShotImages(EpisodicDataModule):
         return self._tables[split]
 
     def _check(self, split: str, store: ImageStore) -> None:
-        n_classes = len(store.classes)
+        counts = [len(r) for r in store.rows_by_class()]
+        problems = self._shape_lines(split, dict(zip(store.classes, counts)))
+        if problems:  # the first: the others were reported before the run (shape_problems)
+            raise ValueError(problems[0])
+
+    def _shape_lines(self, split: str, counts: dict[str, int] | int) -> list[str]:
+        """What keeps ``split`` from filling its episodes: too few classes for its ways, a class
+        with fewer images than shots + queries. ``counts``: images per class name, or only the
+        number of classes where the images are not counted without decoding them."""
+        problems = []
+        n_classes = counts if isinstance(counts, int) else len(counts)
         ways = self.split_ways(split)
         if ways > n_classes:
             key = "train_ways" if split == "train" and ways != self.ways else "ways"
-            raise ValueError(f"dataset.{key}={ways} but the {split} split of {self.name} has only {n_classes} classes; "
-                             f"lower dataset.{key}")
-        fewest = int(min(len(r) for r in store.rows_by_class()))
-        need = self.split_shots(split) + (self.queries if split == "train" else self.eval_queries)
-        if need > fewest:
-            raise ValueError(f"dataset.shots + queries = {need} but a class of the {split} split of {self.name} has "
-                             f"only {fewest} images; lower dataset.shots / train_shots or dataset.queries / eval_queries")
+            problems.append(f"dataset.{key}={ways} but the {split} split of {self.name} has only {n_classes} classes; "
+                            f"lower dataset.{key} (or give the split more classes)")
+        if isinstance(counts, dict) and counts:
+            fewest = min(counts, key=counts.get)
+            shots = "train_shots" if split == "train" and self.train_shots != self.shots else "shots"
+            queries = "queries" if split == "train" or self.eval_queries == self.queries else "eval_queries"
+            need = self.split_shots(split) + (self.queries if split == "train" else self.eval_queries)
+            if need > counts[fewest]:
+                problems.append(f"dataset.{shots} + {queries} = {need} but class {fewest!r} of the {split} split of "
+                                f"{self.name} has only {counts[fewest]} images; lower dataset.{shots} or "
+                                f"dataset.{queries}")
+        return problems
+
+    def shape_problems(self, splits: Sequence[str]) -> list[str]:
+        """Every shape problem of ``splits``' episodes found without decoding an image, one line each,
+        so that all are reported before the run starts: each split's classes against its ways, and
+        where the reader counts files (image folders), each class's images against shots + queries."""
+        problems = []
+        for split in splits:
+            try:
+                counts = self.reader.class_counts(split) if hasattr(self.reader, "class_counts") else \
+                    len(class_list(self.name, split, self.class_lists))
+            except (ValueError, FileNotFoundError) as e:  # a split not given, a missing list or folder
+                problems.append(str(e))
+                continue
+            problems += self._shape_lines(split, counts)
+        return problems
+
+    def pool_images(self, split: str) -> int:
+        """Distinct images ``split``'s episodes draw from (a small pool labels their intervals)."""
+        return len(self.store(split).labels)
+
+    def images_per_episode(self, split: str) -> int:
+        return self.split_ways(split) * (self.split_shots(split) + (self.queries if split == "train" else self.eval_queries))
 
     def num_classes(self, split: str) -> int:
         return len(self.store(split).classes)
