@@ -6,6 +6,7 @@ import csv
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ from tests.finetune.conftest import MLP_CFG, save_ckpt
 SINUSOID = {"_target_": "metaft.data.SinusoidDataModule"}
 TOY = ["stage1.seeds=[0,1]", "inits={random: null, maml: maml}", "pretrained=[random]", "target.shots=[2,5]",
        "target.problems=6", "target.finetune_problems=3", "target.chunk=4", "adapt.finetune.max_steps=4",
-       "adapt.finetune.eval_every=2", "adapt.finetune.val_problems=3", "bootstrap.n=200"]
+       "adapt.finetune.eval_every=2", "adapt.finetune.val_problems=3", "primary.pretrained=random"]
 
 
 def maml_ckpts(tmp_path: Path, dataset: dict = SINUSOID) -> str:
@@ -129,9 +130,9 @@ def test_a_problem_on_which_one_init_diverged_is_left_out_for_every_init():
 
     rows = [row("a", "p1", 50), row("a", "p2", 60), row("a", "p3", 70),
             row("b", "p1", 40), row("b", "p2", float("nan")), row("b", "p3", 90)]
-    study = Study(rows, pretrained=["a"], lower_is_better=False, n_boot=100, alpha=0.05, seed=0)
+    study = Study(rows, reference="a", primary=None, lower_is_better=False, alpha=0.05)
     assert study.excluded == {("5", "1", "finetune"): {"p2"}}
-    diff = study.differences(("5", "finetune"))["b"]["1"]["holm"].raw.mean
+    diff = study.differences(("5", "finetune"))["b"]["1"].mean
     assert diff == ((40 - 50) + (90 - 70)) / 2  # p2 dropped for both inits, the rest still paired
 
 
@@ -184,3 +185,74 @@ def test_each_stage_one_run_gets_the_same_share_of_the_cores(tmp_path, monkeypat
     assert stage1.run_all([show] * 3, logs, jobs=2) == [0, 0, 0]
     # two threads each, the third run too though it runs alone
     assert [log.read_text().strip() for log in logs] == ["2", "2", "2"]
+
+
+def test_the_test_split_is_the_only_one_scored(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["sinusoid", *TOY, "target.split=val", "--out", str(out), "--ckpt", maml_ckpts(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "target.split=val is refused" in err and "use target.split=test" in err
+    assert not out.exists()  # refused before anything ran
+    assert main(["sinusoid", *TOY, "target.split=train", "--out", str(out)]) == 2
+    assert "target.split=train is refused" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_primary_comparison_is_fixed_before_anything_runs(tmp_path, capsys, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from metaft.study import driver, stage1
+
+    # A primary comparison the protocol cannot hold is refused before any directory exists.
+    out = tmp_path / "study"
+    for bad, message in (("primary.meta=random", "primary.meta=random must be a meta-learned init"),
+                         ("primary.pretrained=maml", "primary.pretrained=maml must be an init of this study listed in"),
+                         ("primary.shots=[7]", "primary.shots=['7']: give K's of target.shots"),
+                         ("primary.adaptations=[finetune]", None)):
+        code = main(["sinusoid", *TOY, bad, "adapt.finetune.shots=[5]", "primary.shots=[2]", "--out", str(out)]
+                    if message is None else ["sinusoid", *TOY, bad, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and not out.exists()
+        assert (message or "full fine-tuning runs at K=[5] only (adapt.finetune.shots), none of primary.shots=['2']") in err
+    # The protocol with its primary comparison is on disk before stage 1 starts.
+    seen = {}
+
+    def stop(cfg, out_dir, given):
+        seen["saved"] = OmegaConf.load(out_dir / driver.CONFIG)
+        raise RuntimeError("stopped at stage 1")
+
+    monkeypatch.setattr(stage1, "train_missing", stop)
+    assert main(["sinusoid", *TOY, "--out", str(out), "--ckpt", maml_ckpts(tmp_path)]) == 2
+    assert OmegaConf.to_container(seen["saved"].primary) == {
+        "meta": "maml", "pretrained": "random", "adaptations": ["finetune", "probe"], "shots": None}
+    # Continuing the study with another primary comparison is refused.
+    assert main(["sinusoid", *TOY, "primary.adaptations=[probe]", "--out", str(out)]) == 2
+    assert "primary.adaptations" in capsys.readouterr().err
+
+
+def test_the_report_answers_the_primary_comparison_and_labels_the_rest_exploratory():
+    """The answer is the protocol's pair even when another meta init does better on the test problems."""
+    from metaft.study.analysis import Study, answer, markdown
+    from metaft.study.protocol import Primary
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for init, shift in (("pre", 0.0), ("maml", 5.0), ("anil", 20.0)):  # anil is best on these problems
+        for seed in ("0", "1", "2"):
+            for k in ("1", "5"):
+                for p in range(40):
+                    rows.append({"init": init, "seed": seed, "ways": "5", "shots": k, "adaptation": "probe",
+                                 "fingerprint": f"{k}-{p}", "metric": str(60 + shift + p % 7 + rng.normal())})
+    primary = Primary("maml", "pre", (("5", "probe", "1"), ("5", "probe", "5"), ("5", "finetune", "1")))
+    study = Study(rows, reference="pre", primary=primary, lower_is_better=False, alpha=0.05)
+    text = "\n".join(answer(study, "acc"))
+    assert "**maml against pre**, a family of 2 hypotheses" in text and "maml beats pre at K=1" in text
+    assert "anil" not in text.split("exploratory")[0]  # not picked, however good on the test problems
+    assert "without data" in text and "5-way finetune K=1" in text
+    diffs = study.differences(("5", "probe"))
+    assert diffs["maml"]["1"].primary and not diffs["anil"]["1"].primary
+    assert diffs["maml"]["1"].level == pytest.approx(1 - 0.05 / 2) or diffs["maml"]["5"].level == pytest.approx(1 - 0.05 / 2)
+    assert diffs["anil"]["1"].level == 0.95 and diffs["anil"]["1"].mean == pytest.approx(20.0, abs=0.5)
+    table = markdown(study, "acc", ["# x"])
+    assert "expl." in table and "primary" in table
+    # Without a primary comparison in the protocol (an older study), everything is exploratory.
+    assert "No primary comparison was named" in answer(Study(rows, "pre", None, False, 0.05), "acc")[0]

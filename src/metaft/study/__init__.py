@@ -1,2 +1,2 @@
 """The data-efficiency study: many target problems adapted in batches from each initialisation,
-paired comparisons with hierarchical-bootstrap CIs (``python -m metaft.study``)."""
+paired comparisons with crossed seeds x problems CIs (``python -m metaft.study``)."""

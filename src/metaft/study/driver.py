@@ -29,11 +29,13 @@ from metaft.runtime.io import atomic_write_text, load_checkpoint
 from metaft.runtime.paths import project_root
 from metaft.runtime.run_dirs import claim
 from metaft.finetune.targets import parse_shots
-from metaft.study import analysis, evaluate, stage1, targets
+from metaft.study import analysis, evaluate, protocol, stage1, stats, targets
 from metaft.study.problems import problem_fingerprints
 from metaft.study.stats import curves_convergence
 
 CONFIG = "study_config.yaml"
+# Settings read by the report alone (no row depends on them): a continued study may change them.
+REPORT_ONLY = ("intervals.", "bootstrap.")
 
 
 def load_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -69,8 +71,8 @@ def output_dir(cfg: DictConfig, out: str | None) -> Path:
     if saved.is_file():
         before, now = _flat(OmegaConf.load(saved)), _flat(cfg)
         # A setting added to the protocol since, at its neutral value (null, []), changes nothing done.
-        diff = [k for k in set(before) | set(now)
-                if (now[k] not in (None, []) if k not in before else before[k] != now.get(k, "<removed>"))]
+        diff = [k for k in set(before) | set(now) if not k.startswith(REPORT_ONLY)
+                and (now[k] not in (None, []) if k not in before else before[k] != now.get(k, "<removed>"))]
         if diff:
             raise ValueError(f"--out {d} holds a study with other settings ({', '.join(sorted(diff)[:5])}); continue it "
                              "with the same settings, or choose another --out")
@@ -204,22 +206,24 @@ def report(out: Path) -> str:
         raise ValueError(f"{out / 'study.csv'} has no rows; run the study first")
     lower = hydra.utils.get_class(cfg.dataset._target_).task == "regression"
     metric = "mse" if lower else "acc"
-    study = analysis.Study(rows, list(cfg.pretrained), lower, int(cfg.bootstrap.n), float(cfg.bootstrap.alpha),
-                           int(cfg.bootstrap.seed))
-    meta = [i for i, a in cfg.inits.items() if a is not None and i not in cfg.pretrained]
+    primary = protocol.primary(cfg) if cfg.get("primary") is not None else None
+    reference = primary.pretrained if primary else next((str(i) for i in cfg.pretrained if i in cfg.inits), None)
+    alpha = float(cfg.get("intervals", cfg.get("bootstrap", {})).get("alpha", 0.05))  # `bootstrap`: older studies
+    study = analysis.Study(rows, reference, primary, lower, alpha)
     seeds = sorted({r["seed"] for r in rows})
     header = [f"# Data-efficiency study: {cfg.name}", "",
               f"Command: `{_command(out, cfg)}` (settings: `{CONFIG}`).",
               f"Batch norm: {rows[0]['bn']} at adaptation and test"
               + (" (queries normalised with the support set's statistics)." if rows[0]["bn"] == "inductive"
                  else " (TRANSDUCTIVE: queries share their batch statistics)."),
-              f"Stage-1 seeds: {', '.join(seeds)} (the outer unit of the bootstrap); target problems per (N, K): "
-              f"{cfg.target.problems} ({cfg.target.finetune_problems} for full fine-tuning), the same for every init.",
-              f"CIs: hierarchical percentile bootstrap ({cfg.bootstrap.n} draws; seeds resampled, then problems within "
-              f"each), differences Holm-corrected over K at alpha={cfg.bootstrap.alpha}; Cohen's d_z of the paired "
-              "differences. Full fine-tuning's step size and count are chosen per (init, N, K) on validation problems "
-              "(the stage-1 validation classes or functions), never on the test problems."]
-    text = analysis.markdown(study, metric, rows[0]["bn"], meta, header)
+              f"Stage-1 seeds: {', '.join(seeds)}; target problems per (N, K): {cfg.target.problems} "
+              f"({cfg.target.finetune_problems} for full fine-tuning), the same for every init and seed (crossed).",
+              f"CIs: {stats.CROSSED} at {100 * (1 - alpha):.0f}%, seeds and problems both random (with {len(seeds)} "
+              f"seeds the spread between seeds enters with t({len(seeds) - 1})'s tail); the primary comparison Holm-corrected over its family, "
+              "everything else exploratory; Cohen's d_z of the paired differences. Full fine-tuning's step size and "
+              "count are chosen per (init, N, K) on validation problems (the stage-1 validation classes or "
+              "functions), never on the test problems."]
+    text = analysis.markdown(study, metric, header)
     text += "\n" + "\n".join(analysis.convergence_table(rows))
     atomic_write_text(out / "study.md", text)
     pictures = analysis.plot(out, study, metric) + analysis.plot_convergence(out, study, metric)
@@ -255,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(report(Path(args.rest[0])))
             return 0
         cfg = load_config(args.name, args.rest)
+        protocol.check(cfg)  # the test split and the primary comparison, before anything runs
         given = given_checkpoints(cfg, args.ckpt)
         out = output_dir(cfg, args.out)
         print(f"study directory: {out}", flush=True)

@@ -1,16 +1,120 @@
-"""Statistics of the data-efficiency study (issue #17): paired differences between two inits on
-the same target problems, a hierarchical bootstrap over checkpoint seeds and problems, Holm's
-correction over the K grid, Cohen's d, and convergence summaries of fine-tuning curves.
+"""Statistics of the data-efficiency study and of ``metaft.compare``: paired differences between
+two inits on the same target problems; intervals built for the design that produced them (crossed:
+every seed scored on the same problems, ``crossed_t``; nested: each seed its own episodes,
+``nested_t``); Holm's correction over the primary family; Cohen's d; convergence summaries of
+fine-tuning curves. ``metaft.study.coverage`` measures the intervals' coverage by simulation.
 
 Pure functions of numbers (numpy), no Lightning: the driver collects the per-problem accuracies.
 """
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-from typing import NamedTuple
+import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from statistics import NormalDist
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------ Student's t (no scipy at run time)
+_LARGE_DF = 1e5  # above, the normal distribution: its quantile differs from t's by < 3e-5 relative
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularised incomplete beta function (modified Lentz's method,
+    Numerical Recipes 6.4); it converges in O(sqrt(max(a, b))) terms for x < (a + 1) / (a + b + 2)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 100_000):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            return h
+    raise ArithmeticError(f"incomplete beta: no convergence for a={a}, b={b}, x={x}")
+
+
+def _betainc(a: float, b: float, x: float, y: float | None = None) -> float:
+    """Regularised incomplete beta function ``I_x(a, b)``; ``y = 1 - x`` when the caller has it
+    without rounding (x near 1)."""
+    y = 1.0 - x if y is None else y
+    if x <= 0.0:
+        return 0.0
+    if y <= 0.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(y))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, y) / b
+
+
+def t_two_sided_p(t: float, df: float) -> float:
+    """``P(|T| >= |t|)`` for Student's t with ``df`` (> 0, any real) degrees of freedom."""
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be > 0, got {df}")
+    if df > _LARGE_DF:
+        return math.erfc(abs(t) / math.sqrt(2.0))  # 2 Phi(-|t|), without 1 - Phi's cancellation
+    return _betainc(df / 2.0, 0.5, df / (df + t * t), t * t / (df + t * t))
+
+
+def _t_log_pdf(t: float, df: float) -> float:
+    return (math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+            - (df + 1) / 2 * math.log1p(t * t / df))
+
+
+def t_tail_quantile(tail: float, df: float) -> float:
+    """The t > 0 with two-sided tail ``P(|T| >= t) = tail`` (``0 < tail < 1``), for Student's t
+    with ``df`` degrees of freedom; taking the tail itself keeps tails far below 1e-16 exact.
+    Newton's method on the log of the tail (smooth, nearly linear in t, so a few steps from the
+    normal quantile), kept inside a bracket that bisection shrinks whenever a step leaves it."""
+    if not 0 < tail < 1:
+        raise ValueError(f"tail must be in (0, 1), got {tail}")
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be > 0, got {df}")
+    z = -NormalDist().inv_cdf(tail / 2)
+    if df > _LARGE_DF:
+        return z
+    log_tail = math.log(tail)
+    lo, hi = 0.0, max(z, 1.0)
+    while (p_hi := t_two_sided_p(hi, df)) > 0 and math.log(p_hi) > log_tail:
+        lo, hi = hi, 2.0 * hi  # t's tail is heavier than the normal's: move hi out until it brackets
+    t = min(max(z, lo), hi)
+    for _ in range(200):
+        p = t_two_sided_p(t, df)
+        if p <= 0:  # beyond double precision: come back inside
+            hi, t = t, 0.5 * (lo + t)
+            continue
+        h = math.log(p) - log_tail
+        if h > 0:
+            lo = t
+        else:
+            hi = t
+        slope = -2.0 * math.exp(_t_log_pdf(t, df)) / p  # d log(tail) / dt
+        step = t - h / slope
+        new = step if lo < step < hi else 0.5 * (lo + hi)
+        if abs(new - t) <= 1e-13 * max(1.0, t):
+            return new
+        t = new
+    return t
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The ``q`` quantile of Student's t with ``df`` degrees of freedom, ``0 < q < 1``."""
+    if not 0 < q < 1:
+        raise ValueError(f"q must be in (0, 1), got {q}")
+    if q == 0.5:
+        return 0.0
+    return math.copysign(t_tail_quantile(2 * min(q, 1 - q), df), q - 0.5)
 
 
 def paired_differences(a: Sequence[Mapping[str, float]], b: Sequence[Mapping[str, float]]) -> list[np.ndarray]:
@@ -18,8 +122,8 @@ def paired_differences(a: Sequence[Mapping[str, float]], b: Sequence[Mapping[str
 
     ``a[s]`` / ``b[s]``: the metric of init A / B (checkpoint seed ``s``) on each problem, keyed by
     the problem's fingerprint. Seeds are paired by position: seed ``s`` of A with seed ``s`` of B
-    (independent checkpoints, so any fixed pairing is as good; the outer bootstrap resamples the
-    pairs). Both must have been run on exactly the same problems, otherwise the comparison would
+    (independent checkpoints, so any fixed pairing is as good; the interval treats the pairs as
+    a sample). Both must have been run on exactly the same problems, otherwise the comparison would
     not be paired; the differences come in sorted fingerprint order.
     """
     if len(a) != len(b):
@@ -42,82 +146,141 @@ def paired_differences(a: Sequence[Mapping[str, float]], b: Sequence[Mapping[str
     return out
 
 
-def _check_diffs(diffs_by_seed: Sequence[ArrayLike]) -> list[np.ndarray]:
-    diffs = [np.asarray(d, dtype=np.float64).reshape(-1) for d in diffs_by_seed]
-    if not diffs or any(d.size == 0 for d in diffs):
-        raise ValueError("diffs_by_seed must hold at least one checkpoint seed, each with at least one problem")
-    if not all(np.isfinite(d).all() for d in diffs):
-        raise ValueError("diffs_by_seed holds NaN or Inf; drop or fix the failed problems first")
-    return diffs
+CROSSED = ("two-way crossed t interval (seeds x problems: seed, problem and residual variance components, "
+           "each with its own t quantile)")
+NESTED = "t interval on seed means (each seed its own episodes: nested, df = seeds - 1)"
+ONE_SEED = "t interval over {what} (one seed: covers the {what}, not the spread between training runs)"
+ONE_PROBLEM = "t interval on seed means (one problem per seed)"
 
 
-def bootstrap_distribution(diffs_by_seed: Sequence[ArrayLike], n_boot: int, rng: np.random.Generator,
-                           chunk: int = 1000) -> np.ndarray:
-    """``n_boot`` draws of the hierarchical bootstrap statistic: resample checkpoint seeds with
-    replacement (outer), then each chosen seed's problems with replacement (inner, independently
-    for every chosen slot, also when a seed is chosen twice); the statistic is the mean over the
-    resampled seeds of the mean over their resampled problems. ``chunk``: draws made at a time
-    (memory only; the numbers depend on it through the order of random draws)."""
-    diffs = _check_diffs(diffs_by_seed)
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    n_seeds = len(diffs)
-    out = np.empty(n_boot)
-    for start in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - start)
-        chosen = rng.integers(0, n_seeds, size=(b, n_seeds))  # outer: seeds per draw and slot
-        slot_means = np.empty((b, n_seeds))
-        for s, d in enumerate(diffs):
-            hit = chosen == s
-            k = int(hit.sum())
-            if k:  # inner: one problem resample per slot that chose seed s
-                idx = rng.integers(0, d.size, size=(k, d.size))
-                slot_means[hit] = d[idx].mean(1)
-        out[start:start + b] = slot_means.mean(1)
-    return out
-
-
-def percentile_ci(dist: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Equal-tailed percentile interval of a bootstrap distribution at confidence ``level``."""
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    lo, hi = np.quantile(dist, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
-
-
-def bootstrap_p(dist: np.ndarray, null: float = 0.0) -> float:
-    """Two-sided bootstrap p-value for H0: statistic = ``null``, by inverting the percentile
-    interval: ``2 * min(#{T* <= null} + 1, #{T* >= null} + 1) / (B + 1)``, capped at 1 (the +1
-    counts the observed sample as one draw, so p is never 0; Davison & Hinkley 1997). The
-    level-(1 - a) percentile interval excludes ``null`` about when p <= a, which keeps Holm's
-    decisions and the intervals at Holm's levels consistent."""
-    b = dist.size
-    below, above = int((dist <= null).sum()), int((dist >= null).sum())
-    return float(min(1.0, 2 * (min(below, above) + 1) / (b + 1)))
-
-
-class BootstrapResult(NamedTuple):
-    """Point estimate (plain mean over seeds of the mean over problems), CI bounds, p-value."""
+class Interval(NamedTuple):
+    """A mean with its two-sided CI at ``level``, the p-value for H0: mean = ``null`` (0 unless
+    given; the smallest alpha whose ``1 - alpha`` interval excludes it, so interval and p agree),
+    the standard error, and the method's name (for the reports)."""
 
     mean: float
     lo: float
     hi: float
     p: float
+    se: float
+    level: float
+    method: str
 
 
-def point_estimate(diffs_by_seed: Sequence[ArrayLike]) -> float:
-    """Mean over checkpoint seeds of the mean over problems (the statistic on the data itself)."""
-    return float(np.mean([d.mean() for d in _check_diffs(diffs_by_seed)]))
+_P_FLOOR = 1e-100  # p-values below are reported as 0 (1 df: t ~ 6e99, still a finite square)
 
 
-def hierarchical_bootstrap(diffs_by_seed: Sequence[ArrayLike], n_boot: int, rng: np.random.Generator,
-                           level: float = 0.95) -> BootstrapResult:
-    """Mean paired difference with its hierarchical-bootstrap percentile CI at ``level`` and the
-    two-sided bootstrap p-value for H0: mean difference = 0 (see ``bootstrap_distribution``,
-    ``bootstrap_p``). With one checkpoint seed the outer level is degenerate and the interval
-    ignores seed-to-seed variation: give >= 3 seeds."""
-    dist = bootstrap_distribution(diffs_by_seed, n_boot, rng)
-    return BootstrapResult(point_estimate(diffs_by_seed), *percentile_ci(dist, level), bootstrap_p(dist))
+def _combined_interval(mean: float, parts: Sequence[tuple[float, float]], level: float, method: str,
+                       null: float = 0.0) -> Interval:
+    """``mean +- sqrt(sum_i (t_i * se_i)^2)`` for the variance parts ``(se_i^2, df_i)``, ``t_i`` the
+    t quantile of ``df_i`` at ``level``. One part: Student's t. Several: each part's uncertainty
+    about its own size enters through its own df (Graybill & Wang's 1980 combination for sums of
+    variance components), so a part estimated from 3 seeds gets t(2)'s tail when it dominates, and
+    the well-estimated parts stay near the normal quantile. The p-value inverts the interval."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    parts = [(v, d) for v, d in parts if v > 0]
+    se = math.sqrt(sum(v for v, _ in parts))
+    if not parts:  # no spread at all: the data pin the mean down exactly
+        return Interval(mean, mean, mean, float(mean == null), 0.0, level, method)
+
+    def half(tail: float) -> float:
+        return math.sqrt(sum(t_tail_quantile(tail, d) ** 2 * v for v, d in parts))
+
+    h = half(1 - level)
+    gap = abs(mean - null)
+    if len(parts) == 1:
+        p = t_two_sided_p(gap / se, parts[0][1])
+    elif gap == 0:
+        p = 1.0
+    else:  # half(alpha) falls as alpha grows: bisect log(alpha) for half = gap
+        lo, hi = math.log(_P_FLOOR), 0.0
+        if half(_P_FLOOR) <= gap:
+            p = 0.0  # below _P_FLOOR: reported as 0
+        else:
+            for _ in range(60):
+                mid = 0.5 * (lo + hi)
+                if half(math.exp(mid)) > gap:
+                    lo = mid
+                else:
+                    hi = mid
+                if hi - lo < 1e-10:
+                    break
+            p = math.exp(0.5 * (lo + hi))
+    return Interval(mean, mean - h, mean + h, min(1.0, p), se, level, method)
+
+
+def one_sample_t(values: ArrayLike, level: float = 0.95, method: str = "t interval", null: float = 0.0) -> Interval:
+    """Student's t interval of the mean of independent values (n - 1 df)."""
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    if x.size < 2 or not np.isfinite(x).all():
+        raise ValueError(f"a t interval needs at least 2 finite values, got {x.size} ({method})")
+    return _combined_interval(float(x.mean()), [(float(x.var(ddof=1)) / x.size, x.size - 1)], level, method, null)
+
+
+def crossed_matrix(by_seed: Sequence[Mapping[str, float]]) -> np.ndarray:
+    """``[seeds, problems]`` from one ``{problem fingerprint: value}`` per seed, columns in sorted
+    fingerprint order; every seed must have been scored on the same problems (a crossed design)."""
+    if not by_seed:
+        raise ValueError("crossed_matrix: no seeds given")
+    keys = sorted(by_seed[0])
+    for s, row in enumerate(by_seed[1:], start=1):
+        if set(row) != set(keys):
+            extra, missing = sorted(set(row) - set(keys)), sorted(set(keys) - set(row))
+            raise ValueError(f"seed {s} was scored on other problems than seed 0 ({len(extra)} extra, e.g. {extra[:3]}; "
+                             f"{len(missing)} missing, e.g. {missing[:3]}): the crossed interval needs every seed on "
+                             "the same problems (the study draws them from target.seed alone)")
+    if not keys:
+        raise ValueError("crossed_matrix: the seeds have no problems")
+    return np.array([[row[k] for k in keys] for row in by_seed], dtype=np.float64)
+
+
+def crossed_t(values: ArrayLike, level: float = 0.95, null: float = 0.0) -> Interval:
+    """CI of the grand mean of ``values [seeds, problems]`` when every seed is scored on the same
+    problems (crossed), seeds and problems both random samples:
+    ``x[s, p] = mu + a_s + b_p + e_sp``, ``Var(mean) = s2_a / S + s2_b / P + s2_e / (S P)``.
+
+    The three parts come from the two-way ANOVA mean squares, ``(MS_seed - MS_error) / (S P)``
+    (S - 1 df), ``(MS_problem - MS_error) / (S P)`` (P - 1 df), ``MS_error / (S P)`` ((S-1)(P-1) df),
+    the first two clipped at 0, and are combined by ``_combined_interval``. Why not resample: a
+    problem effect shared by every seed moves all seed means together, so resampling problems per
+    seed (nested) misses it; a t interval on the seed means alone misses it too; and with 3 seeds a
+    bootstrap over seeds sees 2/3 of their variance and no t tail. One seed or one problem reduce
+    to a one-sample t. Coverage by simulation: ``metaft.study.coverage``."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 2 or x.size == 0:
+        raise ValueError(f"crossed_t needs a [seeds, problems] matrix, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("crossed_t: the values hold NaN or Inf; drop the failed problems for every seed first")
+    s, p = x.shape
+    if s == 1:
+        return one_sample_t(x[0], level, ONE_SEED.format(what="problems"), null)
+    if p == 1:
+        return one_sample_t(x[:, 0], level, ONE_PROBLEM, null)
+    grand, seed_means, problem_means = float(x.mean()), x.mean(1), x.mean(0)
+    ms_seed = p * ((seed_means - grand) ** 2).sum() / (s - 1)
+    ms_problem = s * ((problem_means - grand) ** 2).sum() / (p - 1)
+    resid = x - seed_means[:, None] - problem_means[None, :] + grand
+    ms_error = (resid ** 2).sum() / ((s - 1) * (p - 1))
+    n = s * p
+    parts = [(max(0.0, ms_seed - ms_error) / n, s - 1), (max(0.0, ms_problem - ms_error) / n, p - 1),
+             (ms_error / n, (s - 1) * (p - 1))]
+    return _combined_interval(grand, parts, level, CROSSED, null)
+
+
+def nested_t(values_by_seed: Sequence[ArrayLike], level: float = 0.95, null: float = 0.0) -> Interval:
+    """CI of the mean over seeds of each seed's mean when every seed has its own episodes (nested:
+    ``x[s, e] = mu + a_s + e_se``): the seed means are independent, ``Var(m_s) = s2_a + s2_e / E``,
+    so Student's t on the seed means with ``seeds - 1`` df is exact for normal data, whatever the
+    two variances. One seed: a t over its episodes (labelled: it misses the spread between runs)."""
+    xs = [np.asarray(v, dtype=np.float64).reshape(-1) for v in values_by_seed]
+    if not xs or any(x.size == 0 for x in xs):
+        raise ValueError("nested_t needs at least one seed, each with at least one value")
+    if not all(np.isfinite(x).all() for x in xs):
+        raise ValueError("nested_t: the values hold NaN or Inf; drop the failed episodes first")
+    if len(xs) == 1:
+        return one_sample_t(xs[0], level, ONE_SEED.format(what="episodes"), null)
+    return one_sample_t([x.mean() for x in xs], level, NESTED, null)
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -136,11 +299,11 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 
 
 class HolmResult(NamedTuple):
-    """One hypothesis (one K) of a Holm family: the bootstrap result at the nominal level, the
-    Holm-adjusted p-value, the decision at family-wise ``alpha``, and the percentile CI at the
-    level Holm tests this hypothesis at (``1 - alpha / (m - rank)``, rank by raw p)."""
+    """One hypothesis of a Holm family: its interval at the nominal level (``raw``), the
+    Holm-adjusted p-value, the decision at family-wise ``alpha``, and the CI at the level Holm
+    tests this hypothesis at (``1 - alpha / (m - rank)``, rank by raw p)."""
 
-    raw: BootstrapResult
+    raw: Interval
     p_holm: float
     reject: bool
     level: float
@@ -148,28 +311,28 @@ class HolmResult(NamedTuple):
     hi: float
 
 
-def holm_bootstrap(diffs_by_k: Mapping[Hashable, Sequence[ArrayLike]], n_boot: int, rng: np.random.Generator,
-                   alpha: float = 0.05) -> dict[Hashable, HolmResult]:
-    """Hierarchical bootstrap per K (``diffs_by_k[K]``: the per-seed paired differences), Holm's
-    correction over the K's, and each K's interval at its Holm level. The step-down intervals
-    match the decisions (an interval excluding 0 at a hypothesis after the first non-rejection
-    does not reject it: Holm stops there); they are not simultaneous-coverage intervals, for
-    which Bonferroni's ``1 - alpha / m`` is the simple choice."""
+def holm_family(data: Mapping[Hashable, T], interval: Callable[[T, float], Interval],
+                alpha: float = 0.05) -> dict[Hashable, HolmResult]:
+    """Holm's correction over a family of hypotheses ``data[key]`` (each "mean = 0"), with
+    ``interval(data[key], level)`` giving a hypothesis' CI and p-value (``crossed_t``). The p-values
+    are analytic, so the correction can reject however large the family (a bootstrap's p cannot go
+    below 1 / (B + 1)). The step-down intervals match the decisions for the hypotheses Holm reaches;
+    they are not simultaneous intervals (Bonferroni's ``1 - alpha / m`` is the simple choice for
+    those)."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    keys = list(diffs_by_k)
+    keys = list(data)
     if not keys:
-        raise ValueError("holm_bootstrap: diffs_by_k is empty; give the paired differences of at least one K")
-    dists = [bootstrap_distribution(diffs_by_k[k], n_boot, rng) for k in keys]
-    raw = [BootstrapResult(point_estimate(diffs_by_k[k]), *percentile_ci(d, 1 - alpha), bootstrap_p(d))
-           for k, d in zip(keys, dists)]
+        raise ValueError("holm_family: no hypotheses given")
+    raw = [interval(data[k], 1 - alpha) for k in keys]
     p_adj = holm([r.p for r in raw])
     rank = np.empty(len(keys), dtype=int)
     rank[np.argsort([r.p for r in raw], kind="stable")] = np.arange(len(keys))
     out = {}
     for i, k in enumerate(keys):
         level = 1 - alpha / (len(keys) - rank[i])
-        out[k] = HolmResult(raw[i], float(p_adj[i]), bool(p_adj[i] <= alpha), level, *percentile_ci(dists[i], level))
+        at = interval(data[k], level)
+        out[k] = HolmResult(raw[i], float(p_adj[i]), bool(p_adj[i] <= alpha), level, at.lo, at.hi)
     return out
 
 
