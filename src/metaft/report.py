@@ -170,13 +170,21 @@ def render(root: Path, runs: Sequence[Run], groups: Sequence[Group], metrics: Se
         f"Overrides common to all runs: {common}.",
         "## Groups (mean ± 95% CI across seeds)",
         "± is the 95% confidence interval of the mean over a group's successful runs (seeds): "
-        "Student's t with n-1 degrees of freedom, since seeds are few (t = 4.30 for 3 seeds, not "
-        "1.96); none for a single seed. Failed runs are counted, not averaged.",
+        f"{t_note(groups)}; none for a single seed. Failed runs are counted, not averaged.",
         markdown_table(["group", "n", "failed", *metrics], g_rows),
         "## Runs",
         "± is the run's own 95% CI over its evaluation episodes.",
         markdown_table(["run", "group", "seed", "status", *metrics], run_rows),
     ]) + "\n"
+
+
+def t_note(groups: Sequence[Group]) -> str:
+    """How the groups' intervals were made, with the t values of the seed counts they have."""
+    counts = sorted({g.n for g in groups if g.n >= 2})
+    if not counts:
+        return "Student's t with n-1 degrees of freedom, but no group has two successful seeds"
+    values = ", ".join(f"t = {t975(n - 1):.2f} for {n} seeds" for n in counts)
+    return f"Student's t with n-1 degrees of freedom, since seeds are few ({values}, not 1.96)"
 
 
 def write_csvs(out: Path, runs: Sequence[Run], groups: Sequence[Group], metrics: Sequence[str]) -> None:

@@ -126,3 +126,13 @@ def test_counts_read_as_english(tmp_path: Path):
     write(tmp_path / "0", ["algorithm=maml", "seed=1"], **{"test/acc": 90.0})
     write(tmp_path / "1", ["algorithm=maml", "seed=2"], **{"test/acc": 92.0})
     assert "2 runs (0 failed) in 1 group," in report(tmp_path)
+
+
+def test_the_t_values_explained_are_those_of_the_seed_counts_present(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    for i, (algorithm, seed) in enumerate([("maml", 1), ("maml", 2), ("anil", 1), ("anil", 2)]):
+        write(sweep / str(i), [f"algorithm={algorithm}", f"seed={seed}"], **{"test/mse": float(i)})
+    text = report(sweep)
+    assert "(t = 12.71 for 2 seeds, not 1.96)" in text and "4.30" not in text
+    write(sweep / "4", ["algorithm=anil", "seed=3"], **{"test/mse": 1.0})
+    assert "(t = 12.71 for 2 seeds, t = 4.30 for 3 seeds, not 1.96)" in report(sweep)

@@ -46,6 +46,12 @@ class FineTuner(L.LightningModule):
             self.register_buffer("lr_scale__" + name.replace(".", "__"), scale.detach().clone(), persistent=False)
             self.scaled.append(name)
         self.run_config: dict | None = None  # the composed Hydra config, stored in checkpoints
+        # Per-example values through the stage-1 metric path: mean and 95% CI. Every rank evaluates
+        # every example (see SupervisedTarget._eval_loader), so nothing is gathered. Made here, not
+        # at each evaluation: made inside a validation they stayed in eval mode, and Lightning
+        # warned of "modules in eval mode" at the start of every fine-tuning run.
+        self.eval_stats = EpisodeStats(1, sync_on_compute=False)
+        self.eval_loss = EpisodeStats(1, sync_on_compute=False)
 
     @property
     def metric_name(self) -> str:
@@ -104,10 +110,8 @@ class FineTuner(L.LightningModule):
 
     # ---------------------------------------------------------------------- validation, test
     def on_validation_epoch_start(self) -> None:
-        # Per-example values through the stage-1 metric path: mean and 95% CI. Every rank
-        # evaluates every example (see SupervisedTarget._eval_loader), so nothing is gathered.
-        self.eval_stats = EpisodeStats(1, sync_on_compute=False).to(self.device)
-        self.eval_loss = EpisodeStats(1, sync_on_compute=False).to(self.device)
+        self.eval_stats.reset()
+        self.eval_loss.reset()
 
     on_test_epoch_start = on_validation_epoch_start
 

@@ -149,14 +149,15 @@ def refuse_other_run(cfg: DictConfig, stored: dict, run: Path) -> None:
         )
 
 
-def checkpoint_file(path: Path, what: str = "ckpt_path") -> Path:
-    """``path`` itself, or for a run directory its ``checkpoints/best.ckpt`` (else ``last.ckpt``)."""
+def checkpoint_file(path: Path, what: str = "ckpt_path", use: str = "testing") -> Path:
+    """``path`` itself, or for a run directory its ``checkpoints/best.ckpt`` (else ``last.ckpt``);
+    ``use`` says in the log what is done with it (``testing``, ``fine-tuning from``)."""
     if not path.is_dir():
         return path
     folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     for name in ("best.ckpt", "last.ckpt"):
         if (folder / name).is_file():
-            log.info(f"{what}={path}: testing {folder / name}")
+            log.info(f"{what}={path}: {use} {folder / name}")
             return folder / name
     raise FileNotFoundError(f"{what}={path} is a directory without checkpoints/best.ckpt or last.ckpt; give a run "
                             "directory that has them, or a .ckpt file")

@@ -45,7 +45,7 @@ def resolve_init(cfg: DictConfig) -> tuple[str, str | None]:
         alt = "" if name in INIT_KINDS else f" (or checkpoints.{name}=PATH)"
         raise ValueError(f"init={name} needs a checkpoint: give meta_ckpt=PATH{alt}")
     # A stage-1 run directory stands for its checkpoint, as ckpt_path takes one.
-    path = checkpoint_file(Path(hydra.utils.to_absolute_path(str(path))), "meta_ckpt")
+    path = checkpoint_file(Path(hydra.utils.to_absolute_path(str(path))), "meta_ckpt", use="fine-tuning from")
     return ("pretrained" if name == "pretrained" else "meta"), str(path)
 
 
