@@ -7,6 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from metaft.checkpoint import CLASSES_KEY
+from metaft.data.identity import dataset_classes
 from metaft.models import MLP, Conv4
 
 MLP_CFG = {"_target_": "metaft.models.MLP", "in_features": 1, "hidden": [40, 40], "out_features": 1}
@@ -18,11 +20,19 @@ FAST = ["trainer.max_steps=6", "trainer.val_check_interval=3", "progress=log",
 
 def save_ckpt(path: Path, net: torch.nn.Module, model_cfg: dict, algorithm: str = "metaft.algorithms.MAML",
               extra: dict | None = None, dataset: dict | None = None) -> Path:
-    """A checkpoint in the stage-1 format: ``net.*`` weights and the run config under metaft_config."""
+    """A checkpoint in the stage-1 format: ``net.*`` weights, the run config under metaft_config
+    and, for a dataset with classes, the classes it stands for having been trained on."""
     sd = {f"net.{k}": v.clone() for k, v in net.state_dict().items()}
     sd.update(extra or {})
     cfg = {"model": model_cfg, "algorithm": {"_target_": algorithm}, "dataset": dataset or {}}
-    torch.save({"state_dict": sd, "metaft_config": cfg}, path)
+    data = {"state_dict": sd, "metaft_config": cfg}
+    try:
+        classes = dataset_classes(dataset) if dataset else None
+    except (ValueError, FileNotFoundError):  # a config naming no class lists (e.g. Omniglot without data_dir)
+        classes = None
+    if classes is not None:
+        data[CLASSES_KEY] = classes.stored()
+    torch.save(data, path)
     return path
 
 

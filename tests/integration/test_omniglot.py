@@ -481,7 +481,7 @@ def test_train_maml_conv4_on_lake_then_eval_on_runs(run_config, cache_dir, runs_
     main(fewer)
     assert json.loads((Path(fewer.hydra.runtime.output_dir) / "results.json").read_text())["val/episodes"] == 4
     more = run_config("eval", [f"ckpt_path={res['ckpt']}", "eval_split=val", "++dataset.lake_val_alphabets=6"], "eval")
-    with pytest.raises(ValueError, match="lake_val_alphabets=6: the checkpoint held out only the last 5 .* at most 5"):
+    with pytest.raises(ValueError, match=r"scores \d+ of its \d+ val classes .* in its train classes"):
         main(more)
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from metaft.checkpoint import CLASSES_KEY
 from metaft.core import tasks
 from metaft.core.errors import NonFiniteLossError
 from metaft.core.inner_loop import Params
@@ -128,6 +129,9 @@ class MetaLearner(L.LightningModule):
         # The last evaluation's per-episode (metric, loss) of each stage ("val", "test").
         self.episode_scores: dict[str, tuple[Tensor, Tensor]] = {}
         self.run_config: dict | None = None  # the composed Hydra config, stored in checkpoints
+        # The training and validation classes by image source (``Classes.stored()``), stored in
+        # checkpoints so that no later use scores it on classes it has seen.
+        self.trained_classes: dict | None = None
 
     # ------------------------------------------------------------- what the algorithm declares
     @property
@@ -413,6 +417,8 @@ class MetaLearner(L.LightningModule):
             checkpoint["metaft_config"] = self.run_config
         checkpoint["metaft_skipped_steps"] = self.skipped_steps
         checkpoint["metaft_head_trained"] = self.trains_head
+        if self.trained_classes is not None:
+            checkpoint[CLASSES_KEY] = self.trained_classes
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_steps = int(checkpoint.get("metaft_skipped_steps", 0))

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from metaft.data.episodic import split_generator
 from metaft.data.images.datamodule import FewShotImages
@@ -52,12 +51,6 @@ class ImageTarget(SupervisedTarget):
 
     def class_names(self) -> list[str]:
         return list(self.names)
-
-    def check_meta_dataset(self, meta_dataset: dict[str, Any] | DictConfig | None) -> None:
-        """Refuse drawing from the training split of the benchmark the checkpoint was trained on."""
-        if meta_dataset and meta_dataset.get("name") == self.name and self.split == "train":
-            raise ValueError(f"target.split=train draws classes the meta-checkpoint was trained on ({self.name}); "
-                             "use target.split=test")
 
     def build(self) -> Splits:
         table = self.data.table(self.split)

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import DictConfig, OmegaConf
 
 from metaft.finetune.conventions import apply_conventions, meta_conventions
+from metaft.data.identity import check_unseen, target_classes
 from metaft.finetune.targets import SupervisedTarget
 from metaft.finetune.monitor import FineTuneFigures
 from metaft.finetune.module import FineTuner, init_head, load_body, metasgd_step_sizes, untrained_head_rule
@@ -120,11 +121,13 @@ def build(cfg: DictConfig) -> tuple[SupervisedTarget, FineTuner, dict[str, Any]]
     # The target's images are prepared as the checkpoint's meta-training images were (channels,
     # size, mean/std), unless this command says otherwise.
     apply_conventions(cfg.target, meta_conventions(ckpt_cfg), _given("target."))
+    # Before any target data is read: no target class may be one the checkpoint has seen.
+    class_check = check_unseen(ckpt, target_classes(cfg.target), "test", "the target", f"meta_ckpt={path}",
+                               bool(cfg.get("allow_seen_classes", False)), "Draw the target from classes it has not "
+                               "seen (target.split=test, the checkpoint's own split, or other classes)") if path else {}
     dm: SupervisedTarget = hydra.utils.instantiate(cfg.target)
     if path:
         kind = _check_kind(kind, ckpt_cfg, path, str(cfg.init))
-        if hasattr(dm, "check_meta_dataset"):
-            dm.check_meta_dataset(ckpt_cfg.get("dataset"))
     model_cfg = model_config(cfg, ckpt_cfg, from_checkpoint=path is not None)
     model_cfg["out_features"] = dm.num_outputs
     net = hydra.utils.instantiate(model_cfg)
@@ -148,7 +151,7 @@ def build(cfg: DictConfig) -> tuple[SupervisedTarget, FineTuner, dict[str, Any]]
             # Whether the checkpoint's net.head was trained (None: no checkpoint weights used).
             "head_trained": (untrained is None) if state is not None else None,
             "meta_algorithm": (ckpt_cfg.get("algorithm") or {}).get("_target_") if path else None,
-            "shots": getattr(dm, "shots", None), **dm.describe()}
+            "shots": getattr(dm, "shots", None), **class_check, **dm.describe()}
     return dm, learner, info
 
 

@@ -16,7 +16,7 @@ from metaft.algorithms.episodic import MetaLearner
 from metaft.algorithms.pretrain import Pretrain
 from metaft.algorithms.warm_start import without_init_ckpt
 from metaft.data.episodic import TRAIN_STREAM, EpisodicDataModule
-from metaft.data.omniglot.splits import check_held_out, check_validation_held_out, held_out_split
+from metaft.data.identity import check_unseen, dataset_classes
 from metaft.runtime import trainer as runtime
 from metaft.runtime.callbacks import log_hparams
 from metaft.runtime.data_checks import check_shapes, follow_seed, small_pool
@@ -105,7 +105,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Meta-train (or resume), test the best checkpoint, write ``results.json``."""
     check_recipe()
     cfg, resume, out = start_run(cfg)
+    classes = dataset_classes(cfg.dataset)  # split lists checked disjoint before any data is read
     dm, learner = build(cfg)
+    learner.trained_classes = classes.stored() if classes is not None else None
     check_shapes(dm, ("train", "val", "test") if cfg.test else ("train", "val"))  # all at once, before the run
     if isinstance(learner, Pretrain) and learner.classifier is None:
         # Made here, in the launching process, rather than in Pretrain.setup: spawned ranks would
@@ -193,16 +195,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt = load_checkpoint(ckpt_path)
     run_cfg = merged_config(cfg, ckpt["metaft_config"])
     follow_seed(run_cfg)  # seed=S moves the episodes, as dataset.seed=S does
-    # Before loading any data: a checkpoint must not be scored on classes it was trained on.
-    tested = held_out_split(run_cfg.get("dataset"))
-    what = "dataset=omniglot_runs (Lake's runs)" if "OmniglotRuns" in str(run_cfg.dataset.get("_target_")) else \
-        f"dataset.split={tested}"
-    check_held_out(ckpt["metaft_config"].get("dataset"), tested, what,
-                   "Evaluate a checkpoint trained with dataset.split=" + str(tested) + ", or drop the dataset/split "
-                   "override to test on the checkpoint's own split.")
+    # Before loading any data: a checkpoint must not be scored on classes it has seen.
+    scored = dataset_classes(run_cfg.get("dataset"))
+    class_check = check_unseen(ckpt, scored, split, f"dataset {scored.dataset if scored else ''}",
+                               f"ckpt_path={ckpt_path}", bool(cfg.get("allow_seen_classes", False)),
+                               "Score it on classes it has not seen (another dataset, split or dataset.class_lists)")
     check_batch_norm(ckpt["metaft_config"].get("model"), run_cfg.get("model"))
-    if split == "val":
-        check_validation_held_out(ckpt["metaft_config"].get("dataset"), run_cfg.get("dataset"))
     seed_everything(run_cfg.seed)
     dm, learner = build(without_init_ckpt(run_cfg))  # the checkpoint replaces every weight
     check_shapes(dm, (split,))
@@ -229,7 +227,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if pool is not None:
         results["small_pool"] = pool
     log_hparams(trainer, run_cfg, results)
-    return write_results(out, results, ckpt=str(ckpt_path), batch_norm=learner.batch_norm(),
+    return write_results(out, results, ckpt=str(ckpt_path), batch_norm=learner.batch_norm(), **class_check,
                          **{f"{split}_episodes_fingerprint": dm.fingerprint(split)})
 
 

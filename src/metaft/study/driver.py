@@ -108,7 +108,7 @@ def given_checkpoints(cfg: DictConfig, specs: Sequence[str]) -> dict[str, list[s
             raise ValueError(f"--ckpt {init}: {len(given[init])} checkpoints for {len(cfg.stage1.seeds)} stage-1 seeds "
                              f"({list(cfg.stage1.seeds)}); give one per seed, comma-separated")
         for p in given[init]:
-            evaluate.check(init, load_checkpoint(p, what=f"--ckpt {init}")["metaft_config"], cfg)
+            evaluate.check(init, load_checkpoint(p, what=f"--ckpt {init}"), cfg)
     return given
 
 
@@ -128,7 +128,7 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
     ckpts = stage1.train_missing(cfg, out, given)
     for (init, seed), ckpt in ckpts.items():
         if ckpt is not None:
-            evaluate.check(init, load_checkpoint(ckpt, what=f"the checkpoint of init {init}")["metaft_config"], cfg)
+            evaluate.check(init, load_checkpoint(ckpt, what=f"the checkpoint of init {init}"), cfg)
     inits = {key: evaluate.Init(key[0], key[1], ckpt, cfg, objective) for key, ckpt in ckpts.items()}
     t, ft = cfg.target, cfg.adapt.finetune
     for ways in t.ways:

@@ -2,6 +2,7 @@
 probe on frozen features, full fine-tuning of all weights, and the learner's own adaptation."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from metaft.algorithms.episodic import MetaLearner
 from metaft.algorithms.warm_start import without_init_ckpt
 from metaft.core.objective import Objective
+from metaft.data.identity import check_unseen, dataset_classes
 from metaft.data.episode import Episode
 from metaft.models.nets import MetaNet
 from metaft.runtime.io import load_checkpoint
@@ -45,16 +47,19 @@ class Init:
         self.net.eval()
 
 
-def check(init: str, config: dict[str, Any], cfg: DictConfig) -> None:
-    """Refuse a checkpoint trained on another dataset or split, or whose model does not take the
-    target's inputs, naming the init and the mismatch."""
+def check(init: str, checkpoint: Mapping[str, Any], cfg: DictConfig) -> None:
+    """Refuse a checkpoint trained on another kind of dataset or on classes of the study's problems,
+    or whose model does not take the target's inputs, naming the init and the mismatch."""
+    config = checkpoint["metaft_config"]
     want, have = cfg.dataset, config.get("dataset", {})
     problems = []
     if str(have.get("_target_", "")).rsplit(".", 1)[-1] != str(want._target_).rsplit(".", 1)[-1]:
         problems.append(f"dataset {have.get('_target_')} (the study's: {want._target_})")
-    elif want.get("split") is not None and have.get("split") != want.split:
-        problems.append(f"dataset.split={have.get('split')} (the study's: {want.split}; its test classes would "
-                        "overlap the checkpoint's training classes)")
+    scored = dataset_classes(want)
+    # The test problems are scored; the validation problems choose fine-tuning's settings.
+    for split in ("val", str(cfg.target.get("split", "test"))):
+        check_unseen(checkpoint, scored, split, f"the {cfg.name} study's {split} problems", f"init {init}'s checkpoint",
+                     bool(cfg.get("allow_seen_classes", False)), "Give a checkpoint trained on the study's split")
     model, ref = config.get("model", {}), cfg.random_model
     for key in ("in_channels", "image_size", "in_features"):
         if key in ref and model.get(key) != ref[key]:

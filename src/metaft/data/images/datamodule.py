@@ -3,6 +3,7 @@ tiered-ImageNet, CIFAR-FS, FC100, CUB, or any image folder), read from the files
 decoded once into a memory-mapped cache, and sampled by class index."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -88,6 +89,11 @@ class FewShotImages(EpisodicDataModule):
         self.data_dir = Path(data_dir).expanduser()
         self.cache_dir = _default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
         lists = None if class_lists is None else {k: class_lists[k] for k in class_lists}
+        # The classes by image source, checked disjoint across splits before any file is read
+        # (imported here: the identities import this package's class lists).
+        from metaft.data.identity import image_classes
+
+        self.identity = image_classes(name, lists)
         self.reader = make_reader(name, self.data_dir, layout, lists, bool(download), bool(verify))
         self.layout, self.class_lists = layout or LAYOUTS[name][0], lists
         self.sources: dict[str, list[Path]] = {}
@@ -121,14 +127,16 @@ class FewShotImages(EpisodicDataModule):
         if split not in self._stores:
             if split not in self.sources:
                 self.reader.files(split)  # raises, saying which setting to give
-            # Keyed by the files and everything that changes what is decoded: a changed class list
-            # reorders (or picks other) classes, so it gets its own store.
-            given = self.class_lists.get(split) if self.class_lists else None
-            classes = class_list(self.name, split, self.class_lists) if given is not None else "standard"
-            parts = (self.name, self.layout, split, self.image_size, classes)
+            # Keyed by the files and everything that changes what is decoded, the resolved class
+            # list included (a hash): an edited split file or override reorders or picks other
+            # classes, so it gets its own store; the store is also checked to hold that list.
+            classes = class_list(self.name, split, self.class_lists)
+            digest = hashlib.sha256("\n".join(classes).encode()).hexdigest()[:16]
+            parts = (self.name, self.layout, split, self.image_size, digest)
             key = f"{self.name}_{split}_{self.image_size}px_{source_key(self.sources[split], *parts)}"
             log.info("opening the %s %s images (decoded once into %s)", self.name, split, self.cache_dir)
-            store = build_store(self.cache_dir, key, self.image_size, lambda: self.reader.read(split, self.image_size))
+            store = build_store(self.cache_dir, key, self.image_size, lambda: self.reader.read(split, self.image_size),
+                                class_list=classes)
             self._check(split, store)
             self._stores[split] = store
             self._tables[split] = ClassTable(store)
@@ -199,6 +207,9 @@ class FewShotImages(EpisodicDataModule):
 
     def split_shots(self, split: str) -> int:
         return self.train_shots if split == "train" else self.shots
+
+    def support_size(self, split: str) -> int:
+        return self.split_ways(split) * self.split_shots(split)
 
     def images(self, split: str, rows: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Float images ``rows.shape + [C, S, S]`` of ``split``'s store rows, normalised; augmented

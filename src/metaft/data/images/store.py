@@ -3,7 +3,7 @@
 Layout of a store directory (``<cache_dir>/<key>/``):
     images.u8    raw uint8 ``[N, S, S, C]`` (C-order), read through ``numpy.memmap``
     labels.npy   int64 ``[N]``, the class index of every image
-    meta.json    class names, shape and format version
+    meta.json    class names, the split's class list it was built for, shape and format version
 
 Only the rows an episode needs are read (the OS pages them in), so tiered-ImageNet's
 ~10 GB of decoded 84 px training images need not fit in memory. A store is written once, into a
@@ -88,15 +88,30 @@ def open_store(path: Path) -> ImageStore:
     return ImageStore(images, labels, list(meta["classes"]))
 
 
-def build_store(cache_dir: Path, key: str, image_size: int, read: Callable[[], Decoded], channels: int = 3) -> ImageStore:
-    """The store named ``key`` under ``cache_dir``: opened if present, else decoded by ``read()``
-    (called only then: reading the distributed files is the slow part) and renamed into place."""
+def open_checked(path: Path, class_list: list[str] | None) -> ImageStore:
+    """``open_store``, refusing (ValueError) a store built for another class list than
+    ``class_list`` (the split's list as resolved now; None: not checked)."""
+    store = open_store(path)
+    if class_list is not None:
+        built_for = json.loads((path / "meta.json").read_text()).get("class_list")
+        if built_for != list(class_list):
+            changed = sorted(set(built_for or ()) ^ set(class_list))
+            raise ValueError(f"built for another class list than the split's ({len(changed)} classes differ, "
+                             f"{changed[:5]}; or the order, or none recorded)")
+    return store
+
+
+def build_store(cache_dir: Path, key: str, image_size: int, read: Callable[[], Decoded], channels: int = 3,
+                class_list: list[str] | None = None) -> ImageStore:
+    """The store named ``key`` under ``cache_dir``: opened if present (and built for
+    ``class_list``, the split's class list, when given), else decoded by ``read()`` (called only
+    then: reading the distributed files is the slow part) and renamed into place."""
     final = cache_dir / key
     if (final / "meta.json").is_file():
         try:
-            return open_store(final)
-        except (OSError, ValueError, KeyError) as e:  # a damaged cache is only a cache: rebuild it
-            log.warning("image cache %s is unreadable (%s); decoding again", final, e)
+            return open_checked(final, class_list)
+        except (OSError, ValueError, KeyError) as e:  # a damaged or stale cache is only a cache: rebuild it
+            log.warning("image cache %s is unusable (%s); decoding again", final, e)
             shutil.rmtree(final, ignore_errors=True)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +127,8 @@ def build_store(cache_dir: Path, key: str, image_size: int, read: Callable[[], D
         out.flush()
         del out
         np.save(tmp / "labels.npy", np.asarray(decoded.labels, dtype=np.int64))
-        meta = {"version": STORE_VERSION, "shape": list(shape), "classes": list(decoded.classes)}
+        meta = {"version": STORE_VERSION, "shape": list(shape), "classes": list(decoded.classes),
+                "class_list": None if class_list is None else list(class_list)}
         (tmp / "meta.json").write_text(json.dumps(meta))
         try:
             os.rename(tmp, final)
@@ -121,4 +137,4 @@ def build_store(cache_dir: Path, key: str, image_size: int, read: Callable[[], D
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return open_store(final)
+    return open_checked(final, class_list)

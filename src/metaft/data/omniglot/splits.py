@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Mapping
 
 import torch
 from torch import Tensor
@@ -65,49 +64,3 @@ def lake_classes(chars: list[str], n_background: int, val_alphabets: int, rotati
     turns = range(4) if rotations else range(1)
     return {s: torch.tensor([(i, k) for i in rows for k in turns]).view(-1, 2)
             for s, rows in (("train", train), ("val", val), ("test", test))}
-
-
-def held_out_split(dataset_cfg: Mapping[str, Any] | None) -> str | None:
-    """The Omniglot split whose held-out (test) classes a dataset config evaluates on; ``None``
-    for a dataset that is not Omniglot. Lake's runs count as ``lake``: whether downloaded or
-    built here, they are drawn from ``images_evaluation``, the test alphabets of the Lake split."""
-    target = str((dataset_cfg or {}).get("_target_", ""))
-    if "OmniglotRuns" in target:
-        return "lake"
-    if "Omniglot" in target:
-        return str(dataset_cfg.get("split") or "vinyals")
-    return None
-
-
-def check_held_out(trained_cfg: Mapping[str, Any] | None, tested: str | None, what: str, fix: str) -> None:
-    """Refuse to score a checkpoint on classes it may have been trained on.
-
-    The splits overlap: the Vinyals training split holds characters of the evaluation alphabets
-    (Lake's test classes), and the Lake training split (the background alphabets) holds
-    characters of the Vinyals test split. ``trained_cfg`` is the checkpoint's stored dataset
-    config, ``tested`` what ``held_out_split`` says of the data it is to be scored on, ``what``
-    names that data and ``fix`` the setting that makes them agree.
-    """
-    trained = held_out_split(trained_cfg)
-    if trained is None or tested is None or trained == tested:
-        return
-    raise ValueError(
-        f"the checkpoint was trained on Omniglot dataset.split={trained}, but {what} tests on the held-out "
-        f"classes of split={tested}, and split={trained}'s training classes include some of those; the score "
-        f"would count characters the model was trained on. {fix}"
-    )
-
-
-def check_validation_held_out(trained_cfg: Mapping[str, Any] | None, scored_cfg: Mapping[str, Any] | None) -> None:
-    """Refuse validation episodes drawn from alphabets the checkpoint was trained on: on Lake's
-    split, raising ``dataset.lake_val_alphabets`` above the training run's moves background
-    alphabets it trained on into the validation classes (lowering it scores a subset: allowed)."""
-    if held_out_split(trained_cfg) != "lake" or held_out_split(scored_cfg) != "lake":
-        return
-    trained, scored = int(trained_cfg.get("lake_val_alphabets", 5)), int(scored_cfg.get("lake_val_alphabets", 5))
-    if scored > trained:
-        raise ValueError(
-            f"eval_split=val with dataset.lake_val_alphabets={scored}: the checkpoint held out only the last "
-            f"{trained} background alphabets, so {scored - trained} of the {scored} validation alphabets are ones it "
-            f"was trained on. Set dataset.lake_val_alphabets to at most {trained}."
-        )
