@@ -141,12 +141,13 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
                 continue
             dm = targets.datamodule(cfg.dataset, ways, k, int(t.test_per_class))
             test = targets.problems(dm, t.split, int(t.problems), int(t.seed), f"N{ways}_K{shots}", int(t.chunk))
-            val = targets.problems(dm, "val", int(ft.val_problems), int(t.seed), f"N{ways}_K{shots}", int(t.chunk))
+            val = targets.problems(dm, "val", validation_problems(cfg), int(t.seed), f"N{ways}_K{shots}", int(t.chunk))
             fps = [fp for ep in test for fp in problem_fingerprints(ep)]
             n_ft = int(t.finetune_problems)
             for (init, seed), adaptation in todo:
                 began = time.perf_counter()
-                rows = _adapt(inits[init, seed], adaptation, shots, test, val, n_ft, fps, cfg, objective)
+                rows = _adapt(inits[init, seed], adaptation, shots, test, val, n_ft, fps, cfg, objective,
+                              label=f"N={ways} K={shots} {init} seed {seed} {adaptation}")
                 common = {"init": init, "seed": seed, "ways": ways, "shots": shots, "adaptation": adaptation,
                           "bn": cfg.adapt.bn}
                 _write_rows(piece / f"{init}_seed{seed}_{adaptation}.csv", [{**common, **r} for r in rows])
@@ -157,9 +158,18 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
     return out / "study.csv"
 
 
+def validation_problems(cfg: DictConfig) -> int:
+    """The validation problems that choose full fine-tuning's step size and count:
+    ``adapt.finetune.val_problems``, but never more than the test problems fine-tuned
+    (``target.problems``, ``target.finetune_problems``), so a small study is not spent choosing."""
+    t = cfg.target
+    return max(1, min(int(cfg.adapt.finetune.val_problems), int(t.problems), int(t.finetune_problems)))
+
+
 def _adapt(init: evaluate.Init, adaptation: str, shots: object, test: list, val: list, n_ft: int,
-           fps: list[str], cfg: DictConfig, objective: Objective) -> list[dict[str, object]]:
-    """One (init, seed, N, K, adaptation): a row per problem (none when it does not apply)."""
+           fps: list[str], cfg: DictConfig, objective: Objective, label: str = "") -> list[dict[str, object]]:
+    """One (init, seed, N, K, adaptation): a row per problem (none when it does not apply). Full
+    fine-tuning, the long piece, prints a line when it has chosen its settings and after each chunk."""
     if adaptation == "probe":
         values = np.concatenate([evaluate.probe(init, ep, cfg, objective) for ep in test])
         return [{"problem": i, "fingerprint": fp, "metric": float(v)} for i, (fp, v) in enumerate(zip(fps, values))]
@@ -175,7 +185,11 @@ def _adapt(init: evaluate.Init, adaptation: str, shots: object, test: list, val:
     only = cfg.adapt.finetune.get("shots")
     if only is not None and str(shots) not in {str(k) for k in only}:
         return []  # fine-tuned at the Ks of adapt.finetune.shots only (its cost grows with K)
+    began = time.perf_counter()
     lr, j = evaluate.choose(init, val, cfg, objective)
+    total = min(n_ft, sum(ep.num_tasks for ep in test))
+    print(f"{label}: step size {lr} chosen on {sum(ep.num_tasks for ep in val)} validation problems in "
+          f"{time.perf_counter() - began:.1f}s; fine-tuning {total} test problems", flush=True)
     rows: list[dict[str, object]] = []
     done = 0
     for ep in test:
@@ -191,6 +205,9 @@ def _adapt(init: evaluate.Init, adaptation: str, shots: object, test: list, val:
                          "seconds_to_final": conv["seconds"][i], "auc": sign * conv["auc"][i],
                          "curve": analysis.format_curve(c.steps, c.acc[i].tolist())})
         done += take
+        spent = time.perf_counter() - began
+        if done < total:
+            print(f"{label}: {done}/{total} test problems fine-tuned, {spent:.1f}s", flush=True)
     return rows
 
 
@@ -246,7 +263,8 @@ def _tensorboard(out: Path, pictures: list[Path]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m metaft.study", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m metaft.study", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="a study of conf/study/ (omniglot, sinusoid), or 'report'")
     p.add_argument("rest", nargs="*", help="key=value overrides of the study's config; for report: the study's DIR")
     p.add_argument("--out", default=None, help="output directory (an existing one of the same study continues)")
