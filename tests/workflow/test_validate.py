@@ -111,6 +111,12 @@ def test_a_key_of_another_dataset_says_which_dataset_has_it():
     (problem,) = _problems("train", ["dataset.ways=five"])
     assert problem.startswith("dataset.ways=five: dataset=sinusoid is regression: it has no ways; did you mean "
                               "dataset=omniglot? (ways is a setting of dataset=cifar_fs,")
+    (problem,) = _problems("train", ["model.filters=3"])
+    assert problem == ("model.filters=3: model=mlp: it has no filters; did you mean model=conv4? (filters is a setting "
+                       "of model=conv4, model=conv4_84)")
+    (problem,) = _problems("finetune", ["init=random", "model=mlp", "target.ways=5"])
+    assert problem.startswith("target.ways=5: target=sinusoid is regression: it has no ways; did you mean "
+                              "target=omniglot?")
 
 
 def test_fine_tuning_without_a_checkpoint_is_named_with_the_other_settings(tmp_path):

@@ -23,7 +23,7 @@ NO_CHECK_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i",
                   "--resolve", "--package", "-p", "--config-path", "-cp", "--config-dir", "-cd"}
 VALUE_FLAGS = {"--config-name", "-cn", "--experimental-rerun"}
 # Suggested first when several options of a group have a setting (the one most runs use).
-PREFERRED = {"dataset": "omniglot", "model": "conv4"}
+PREFERRED = {"dataset": "omniglot", "target": "omniglot", "model": "conv4"}
 # The form a setting the user must give takes, by a part of its key.
 FORMS = {"class_lists": " (a list of class folders, e.g. [cat,dog,emu], or a text file with one folder name a line)"}
 
@@ -270,11 +270,11 @@ def another_option(config_dir: Path, key: str, choices: dict[str, Any]) -> str |
                 ready.append(f.stem)
     if not having:
         return None
-    what = f"{group}={chosen}"
-    if group == "dataset" and chosen is not None and (config_dir / group / f"{chosen}.yaml").is_file():
+    what = f"{group}={chosen}:"
+    if group in ("dataset", "target") and (config_dir / group / f"{chosen}.yaml").is_file():
         own = OmegaConf.load(config_dir / group / f"{chosen}.yaml")
-        if isinstance(own, DictConfig) and not _node(own, "ways")[0]:
-            what += " is regression:"
+        if isinstance(own, DictConfig) and not _node(own, "ways")[0]:  # classes come with ways
+            what = f"{group}={chosen} is regression:"
     best = PREFERRED.get(group) if PREFERRED.get(group) in having else (ready or having)[0]
     return (f"{what} it has no {rest}; did you mean {group}={best}? ({rest} is a setting of "
             f"{', '.join(f'{group}={h}' for h in having)})")
