@@ -234,7 +234,8 @@ def group_problems(config_dir: Path, o: Any) -> list[str]:
     key = o.key_or_group
     if o.is_delete():
         return []
-    options = sorted(p.stem for p in (config_dir / key).glob("*.yaml"))
+    # Options in subfolders count too (recipe=omniglot_cpu/maml).
+    options = sorted(p.relative_to(config_dir / key).with_suffix("").as_posix() for p in (config_dir / key).rglob("*.yaml"))
     if o.is_sweep_override():
         if not (o.is_choice_sweep() or o.is_range_sweep()):
             return []
