@@ -136,6 +136,20 @@ def test_a_problem_on_which_one_init_diverged_is_left_out_for_every_init():
     assert diff == ((40 - 50) + (90 - 70)) / 2  # p2 dropped for both inits, the rest still paired
 
 
+def test_the_convergence_plot_leaves_out_a_diverged_problem_too(tmp_path):
+    from metaft.study.analysis import Study, plot_convergence
+
+    def row(init, seed, fp, curve):
+        return {"init": init, "seed": seed, "ways": "5", "shots": "1", "adaptation": "finetune", "fingerprint": fp,
+                "metric": str(curve[-1]), "curve": ";".join(f"{s}:{v}" for s, v in zip((0, 5), curve))}
+
+    rows = [row(i, s, fp, (40.0 + k + int(s), 50.0 + 2 * k)) for i in ("a", "b") for s in ("0", "1")
+            for k, fp in enumerate(("p1", "p2", "p3"))]
+    rows[4] = row("b", "0", "p2", (45.0, float("nan")))  # init b diverged on p2 (seed 0)
+    study = Study(rows, reference="a", primary=None, lower_is_better=False, alpha=0.05)
+    assert plot_convergence(tmp_path, study, "acc") == [tmp_path / "study_convergence_5way.png"]
+
+
 def test_full_fine_tuning_is_limited_to_the_ks_it_is_asked_for(tmp_path):
     out = tmp_path / "study"
     assert main(["sinusoid", *TOY, "adapt.finetune.shots=[5]", "--out", str(out), "--ckpt", maml_ckpts(tmp_path)]) == 0

@@ -83,14 +83,19 @@ class Study:
             self.cells[_ways(r["ways"]), r["adaptation"]][r["init"]][r["shots"]].setdefault(r["seed"], {})[r["fingerprint"]] = float(r["metric"])
         self.shots = sorted({r["shots"] for r in rows}, key=_k_key)
         self._primary: dict[tuple[str, str, str], stats.HolmResult] | None = None
+        # The markdown and the plots ask for the same intervals: computed once per (N, adaptation).
+        self._summary: dict[tuple[str, str], dict[str, dict[str, stats.Interval]]] = {}
+        self._differences: dict[tuple[str, str], dict[str, dict[str, Difference]]] = {}
 
     def by_seed(self, cell: dict[str, dict[str, float]]) -> list[dict[str, float]]:
         return [cell[s] for s in sorted(cell)]
 
     def summary(self, key: tuple[str, str]) -> dict[str, dict[str, stats.Interval]]:
         """Each init's mean metric per K with its crossed (seeds x problems) CI."""
-        return {init: {k: stats.crossed_t(stats.crossed_matrix(self.by_seed(cell)), 1 - self.alpha)
-                       for k, cell in per_k.items()} for init, per_k in self.cells[key].items()}
+        if key not in self._summary:
+            self._summary[key] = {init: {k: stats.crossed_t(stats.crossed_matrix(self.by_seed(cell)), 1 - self.alpha)
+                                         for k, cell in per_k.items()} for init, per_k in self.cells[key].items()}
+        return self._summary[key]
 
     def paired(self, key: tuple[str, str], init: str, k: str) -> np.ndarray:
         """``[seeds, problems]`` paired differences of ``init`` to the reference (positive: better)."""
@@ -122,7 +127,9 @@ class Study:
     def differences(self, key: tuple[str, str]) -> dict[str, dict[str, Difference]]:
         """Per init: the paired difference to the reference per K: Holm's for the primary meta
         init on its family, unadjusted 95% (exploratory) for everything else."""
-        out: dict[str, dict[str, Difference]] = {}
+        if key in self._differences:
+            return self._differences[key]
+        out: dict[str, dict[str, Difference]] = self._differences.setdefault(key, {})
         ref = self.reference
         if ref is None or ref not in self.cells[key]:
             return out
@@ -299,8 +306,9 @@ def plot_convergence(out: Path, study: Study, metric: str) -> list[Path]:
         lambda: defaultdict(lambda: defaultdict(dict)))  # [ways][K][init][seed] -> {fingerprint: curve}
     steps: dict[tuple[str, str], list[int]] = {}
     for r in study.rows:
-        if r["adaptation"] != "finetune" or not r.get("curve"):
-            continue
+        if r["adaptation"] != "finetune" or not r.get("curve") or r["fingerprint"] in study.excluded.get(
+                (r["ways"], r["shots"], r["adaptation"]), ()):
+            continue  # a diverged problem is left out for every init, as in the tables
         s, v = parse_curve(r["curve"])
         steps[r["ways"], r["shots"]] = s
         curves[r["ways"]][r["shots"]][r["init"]].setdefault(r["seed"], {})[r["fingerprint"]] = v
