@@ -75,3 +75,22 @@ def test_a_small_test_pool_labels_its_interval_conditional_on_those_images(tmp_p
     kw["class_lists"] = {"test": str(tmp_path / "big" / "test.txt")}
     enough = FewShotImages("image_folder", str(tmp_path / "big" / "imgs"), ways=2, shots=1, queries=1, **kw)
     assert small_pool(enough, "test", "acc") is None
+
+
+def test_a_run_on_a_small_test_pool_says_so_in_results_json(run_config, tmp_path):
+    import json
+    from pathlib import Path
+
+    from metaft.stages import main
+
+    lists = _folder(tmp_path, {"train": 3, "val": 2, "test": 2}, per_class=10)
+    cfg = run_config("train", ["dataset=image_folder", f"dataset.data_dir={tmp_path / 'imgs'}", *lists,
+                               f"dataset.cache_dir={tmp_path / 'cache'}", "dataset.ways=2", "dataset.shots=1",
+                               "dataset.queries=5", "dataset.image_size=28", "dataset.val_episodes=4",
+                               "dataset.test_episodes=20", "dataset.eval_batch_size=20", "model=conv4", "model.filters=4",
+                               "model.image_size=28", "model.in_channels=3", "algorithm=protonet", "trainer.max_steps=2",
+                               "trainer.val_check_interval=2", "progress=log"], "small")
+    main(cfg)
+    res = json.loads((Path(cfg.hydra.runtime.output_dir) / "results.json").read_text())
+    assert res["small_pool"]["images"] == 20 and res["small_pool"]["images_per_episode"] == 12
+    assert res["small_pool"]["test/acc_ci95"].startswith("conditional on these 20 images: the 20 test episodes")
