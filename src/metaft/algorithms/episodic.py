@@ -11,6 +11,7 @@ from functools import partial
 from typing import Any, Callable, Literal
 
 import lightning as L
+from omegaconf import DictConfig, ListConfig, OmegaConf
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
@@ -101,6 +102,9 @@ class MetaLearner(L.LightningModule):
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"algorithm.nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
+        for key, value in list(self.hparams.items()):  # Hydra's lists as plain ones: weights-only loading reads them
+            if isinstance(value, (ListConfig, DictConfig)):
+                self.hparams[key] = OmegaConf.to_container(value)
         self.automatic_optimization = False
         self.net = net
         self.task = task
@@ -150,6 +154,10 @@ class MetaLearner(L.LightningModule):
         """Whether solving a task leaves the body as it is (then both sets' features are the same
         function of the input, and ``joint_forward`` is allowed)."""
         return False
+
+    def check_support_size(self, train: int | None, evaluation: int | None) -> None:
+        """Refuse settings that do not fit support sets of ``train`` / ``evaluation`` examples
+        (None: not fixed by the dataset), before anything runs."""
 
     first_order: bool = False  # the gradient learners' setting; a meta-step of the others has no inner loop
 
@@ -340,7 +348,8 @@ class MetaLearner(L.LightningModule):
         """The meta-batch's query metric (and loss) before and after each inner step, and the
         meta-gradient's global norm before clipping (Reptile: its pseudo-gradient's). Called only
         on logging steps (every ``log_every_n_steps``) because it runs the inner loop again."""
-        with tasks.kept_buffers(self.net):  # the meta-step already updated any running statistics
+        # The meta-step already updated any running statistics (and a carried inner optimiser state).
+        with tasks.kept_buffers(self):
             metric, loss = self.adaptation_curve(episode, self.inner_steps)
         self.log_per_step("train", metric.mean(0), loss.mean(0))
         self.log_gradient_norm()

@@ -160,6 +160,11 @@ class EpisodicDataModule(L.LightningDataModule):
             "with a global class list (e.g. dataset=omniglot) for supervised pretraining"
         )
 
+    def support_size(self, split: str) -> int | None:
+        """Support examples of one task of ``split`` (None: not fixed), for settings sized by it
+        (``algorithm.inner_batch``) to be checked before anything runs."""
+        return None
+
     def start_step(self) -> int:
         return self.trainer.global_step if self.trainer is not None else 0
 

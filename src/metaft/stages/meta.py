@@ -74,6 +74,7 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
             f"{type(learner).__name__} classifies with that head: use dataset.ways={head.out_features} (for a "
             f"checkpoint, the ways it was trained on), or a {_per_episode_heads()}"
         )
+    learner.check_support_size(dm.support_size("train"), dm.support_size("test"))
     learner.run_config = OmegaConf.to_container(cfg, resolve=True)
     return dm, learner
 
@@ -107,8 +108,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     cfg, resume, out = start_run(cfg)
     classes = dataset_classes(cfg.dataset)  # split lists checked disjoint before any data is read
     dm, learner = build(cfg)
-    learner.trained_classes = classes.stored() if classes is not None else None
     check_shapes(dm, ("train", "val", "test") if cfg.test else ("train", "val"))  # all at once, before the run
+    learner.trained_classes = classes.stored() if classes is not None else None
     if isinstance(learner, Pretrain) and learner.classifier is None:
         # Made here, in the launching process, rather than in Pretrain.setup: spawned ranks would
         # draw its initial weights from their own random state, so N ranks would not start (and
