@@ -10,8 +10,9 @@ statistics (the MAML reference code's test, and ``FineTuner``'s evaluation with
 ``model.bn=transductive``). Models with running statistics (``model.bn=running``) use them at
 test either way, each problem starting from the checkpoint's and updating its own copy.
 
-Why plain SGD: ``adapt`` steps ``p - lr * g`` and keeps no optimizer state; Adam would need its
-moments carried through the inner loop, which no learner of the platform does.
+The update rule is the inner loop's (``InnerOptimizer``: plain SGD, momentum or Adam, with
+torch.optim's arithmetic); its state starts afresh for each problem and is carried from step to
+step (and across evaluation points). Where the weights start: ``starts``.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from torch.func import functional_call, vmap
 
 from metaft.core.tasks import has_conv, running_stats, vectorize_choice
 from metaft.algorithms.feature_head import FeatureHeadLearner
-from metaft.core.inner_loop import adapt
+from metaft.core.inner_loop import SGD, InnerOptimizer, InnerState, adapt
 from metaft.core.objective import Objective
 from metaft.data.episode import Episode
 from metaft.algorithms.probes import (
@@ -38,12 +39,12 @@ from metaft.algorithms.probes import (
     probe_logits,
     prototype_head,
 )
+from metaft.study.starts import HeadInit, check_head_init, start
 from metaft.models.nets import MetaNet
 from metaft.models.norm import support_statistics
 
 BN = Literal["inductive", "transductive"]
 CLASSIFICATION = Objective("classification")
-HeadInit = Literal["prototypes", "zero", "keep"]
 Probe = Literal["logistic", "prototype", "cosine", "cosine_prototype"]
 
 
@@ -84,23 +85,6 @@ def use_vmap(net: nn.Module, device: torch.device, vectorize: str | bool = "auto
     return vectorize_choice(v, device, has_conv(net), running_stats(net))
 
 
-def _start(net: MetaNet, sx: Tensor, sy: Tensor, ways: int, head_init: HeadInit,
-           buffers: dict[str, Tensor]) -> dict[str, Tensor]:
-    """One problem's starting weights (detached): the net's, with its head by ``head_init``.
-    Prototypes take the support set's features in training mode, as ``init_head`` does (which
-    also updates running statistics: here the problem's own copy in ``buffers``)."""
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    if head_init == "keep":
-        return params
-    if head_init == "zero":
-        d = net.head.in_features
-        return {**params, "head.weight": sx.new_zeros(ways, d), "head.bias": sx.new_zeros(ways)}
-    body = {k[len("body."):]: v for k, v in {**params, **buffers}.items() if k.startswith("body.")}
-    fs = functional_call(net.body, body, (sx,)).flatten(1)  # support statistics, as class_prototypes
-    w, b = prototype_head(fs[None], sy[None], ways, check=False)  # labels checked by episode_ways
-    return {**params, "head.weight": w[0], "head.bias": b[0]}
-
-
 def _buffers(net: nn.Module) -> dict[str, Tensor]:
     """A fresh copy of the running statistics for one problem (empty for batch-statistics nets)."""
     return {k: v.clone() for k, v in net.named_buffers()}
@@ -122,38 +106,29 @@ class Curves:
 
 def finetune_problems(net: MetaNet, episode: Episode, steps: int, lr: float, eval_every: int | None = None,
                       head_init: HeadInit = "prototypes", bn: BN = "inductive",
-                      vectorize: str | bool = "auto", objective: Objective = CLASSIFICATION) -> Curves:
-    """Fine-tune all weights of ``net`` on every problem's support set (full batch, plain SGD at
-    ``lr``, ``steps`` steps of the first-order inner loop), testing on its queries every
-    ``eval_every`` steps (default: only at the start and the end). ``net`` is not modified.
-    ``objective``: classification (``acc`` is accuracy in percent) or regression (``acc`` holds
-    the MSE; the head is kept)."""
+                      vectorize: str | bool = "auto", objective: Objective = CLASSIFICATION,
+                      optimizer: InnerOptimizer = SGD) -> Curves:
+    """Fine-tune all weights of ``net`` on every problem's support set (full batch, ``steps``
+    steps of the first-order inner loop with ``optimizer`` at step size ``lr``, its state fresh
+    for each problem), testing on its queries every ``eval_every`` steps (default: only at the
+    start and the end). ``net`` is not modified. ``head_init``: where the head starts
+    (``starts``). ``objective``: classification (``acc`` is accuracy in percent) or regression
+    (``acc`` holds the MSE; the head is kept)."""
     if steps < 0 or lr <= 0:
         raise ValueError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
-    if head_init not in ("prototypes", "zero", "keep"):
-        raise ValueError(f"head_init must be prototypes, zero or keep, got {head_init!r}")
-    if bn not in ("inductive", "transductive"):
-        raise ValueError(f"bn must be 'inductive' or 'transductive', got {bn!r}")
-    if objective.regression:
-        if head_init != "keep":
-            raise ValueError(f"regression keeps the network's head: use head_init=keep, got {head_init!r}")
-        ways = net.head.out_features
-    else:
-        ways = FeatureHeadLearner.episode_ways(episode)
-    if head_init == "keep" and net.head.out_features != ways:
-        raise ValueError(f"head_init=keep needs a head of {ways} outputs (the problems' ways), the net has "
-                         f"{net.head.out_features}; use head_init=prototypes or zero")
+    ways = _check(net, episode, head_init, bn, objective)
     every = eval_every or max(steps, 1)
     if every < 1:
         raise ValueError(f"eval_every must be >= 1 step, got {eval_every}")
     points = sorted({*range(0, steps + 1, every), steps})
+    run = (lr, optimizer, objective)
     was_training = net.training
     try:
         net.train()  # batch statistics of the support set in adaptation (running ones updated)
         if use_vmap(net, episode.support_x.device, vectorize):
-            acc, loss, secs, logits = _finetune_vmap(net, episode, points, lr, ways, head_init, bn, objective)
+            acc, loss, secs, logits = _finetune_vmap(net, episode, points, run, ways, head_init, bn)
         else:
-            runs = [_finetune_one(net, episode[i], points, lr, ways, head_init, bn, objective)
+            runs = [_finetune_one(net, episode[i], points, run, ways, head_init, bn)
                     for i in range(episode.num_tasks)]
             acc, loss, secs, logits = (torch.stack(t) for t in zip(*runs))
     finally:
@@ -161,14 +136,56 @@ def finetune_problems(net: MetaNet, episode: Episode, steps: int, lr: float, eva
     return Curves(points, acc, loss, secs, logits)
 
 
-def _sgd(forward, params: dict[str, Tensor], sx: Tensor, sy: Tensor, steps: int, lr: float,
-         objective: Objective) -> dict[str, Tensor]:
-    """``steps`` first-order steps of ``adapt``, one at a time: its trajectory would otherwise
-    hold every intermediate model between two evaluations."""
+def _check(net: MetaNet, episode: Episode, head_init: str, bn: str, objective: Objective) -> int:
+    """The problems' number of outputs, after checking the start and batch norm fit them."""
+    check_head_init(head_init)
+    if bn not in ("inductive", "transductive"):
+        raise ValueError(f"bn must be 'inductive' or 'transductive', got {bn!r}")
+    if objective.regression:
+        if head_init != "keep":
+            raise ValueError(f"regression keeps the network's head: use head_init=keep, got {head_init!r}")
+        return net.head.out_features
+    ways = FeatureHeadLearner.episode_ways(episode)
+    if head_init == "keep" and net.head.out_features != ways:
+        raise ValueError(f"head_init=keep needs a head of {ways} outputs (the problems' ways), the net has "
+                         f"{net.head.out_features}; use head_init=zero or tempered")
+    return ways
+
+
+def start_support_loss(net: MetaNet, episode: Episode, head_init: HeadInit,
+                       objective: Objective = CLASSIFICATION) -> Tensor:
+    """Every problem's support loss at the start ``head_init`` gives, ``[P]``: the loss whose
+    gradient the first fine-tuning step follows (training-mode batch norm, as in adaptation)."""
+    ways = _check(net, episode, head_init, "inductive", objective)
+    was_training = net.training
+    net.train()
+    try:
+        out = []
+        with torch.no_grad():
+            for i in range(episode.num_tasks):
+                sx, sy, buffers = episode.support_x[i], episode.support_y[i], _buffers(net)
+                params = start(net, sx, sy, ways, head_init, buffers)
+                out.append(objective.loss(functional_call(net, {**params, **buffers}, (sx,)), sy))
+    finally:
+        net.train(was_training)
+    return torch.stack(out)
+
+
+Run = tuple[float, InnerOptimizer, Objective]  # step size, update rule, loss
+
+
+def _steps(forward, params: dict[str, Tensor], slots: dict[str, dict[str, Tensor]], done: int, sx: Tensor,
+           sy: Tensor, steps: int, run: Run) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
+    """``steps`` first-order steps of ``adapt`` after ``done`` earlier ones, one at a time (its
+    trajectory would otherwise hold every intermediate model between two evaluations); the
+    optimiser's state goes in and out as tensors (``slots``), so this runs under ``vmap``."""
+    lr, optimizer, objective = run
+    state = InnerState(done, dict(slots))
     for _ in range(steps):
-        trajectory = adapt(forward, params, sx, sy, objective.loss, 1, lr, first_order=True)
+        trajectory = adapt(forward, params, sx, sy, objective.loss, 1, lr, first_order=True,
+                           optimizer=optimizer, state=state)
         params = {k: v.detach() for k, v in trajectory[-1].items()}
-    return params
+    return params, {k: {n: t.detach() for n, t in v.items()} for k, v in state.slots.items()}
 
 
 def _evaluate(net: MetaNet, params: dict[str, Tensor], sx: Tensor, qx: Tensor, qy: Tensor,
@@ -183,48 +200,47 @@ def _evaluate(net: MetaNet, params: dict[str, Tensor], sx: Tensor, qx: Tensor, q
     return objective.per_task_metric(out, qy), objective.loss(out, qy), out
 
 
-def _finetune_one(net: MetaNet, ep: Episode, points: list[int], lr: float, ways: int, head_init: HeadInit,
-                  bn: BN, objective: Objective) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _finetune_one(net: MetaNet, ep: Episode, points: list[int], run: Run, ways: int, head_init: HeadInit,
+                  bn: BN) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     sx, sy, qx, qy = ep.support_x[0], ep.support_y[0], ep.query_x[0], ep.query_y[0]
     buffers = _buffers(net)  # this problem's own running statistics (updated in place)
     t0 = time.perf_counter()
     with torch.no_grad():
-        params = _start(net, sx, sy, ways, head_init, buffers)
+        params = start(net, sx, sy, ways, head_init, buffers)
     spent = time.perf_counter() - t0
 
     def forward(p: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(net, {**p, **buffers}, (x,))
 
-    acc, loss, secs, done = [], [], [], 0
+    acc, loss, secs, done, slots = [], [], [], 0, {}
     for point in points:
         t0 = time.perf_counter()
-        params = _sgd(forward, params, sx, sy, point - done, lr, objective)
+        params, slots = _steps(forward, params, slots, done, sx, sy, point - done, run)
         spent += time.perf_counter() - t0
         done = point
         with torch.no_grad():
-            a, l_, out = _evaluate(net, {**params, **buffers}, sx, qx, qy, bn, objective)
+            a, l_, out = _evaluate(net, {**params, **buffers}, sx, qx, qy, bn, run[2])
         acc.append(a), loss.append(l_), secs.append(spent)
     return torch.stack(acc), torch.stack(loss), torch.tensor(secs, dtype=torch.float64), out
 
 
-def _finetune_vmap(net: MetaNet, ep: Episode, points: list[int], lr: float, ways: int, head_init: HeadInit,
-                   bn: BN, objective: Objective) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _finetune_vmap(net: MetaNet, ep: Episode, points: list[int], run: Run, ways: int, head_init: HeadInit,
+                   bn: BN) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     def forward(p: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(net, p, (x,))
 
-    def run(p: dict[str, Tensor], sx: Tensor, sy: Tensor, k: int) -> dict[str, Tensor]:
-        return _sgd(forward, p, sx, sy, k, lr, objective)
-
     n = ep.num_tasks
     t0 = time.perf_counter()
-    params = vmap(lambda sx, sy: _start(net, sx, sy, ways, head_init, {}))(ep.support_x, ep.support_y)
+    params = vmap(lambda sx, sy: start(net, sx, sy, ways, head_init, {}))(ep.support_x, ep.support_y)
     spent = time.perf_counter() - t0
-    evaluate = vmap(lambda p, sx, qx, qy: _evaluate(net, p, sx, qx, qy, bn, objective))
-    acc, loss, secs, done = [], [], [], 0
+    evaluate = vmap(lambda p, sx, qx, qy: _evaluate(net, p, sx, qx, qy, bn, run[2]))
+    acc, loss, secs, done, slots = [], [], [], 0, {}
     for point in points:
         t0 = time.perf_counter()
         if point > done:
-            params = vmap(partial(run, k=point - done))(params, ep.support_x, ep.support_y)
+            step = partial(_steps, forward, done=done, steps=point - done, run=run)
+            params, slots = vmap(lambda p, s, sx, sy: step(p, s, sx=sx, sy=sy))(params, slots, ep.support_x,
+                                                                               ep.support_y)
         spent += time.perf_counter() - t0
         done = point
         with torch.no_grad():
