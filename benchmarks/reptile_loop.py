@@ -5,7 +5,8 @@ The paper's 5-way setting (Nichol et al. 2018): 10 training shots per class, Ada
 step 1e-3) on mini-batches of 10 support images for 5 iterations, its moments carried from task to
 task, meta-batch 5, outer step 1.0; Conv4 with transductive batch norm. The plain loop: a copy of
 the module and one ``torch.optim.Adam`` kept across tasks, each task started from the meta-weights
-(restored in place), the mean of the adapted weights taken after the meta-batch. Before timing,
+(restored in place), the mean of the adapted weights taken after the meta-batch, each task's query predictions made (the
+training loss a run logs, which metaft's step also returns). Before timing,
 both make the same meta-step in float64 (the gate); then they alternate in timed rounds
 (``bench.time_alternating``) and the ratio is the median of the rounds' paired ratios.
 """
@@ -63,6 +64,7 @@ def plain_step(learner: Reptile, episode: Episode,
 
     def step() -> None:
         total = [torch.zeros_like(p) for p in meta]
+        outputs = []
         for t in range(episode.num_tasks):
             sx, sy = episode.support_x[t], episode.support_y[t]
             with torch.no_grad():
@@ -73,6 +75,9 @@ def plain_step(learner: Reptile, episode: Episode,
                 F.cross_entropy(module(sx[idx]), sy[idx]).backward()
                 inner.step()
             with torch.no_grad():
+                # The adapted model's query predictions: the training loss and accuracy a run logs,
+                # which metaft's step returns too.
+                outputs.append(module(episode.query_x[t]))
                 for acc, f in zip(total, fast):
                     acc.add_(f)
         with torch.no_grad():  # theta <- theta + 1.0 * (mean(phi) - theta)

@@ -307,8 +307,9 @@ def test_corrupt_zip_or_png_is_named(tmp_path):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(ways=700), r"dataset.ways=700 but the val split of dataset.split=vinyals has only 688 classes"),
-    (dict(shots=5, queries=16), r"shots \+ dataset.queries/eval_queries = 5 \+ 16 > 20"),
-    (dict(shots=1, queries=15, eval_queries=20), r"1 \+ 20 > 20"),
+    (dict(shots=5, queries=16), r"dataset.shots \+ dataset.queries = 5 \+ 16 > 20"),
+    (dict(shots=1, queries=15, eval_queries=20), r"dataset.shots \+ dataset.eval_queries = 1 \+ 20 > 20"),
+    (dict(shots=1, train_shots=10, queries=15), r"dataset.train_shots \+ dataset.queries = 10 \+ 15 > 20.*lower dataset.train_shots"),
     (dict(split="omniglot"), "dataset.split must be 'vinyals' or 'lake'"),
     (dict(split="lake", lake_val_alphabets=30), "lake_val_alphabets must be in 1..29"),
     (dict(ways=0), "dataset.ways must be > 0"),
@@ -495,6 +496,19 @@ def test_experiment_configs_compose(run_config, experiment, ways, lr, eval_lr, s
     assert cfg.algorithm.eval_inner_lr == eval_lr
     assert (cfg.algorithm.inner_steps, cfg.dataset.meta_batch_size, cfg.algorithm.vectorize) == (steps, batch, "auto")
     assert cfg.model.image_size == cfg.dataset.image_size == 28
+
+
+@pytest.mark.parametrize("experiment, batch, steps, lr, eval_batch, iterations", [
+    ("omniglot_paper", 10, 5, 1e-3, 5, 100_000), ("omniglot_paper_20way", 20, 10, 5e-4, 10, 200_000)])
+def test_reptile_paper_recipes_are_the_papers_settings(run_config, experiment, batch, steps, lr, eval_batch, iterations):
+    """Nichol et al. (2018)'s Omniglot settings: Adam (beta1 = 0) on support mini-batches with its
+    moments carried over, 10 training shots, 50 test iterations, meta-batch 5, outer step 1.0 annealed."""
+    cfg = run_config("train", [f"experiment={experiment}", "algorithm=reptile"])
+    a = cfg.algorithm
+    assert (a.inner_optimizer, list(a.inner_betas), a.inner_state, a.first_order) == ("adam", [0.0, 0.999], "carry", True)
+    assert (a.inner_batch, a.inner_steps, a.inner_lr, a.eval_inner_batch, a.eval_inner_steps) == (batch, steps, lr, eval_batch, 50)
+    assert (cfg.dataset.shots, cfg.dataset.train_shots, cfg.dataset.meta_batch_size) == (1, 10, 5)
+    assert (a.optimizer.lr, a.scheduler.end_factor, a.scheduler.total_iters, cfg.trainer.max_steps) == (1.0, 0.0, iterations, iterations)
 
 
 ALGORITHMS = sorted(p.stem for p in (ROOT / "conf" / "algorithm").glob("*.yaml"))

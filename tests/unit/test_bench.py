@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,3 +127,27 @@ def test_evaluation_adapts_under_lightnings_grad_modes(sinusoid_episode, vectori
 def test_bad_options_say_which(argv, message):
     with pytest.raises(SystemExit, match=message):
         bench.main(argv)
+
+
+def test_reptile_paper_step_equals_the_plain_adam_loop(monkeypatch):
+    """benchmarks/reptile_loop.py's gate: metaft's Reptile step with the paper's inner loop and the
+    torch.optim.Adam loop a user writes make the same two meta-steps in float64; a different inner
+    step size in the plain loop is caught."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(bench.__file__).parent))
+    sys.modules.pop("reptile_loop", None)
+    import reptile_loop
+
+    assert reptile_loop.gate() < 1e-12
+    monkeypatch.setattr(reptile_loop, "INNER_LR", 2e-3)  # both would use it: change only the plain loop's Adam
+    monkeypatch.setattr(reptile_loop, "make_learner", lambda seed=0, lr=1e-3: reptile_loop.Reptile(
+        net=_seeded_conv(seed), task="classification", inner_lr=lr, inner_steps=reptile_loop.STEPS,
+        inner_optimizer="adam", inner_betas=[0.0, 0.999], inner_state="carry", inner_batch=reptile_loop.BATCH,
+        optimizer=lambda params: torch.optim.SGD(params, lr=1.0)))
+    assert reptile_loop.gate() > 1e-6
+
+
+def _seeded_conv(seed: int) -> Conv4:
+    torch.manual_seed(seed)
+    return Conv4(1, 28, 64, 5, pool="max")
