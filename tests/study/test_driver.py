@@ -165,7 +165,7 @@ def test_a_preset_changes_its_base_study_and_replaces_its_inits_whole():
     assert cpu.name == "omniglot_cpu" and "base" not in cpu
     assert list(cpu.target.ways) == [5] and cpu.target.shots == full.target.shots  # the rest inherited
     assert set(cpu.inits) < set(full.inits) and "metaoptnet" not in cpu.inits and not cpu.variants
-    assert cpu.adapt.probe == full.adapt.probe and list(cpu.adapt.finetune.shots) == [1]
+    assert cpu.adapt.probe == full.adapt.probe and list(cpu.adapt.finetune.shots) == [1, 5, "all"]
 
 
 def test_stage_one_runs_can_be_launched_through_a_prefix_and_a_new_neutral_setting_continues(tmp_path, monkeypatch):

@@ -31,9 +31,12 @@ def test_full_fine_tuning_reports_progress_inside_its_piece(tmp_path, capsys):
     assert main(["sinusoid", *toy, "target.shots=[2]", "--out", str(tmp_path / "s"), "--ckpt",
                  maml_ckpts(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
+    chosen = [line for line in lines if line.startswith("N=None K=2 maml finetune: ")]
+    # Chosen once for both seeds, on 3 validation problems each, not val_problems=50: no more
+    # than the 3 test problems fine-tuned.
+    assert len(chosen) == 1 and "chosen on 3 validation problems x 2 seeds in " in chosen[0], chosen
+    assert chosen[0].startswith("N=None K=2 maml finetune: start keep, ")
     piece = [line for line in lines if line.startswith("N=None K=2 maml seed 0 finetune")]
-    assert piece[0].startswith("N=None K=2 maml seed 0 finetune: step size ")
-    # 3 validation problems, not val_problems=50: no more than the 3 test problems fine-tuned
-    assert "chosen on 3 validation problems in " in piece[0] and piece[0].endswith("fine-tuning 3 test problems")
+    assert piece[0] == "N=None K=2 maml seed 0 finetune: fine-tuning 3 test problems"
     assert piece[1].startswith("N=None K=2 maml seed 0 finetune: 2/3 test problems fine-tuned, ")
     assert piece[-1].startswith("N=None K=2 maml seed 0 finetune: 3 problems in ")

@@ -17,7 +17,7 @@ from metaft.study.protocol import Primary
 
 CONFIG = "study_config.yaml"
 FIELDS = ["init", "seed", "ways", "shots", "adaptation", "problem", "fingerprint", "metric", "bn",
-          "chosen_step", "chosen_lr", "steps_to_final", "seconds_to_final", "auc", "curve"]
+          "chosen_step", "chosen_lr", "chosen_start", "chosen_optimizer", "steps_to_final", "seconds_to_final", "auc", "curve"]
 
 
 def format_curve(steps: list[int], values: list[float]) -> str:

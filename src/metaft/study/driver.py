@@ -29,7 +29,7 @@ from metaft.runtime.io import atomic_write_text, load_checkpoint
 from metaft.runtime.paths import project_root
 from metaft.runtime.run_dirs import claim
 from metaft.finetune.targets import parse_shots
-from metaft.study import analysis, evaluate, protocol, stage1, stats, targets
+from metaft.study import analysis, choices, evaluate, protocol, stage1, stats, targets
 from metaft.study.problems import problem_fingerprints
 from metaft.study.stats import curves_convergence
 
@@ -144,9 +144,10 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
             val = targets.problems(dm, "val", validation_problems(cfg), int(t.seed), f"N{ways}_K{shots}", int(t.chunk))
             fps = [fp for ep in test for fp in problem_fingerprints(ep)]
             n_ft = int(t.finetune_problems)
+            chooser = _Chooser(inits, val, cfg, objective, piece, f"N={ways} K={shots}")
             for (init, seed), adaptation in todo:
                 began = time.perf_counter()
-                rows = _adapt(inits[init, seed], adaptation, shots, test, val, n_ft, fps, cfg, objective,
+                rows = _adapt(inits[init, seed], adaptation, shots, test, chooser, n_ft, fps, cfg, objective,
                               label=f"N={ways} K={shots} {init} seed {seed} {adaptation}")
                 common = {"init": init, "seed": seed, "ways": ways, "shots": shots, "adaptation": adaptation,
                           "bn": cfg.adapt.bn}
@@ -159,51 +160,79 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
 
 
 def validation_problems(cfg: DictConfig) -> int:
-    """The validation problems that choose full fine-tuning's step size and count:
-    ``adapt.finetune.val_problems``, but never more than the test problems fine-tuned
-    (``target.problems``, ``target.finetune_problems``), so a small study is not spent choosing."""
+    """The validation problems that choose full fine-tuning's settings and the learners' test-time
+    step size and count: ``adapt.finetune.val_problems``, but never more than the test problems
+    fine-tuned (``target.problems``, ``target.finetune_problems``), so a small study is not spent choosing."""
     t = cfg.target
     return max(1, min(int(cfg.adapt.finetune.val_problems), int(t.problems), int(t.finetune_problems)))
 
 
-def _adapt(init: evaluate.Init, adaptation: str, shots: object, test: list, val: list, n_ft: int,
+class _Chooser:
+    """The settings chosen on validation problems for one (N, K), once per (init, adaptation) for
+    all of the init's stage-1 seeds together (``choices``), saved in the piece's folder."""
+
+    def __init__(self, inits: dict, val: list, cfg: DictConfig, objective: Objective, piece: Path, label: str) -> None:
+        self.inits, self.val, self.cfg, self.objective, self.piece, self.label = inits, val, cfg, objective, piece, label
+
+    def __call__(self, init: str, adaptation: str) -> choices.Finetune | choices.Inner:
+        group = [v for (name, _), v in sorted(self.inits.items()) if name == init]
+        pick, kind = ((choices.choose_finetune, choices.Finetune) if adaptation == "finetune"
+                      else (choices.choose_inner, choices.Inner))
+        path = self.piece / f"{init}_{adaptation}_choice.json"
+        began, fresh = time.perf_counter(), not path.is_file()
+        chosen = choices.cached(path, kind, lambda: pick(group, self.val, self.cfg, self.objective))
+        if fresh:
+            print(f"{self.label} {init} {adaptation}: {chosen.describe()}, chosen on {sum(ep.num_tasks for ep in self.val)} "
+                  f"validation problems x {len(group)} seeds in {time.perf_counter() - began:.1f}s", flush=True)
+        return chosen
+
+
+def _adapt(init: evaluate.Init, adaptation: str, shots: object, test: list, chooser: _Chooser, n_ft: int,
            fps: list[str], cfg: DictConfig, objective: Objective, label: str = "") -> list[dict[str, object]]:
     """One (init, seed, N, K, adaptation): a row per problem (none when it does not apply). Full
-    fine-tuning, the long piece, prints a line when it has chosen its settings and after each chunk."""
+    fine-tuning, the long piece, prints a line after each chunk."""
     if adaptation == "probe":
         values = np.concatenate([evaluate.probe(init, ep, cfg, objective) for ep in test])
         return [{"problem": i, "fingerprint": fp, "metric": float(v)} for i, (fp, v) in enumerate(zip(fps, values))]
     if adaptation == "inner":
-        if not cfg.adapt.inner:
+        ways = _ways(test[0], objective)
+        learner = init.learner
+        if not cfg.adapt.inner or learner is None or (
+                ways is not None and not learner.sizes_head_per_episode and learner.net.head.out_features != ways):
             return []
-        parts = [evaluate.inner(init, ep, _ways(ep, objective), objective) for ep in test]
-        if any(p is None for p in parts):
-            return []
-        values = np.concatenate(parts)
-        return [{"problem": i, "fingerprint": fp, "metric": float(v)} for i, (fp, v) in enumerate(zip(fps, values))]
-    # Full fine-tuning: step size and count chosen on validation problems, then the test problems.
+        extra: dict[str, object] = {}
+        c = chooser(init.name, "inner") if choices.adapts_at_test(init) else None
+        with choices.scaled_step(init, c.lr_scale if c else 1.0):
+            values = np.concatenate([evaluate.inner(init, ep, ways, objective, c.steps if c else None) for ep in test])
+            if c is not None:  # the learned step sizes of Meta-SGD are recorded as scale 1 of its own
+                extra = {"chosen_step": c.steps, "chosen_lr": learner.eval_inner_lr}
+        return [{"problem": i, "fingerprint": fp, "metric": float(v), **extra}
+                for i, (fp, v) in enumerate(zip(fps, values))]
+    # Full fine-tuning: start, optimiser, step size and count chosen on validation problems, then the test problems.
     only = cfg.adapt.finetune.get("shots")
     if only is not None and str(shots) not in {str(k) for k in only}:
         return []  # fine-tuned at the Ks of adapt.finetune.shots only (its cost grows with K)
     began = time.perf_counter()
-    lr, j = evaluate.choose(init, val, cfg, objective)
+    c = chooser(init.name, "finetune")
     total = min(n_ft, sum(ep.num_tasks for ep in test))
-    print(f"{label}: step size {lr} chosen on {sum(ep.num_tasks for ep in val)} validation problems in "
-          f"{time.perf_counter() - began:.1f}s; fine-tuning {total} test problems", flush=True)
+    print(f"{label}: fine-tuning {total} test problems", flush=True)
     rows: list[dict[str, object]] = []
     done = 0
     for ep in test:
         take = min(ep.num_tasks, n_ft - done)
         if take <= 0:
             break
-        c = evaluate.finetune_curves(init, ep[:take], cfg, objective, lr)
+        curves = choices.finetune_curves(init, ep[:take], cfg, objective, c)
+        j = curves.steps.index(c.step)
         sign = -1.0 if objective.regression else 1.0  # convergence reads "higher is better"
-        conv = curves_convergence(c.steps, sign * c.acc.double().numpy(), c.seconds.numpy(), tol=float(cfg.tolerance))
+        conv = curves_convergence(curves.steps, sign * curves.acc.double().numpy(), curves.seconds.numpy(),
+                                  tol=float(cfg.tolerance))
         for i in range(take):
-            rows.append({"problem": done + i, "fingerprint": fps[done + i], "metric": float(c.acc[i, j]),
-                         "chosen_step": c.steps[j], "chosen_lr": lr, "steps_to_final": conv["steps"][i],
+            rows.append({"problem": done + i, "fingerprint": fps[done + i], "metric": float(curves.acc[i, j]),
+                         "chosen_step": c.step, "chosen_lr": c.lr, "chosen_start": c.start,
+                         "chosen_optimizer": c.optimizer, "steps_to_final": conv["steps"][i],
                          "seconds_to_final": conv["seconds"][i], "auc": sign * conv["auc"][i],
-                         "curve": analysis.format_curve(c.steps, c.acc[i].tolist())})
+                         "curve": analysis.format_curve(curves.steps, curves.acc[i].tolist())})
         done += take
         spent = time.perf_counter() - began
         if done < total:
@@ -237,9 +266,10 @@ def report(out: Path) -> str:
               f"({cfg.target.finetune_problems} for full fine-tuning), the same for every init and seed (crossed).",
               f"CIs: {stats.CROSSED} at {100 * (1 - alpha):.0f}%, seeds and problems both random (with {len(seeds)} "
               f"seeds the spread between seeds enters with t({len(seeds) - 1})'s tail); the primary comparison Holm-corrected over its family, "
-              "everything else exploratory; Cohen's d_z of the paired differences. Full fine-tuning's step size and "
-              "count are chosen per (init, N, K) on validation problems (the stage-1 validation classes or "
-              "functions), never on the test problems."]
+              "everything else exploratory; Cohen's d_z of the paired differences. Full fine-tuning's start, optimiser, "
+              "step size and count, and the learners' test-time step size and count, are chosen per (init, N, K) "
+              "on validation problems (the stage-1 validation classes or functions), once for all of an init's "
+              "seeds, never on the test problems (`rows/N*_K*/<init>_<adaptation>_choice.json`)."]
     text = analysis.markdown(study, metric, header)
     text += "\n" + "\n".join(analysis.convergence_table(rows))
     atomic_write_text(out / "study.md", text)
@@ -278,6 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         cfg = load_config(args.name, args.rest)
         protocol.check(cfg)  # the test split and the primary comparison, before anything runs
+        choices.check(cfg)  # the grids chosen from on validation problems
         given = given_checkpoints(cfg, args.ckpt)
         out = output_dir(cfg, args.out)
         print(f"study directory: {out}", flush=True)

@@ -1,5 +1,6 @@
-"""One initialisation's results on the study's target problems, for each adaptation: a linear
-probe on frozen features, full fine-tuning of all weights, and the learner's own adaptation."""
+"""One initialisation on the study's target problems: loading it, checking its checkpoint, a
+linear probe on frozen features and the learner's own adaptation (full fine-tuning and the
+settings chosen on validation problems: ``choices``)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -75,42 +76,15 @@ def probe(init: Init, episode: Episode, cfg: DictConfig, objective: Objective) -
                             C=float(cfg.adapt.probe.C)).double().numpy()
 
 
-def learning_rates(cfg: DictConfig) -> list[float]:
-    lr = cfg.adapt.finetune.lr
-    return [float(v) for v in lr] if OmegaConf.is_list(lr) else [float(lr)]
-
-
-def finetune_curves(init: Init, episode: Episode, cfg: DictConfig, objective: Objective, lr: float) -> P.Curves:
-    ft = cfg.adapt.finetune
-    return P.finetune_problems(init.net, episode, int(ft.max_steps), lr, int(ft.eval_every),
-                               head_init=ft.head_init, bn=cfg.adapt.bn, objective=objective)
-
-
-def choose(init: Init, val: list[Episode], cfg: DictConfig, objective: Objective) -> tuple[float, int]:
-    """Full fine-tuning's step size and step count (an evaluation point's index): the pair with
-    the best mean metric on the validation problems. A diverged problem (non-finite metric)
-    counts as the worst possible, so a step size that diverges anywhere is not chosen over one
-    that does not."""
-    best: tuple[float, float, int] | None = None
-    for lr in learning_rates(cfg):
-        acc = torch.cat([finetune_curves(init, ep, cfg, objective, lr).acc for ep in val]).double()
-        worst = float("inf") if objective.regression else 0.0
-        score = torch.where(torch.isfinite(acc), acc, torch.full_like(acc, worst)).mean(0)
-        score = score if objective.regression else -score  # lower is better from here
-        j = int(score.argmin())
-        if best is None or float(score[j]) < best[0]:
-            best = (float(score[j]), lr, j)
-    assert best is not None
-    return best[1], best[2]
-
-
-def inner(init: Init, episode: Episode, ways: int | None, objective: Objective) -> np.ndarray | None:
+def inner(init: Init, episode: Episode, ways: int | None, objective: Objective,
+          steps: int | None = None) -> np.ndarray | None:
     """The learner's own adaptation (its inner loop, prototypes, SVM or fitted head) at its test
-    setting; ``None`` when there is no learner or its head cannot take ``ways`` classes."""
+    setting, or ``steps`` steps (``choices.choose_inner``'s count; its step size is set around this
+    call); ``None`` when there is no learner or its head cannot take ``ways`` classes."""
     learner = init.learner
     if learner is None:
         return None
     if ways is not None and not learner.sizes_head_per_episode and learner.net.head.out_features != ways:
         return None
-    metric, _ = learner.adaptation_curve(episode, learner.eval_inner_steps)
+    metric, _ = learner.adaptation_curve(episode, learner.eval_inner_steps if steps is None else steps)
     return metric[:, -1].double().numpy()
