@@ -44,7 +44,8 @@ def test_every_init_is_adapted_on_the_same_problems_and_reported(tmp_path):
     for (shots, adaptation, init, seed), fps in problems.items():
         # The same problems for every init and seed at this K and adaptation (paired) ...
         assert fps == problems[shots, adaptation, "maml", "0"], (shots, adaptation, init, seed)
-    # ... and other problems at another K; full fine-tuning takes the first of the same problems.
+    # ... and other problems at another K (nested: more labels, the same queries); full fine-tuning
+    # takes the first of the same problems.
     assert problems["2", "probe", "random", "0"].isdisjoint(problems["5", "probe", "random", "0"])
     assert problems["2", "finetune", "maml", "1"] < problems["2", "probe", "maml", "1"]
     assert {r["adaptation"] for r in table if r["init"] == "random"} == {"probe", "finetune"}  # no inner loop

@@ -28,14 +28,13 @@ from metaft.core.objective import Objective
 from metaft.runtime.io import atomic_write_text, load_checkpoint
 from metaft.runtime.paths import project_root
 from metaft.runtime.run_dirs import claim
-from metaft.finetune.targets import parse_shots
-from metaft.study import analysis, choices, evaluate, protocol, stage1, stats, targets
+from metaft.study import analysis, choices, evaluate, labels, protocol, stage1, stats, targets
 from metaft.study.problems import problem_fingerprints
 from metaft.study.stats import curves_convergence
 
 CONFIG = "study_config.yaml"
 # Settings read by the report alone (no row depends on them): a continued study may change them.
-REPORT_ONLY = ("intervals.", "bootstrap.")
+REPORT_ONLY = ("intervals.", "bootstrap.", "labels.")
 
 
 def load_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -130,18 +129,16 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
         if ckpt is not None:
             evaluate.check(init, load_checkpoint(ckpt, what=f"the checkpoint of init {init}"), cfg)
     inits = {key: evaluate.Init(key[0], key[1], ckpt, cfg, objective) for key, ckpt in ckpts.items()}
-    t, ft = cfg.target, cfg.adapt.finetune
+    t = cfg.target
     for ways in t.ways:
+        sets = targets.Problems(cfg, ways, validation_problems(cfg), objective.regression)  # drawn when needed
         for shots in t.shots:
-            k = parse_shots(shots, int(t.all_shots))  # `all`: every example left after the test ones
             piece = out / "rows" / f"N{ways}_K{shots}"
             todo = [(key, a) for key in inits for a in evaluate.ADAPTATIONS
                     if not (piece / f"{key[0]}_seed{key[1]}_{a}.csv").is_file()]
             if not todo:
                 continue
-            dm = targets.datamodule(cfg.dataset, ways, k, int(t.test_per_class))
-            test = targets.problems(dm, t.split, int(t.problems), int(t.seed), f"N{ways}_K{shots}", int(t.chunk))
-            val = targets.problems(dm, "val", validation_problems(cfg), int(t.seed), f"N{ways}_K{shots}", int(t.chunk))
+            test, val = sets.at(shots)  # `all`: every example left after the test ones
             fps = [fp for ep in test for fp in problem_fingerprints(ep)]
             n_ft = int(t.finetune_problems)
             chooser = _Chooser(inits, val, cfg, objective, piece, f"N={ways} K={shots}")
@@ -272,6 +269,9 @@ def report(out: Path) -> str:
               "seeds, never on the test problems (`rows/N*_K*/<init>_<adaptation>_choice.json`)."]
     text = analysis.markdown(study, metric, header)
     text += "\n" + "\n".join(analysis.convergence_table(rows))
+    if cfg.get("labels") is not None:  # studies before the labels table have none
+        text += "\n\n" + "\n".join(labels.table(rows, [float(v) for v in cfg.labels.targets],
+                                                 int(cfg.target.all_shots), lower))
     atomic_write_text(out / "study.md", text)
     pictures = analysis.plot(out, study, metric) + analysis.plot_convergence(out, study, metric)
     _tensorboard(out, pictures)
