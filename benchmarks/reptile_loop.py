@@ -21,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench import _omniglot_compute_episode, paired_ratio, time_alternating
+try:  # run as a script: benchmarks/ is on the path
+    from bench import _omniglot_compute_episode, paired_ratio, time_alternating
+except ModuleNotFoundError:  # imported as benchmarks.reptile_loop (the tests)
+    from benchmarks.bench import _omniglot_compute_episode, paired_ratio, time_alternating
 from metaft.algorithms import Reptile
 from metaft.core.inner_loop import support_batches
 from metaft.data import Episode

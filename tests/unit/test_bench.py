@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -133,11 +132,7 @@ def test_reptile_paper_step_equals_the_plain_adam_loop(monkeypatch):
     """benchmarks/reptile_loop.py's gate: metaft's Reptile step with the paper's inner loop and the
     torch.optim.Adam loop a user writes make the same two meta-steps in float64; a different inner
     step size in the plain loop is caught."""
-    import sys
-
-    monkeypatch.syspath_prepend(str(Path(bench.__file__).parent))
-    sys.modules.pop("reptile_loop", None)
-    import reptile_loop
+    from benchmarks import reptile_loop
 
     assert reptile_loop.gate() < 1e-12
     monkeypatch.setattr(reptile_loop, "INNER_LR", 2e-3)  # both would use it: change only the plain loop's Adam
