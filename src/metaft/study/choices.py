@@ -16,10 +16,11 @@ diverges anywhere is never chosen over one that does not.
 from __future__ import annotations
 
 import json
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from torch import Tensor
 from metaft.core.inner_loop import OPTIMIZERS, InnerOptimizer
 from metaft.core.objective import Objective
 from metaft.data.episode import Episode
+from metaft.runtime.io import atomic_write_text
 from metaft.study import problems as P
 from metaft.study.evaluate import Init
 from metaft.study.starts import check_head_init
@@ -177,12 +179,29 @@ def inner(init: Init, episode: Episode, choice: Inner) -> np.ndarray:
     return metric[:, -1].double().numpy()
 
 
-def cached(path: Path, kind: type, compute) -> object:
+def cached(path: Path, kind: type, compute: Callable[[], object]) -> object:
     """``kind`` read from ``path`` if a continued study chose it already, else computed and saved."""
     if path.is_file():
         return kind(**json.loads(path.read_text()))
     value = compute()
-    from metaft.runtime.io import atomic_write_text
-
     atomic_write_text(path, json.dumps(asdict(value)) + "\n")
     return value
+
+
+class Chooser:
+    """The settings chosen on validation problems for one (N, K), once per (init, adaptation) for
+    all of the init's stage-1 seeds together (``choices``), saved in the piece's folder."""
+
+    def __init__(self, inits: dict, val: list, cfg: DictConfig, objective: Objective, piece: Path, label: str) -> None:
+        self.inits, self.val, self.cfg, self.objective, self.piece, self.label = inits, val, cfg, objective, piece, label
+
+    def __call__(self, init: str, adaptation: str) -> Finetune | Inner:
+        group = [v for (name, _), v in sorted(self.inits.items()) if name == init]
+        pick, kind = (choose_finetune, Finetune) if adaptation == "finetune" else (choose_inner, Inner)
+        path = self.piece / f"{init}_{adaptation}_choice.json"
+        began, fresh = time.perf_counter(), not path.is_file()
+        chosen = cached(path, kind, lambda: pick(group, self.val, self.cfg, self.objective))
+        if fresh:
+            print(f"{self.label} {init} {adaptation}: {chosen.describe()}, chosen on {sum(ep.num_tasks for ep in self.val)} "
+                  f"validation problems x {len(group)} seeds in {time.perf_counter() - began:.1f}s", flush=True)
+        return chosen

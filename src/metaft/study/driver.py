@@ -141,7 +141,7 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
             test, val = sets.at(shots)  # `all`: every example left after the test ones
             fps = [fp for ep in test for fp in problem_fingerprints(ep)]
             n_ft = int(t.finetune_problems)
-            chooser = _Chooser(inits, val, cfg, objective, piece, f"N={ways} K={shots}")
+            chooser = choices.Chooser(inits, val, cfg, objective, piece, f"N={ways} K={shots}")
             for (init, seed), adaptation in todo:
                 began = time.perf_counter()
                 rows = _adapt(inits[init, seed], adaptation, shots, test, chooser, n_ft, fps, cfg, objective,
@@ -164,27 +164,7 @@ def validation_problems(cfg: DictConfig) -> int:
     return max(1, min(int(cfg.adapt.finetune.val_problems), int(t.problems), int(t.finetune_problems)))
 
 
-class _Chooser:
-    """The settings chosen on validation problems for one (N, K), once per (init, adaptation) for
-    all of the init's stage-1 seeds together (``choices``), saved in the piece's folder."""
-
-    def __init__(self, inits: dict, val: list, cfg: DictConfig, objective: Objective, piece: Path, label: str) -> None:
-        self.inits, self.val, self.cfg, self.objective, self.piece, self.label = inits, val, cfg, objective, piece, label
-
-    def __call__(self, init: str, adaptation: str) -> choices.Finetune | choices.Inner:
-        group = [v for (name, _), v in sorted(self.inits.items()) if name == init]
-        pick, kind = ((choices.choose_finetune, choices.Finetune) if adaptation == "finetune"
-                      else (choices.choose_inner, choices.Inner))
-        path = self.piece / f"{init}_{adaptation}_choice.json"
-        began, fresh = time.perf_counter(), not path.is_file()
-        chosen = choices.cached(path, kind, lambda: pick(group, self.val, self.cfg, self.objective))
-        if fresh:
-            print(f"{self.label} {init} {adaptation}: {chosen.describe()}, chosen on {sum(ep.num_tasks for ep in self.val)} "
-                  f"validation problems x {len(group)} seeds in {time.perf_counter() - began:.1f}s", flush=True)
-        return chosen
-
-
-def _adapt(init: evaluate.Init, adaptation: str, shots: object, test: list, chooser: _Chooser, n_ft: int,
+def _adapt(init: evaluate.Init, adaptation: str, shots: object, test: list, chooser: choices.Chooser, n_ft: int,
            fps: list[str], cfg: DictConfig, objective: Objective, label: str = "") -> list[dict[str, object]]:
     """One (init, seed, N, K, adaptation): a row per problem (none when it does not apply). Full
     fine-tuning, the long piece, prints a line after each chunk."""
