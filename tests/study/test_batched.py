@@ -170,7 +170,7 @@ def test_running_statistics_per_problem_copy():
     assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
 
 
-@pytest.mark.parametrize("head_init", ["zero", "keep", "prototypes"])
+@pytest.mark.parametrize("head_init", ["zero", "keep", "prototypes", "tempered", "lpft"])
 def test_vmap_and_loop_agree(head_init):
     """Both of use_vmap's routes give the same numbers, for a Conv4 and an MLP (which ``auto``
     vmaps on a CPU)."""
@@ -186,7 +186,10 @@ def test_vmap_and_loop_agree(head_init):
     for model, episode in ((net, ep), (mlp, flat)):
         a = finetune_problems(model, episode, steps=3, lr=0.3, eval_every=2, head_init=head_init, vectorize="true")
         b = finetune_problems(model, episode, steps=3, lr=0.3, eval_every=2, head_init=head_init, vectorize="false")
-        torch.testing.assert_close(a.logits, b.logits, rtol=1e-10, atol=1e-10)
+        # lpft's solver stops when the whole batch's gradient is below 1e-10: one problem alone
+        # or five together stop at slightly different points.
+        tol = 1e-8 if head_init == "lpft" else 1e-10
+        torch.testing.assert_close(a.logits, b.logits, rtol=tol, atol=tol)
         torch.testing.assert_close(a.acc, b.acc)
         assert a.steps == [0, 2, 3]
 

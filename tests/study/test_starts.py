@@ -90,5 +90,34 @@ def test_adam_fine_tuning_equals_torch_optim_adam_per_problem(vectorize):
 
 
 def test_an_unknown_start_names_the_setting():
-    with pytest.raises(ValueError, match="head_init must be one of prototypes, zero, keep, tempered"):
+    with pytest.raises(ValueError, match="head_init must be one of prototypes, zero, keep, tempered, lpft"):
         finetune_problems(_net(), _episode(), steps=1, lr=0.1, head_init="cosine")
+
+
+def test_the_lpft_start_is_a_logistic_regression_on_scale_free_features():
+    """Its head minimises mean cross-entropy + |W|^2 / (2 C S) on the support features divided
+    by their mean norm (found here by L-BFGS, float64), mapped back to the raw features; so it is
+    the same head, up to that scale, for features 30 times as large."""
+    ep = _one_shot(ways=3, shots=2)
+    for scale in (1.0, 30.0):
+        net = _spread_mlp(scale)
+        curves = finetune_problems(net, ep, steps=0, lr=1.0, head_init="lpft")
+        for i in range(ep.num_tasks):
+            sx, sy, qx = ep.support_x[i], ep.support_y[i], ep.query_x[i]
+            with torch.no_grad():
+                f, fq = net.body(sx), net.body(qx)
+            r = f.norm(dim=1).mean()
+            w = torch.zeros(3, f.shape[1], dtype=torch.float64, requires_grad=True)
+            b = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+            opt = torch.optim.LBFGS([w, b], lr=1, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14,
+                                    line_search_fn="strong_wolfe")
+
+            def closure():
+                opt.zero_grad()
+                loss = F.cross_entropy(f / r @ w.T + b, sy) + 0.5 / (1.0 * len(sy)) * w.pow(2).sum()
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+            with torch.no_grad():
+                torch.testing.assert_close(curves.logits[i], fq / r @ w.T + b, rtol=1e-6, atol=1e-6)

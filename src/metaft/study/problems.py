@@ -39,7 +39,7 @@ from metaft.algorithms.probes import (
     probe_logits,
     prototype_head,
 )
-from metaft.study.starts import HeadInit, check_head_init, start
+from metaft.study.starts import HeadInit, check_head_init, features, lp_head, start
 from metaft.models.nets import MetaNet
 from metaft.models.norm import support_statistics
 
@@ -231,7 +231,12 @@ def _finetune_vmap(net: MetaNet, ep: Episode, points: list[int], run: Run, ways:
 
     n = ep.num_tasks
     t0 = time.perf_counter()
-    params = vmap(lambda sx, sy: start(net, sx, sy, ways, head_init, {}))(ep.support_x, ep.support_y)
+    if head_init == "lpft":  # its solver is batched over problems already (and cannot run under vmap)
+        params = vmap(lambda sx, sy: start(net, sx, sy, ways, "zero", {}))(ep.support_x, ep.support_y)
+        fs = vmap(lambda p, sx: features(net, p, {}, sx))(params, ep.support_x)
+        params["head.weight"], params["head.bias"] = lp_head(fs, ep.support_y, ways)
+    else:
+        params = vmap(lambda sx, sy: start(net, sx, sy, ways, head_init, {}))(ep.support_x, ep.support_y)
     spent = time.perf_counter() - t0
     evaluate = vmap(lambda p, sx, qx, qy: _evaluate(net, p, sx, qx, qy, bn, run[2]))
     acc, loss, secs, done, slots = [], [], [], 0, {}

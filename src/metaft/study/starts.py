@@ -13,8 +13,14 @@ The starts offered to the study instead leave the support loss away from 0 at ev
   inequality the mean support loss is at least ``log(1 + (N - 1) / e)`` (0.98 at N = 5) at any K,
   whatever the features' scale, and its gradient does not vanish.
 
+- ``lpft``: linear probe, then fine-tuning (Kumar et al. 2022): the head is RFS's logistic
+  regression (``C = 1``, exactly solved) on the support features divided by their mean norm, so
+  the fit does not depend on the features' scale; its L2 penalty keeps the support loss away
+  from 0 at small K (about 1.1 at 5-way 1-shot on near-orthogonal features), not a proven floor
+  as the tempered start's: ``tests/study/test_starts.py`` checks it.
+
 ``prototypes`` (the old start) and ``keep`` (the network's own head: regression) remain
-available; ``STARTS`` lists the ones whose support loss is bounded away from 0.
+available; ``STARTS`` lists the ones whose support loss is away from 0.
 """
 from __future__ import annotations
 
@@ -25,12 +31,13 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from metaft.algorithms.probes import prototype_head
+from metaft.algorithms.probes import logistic_regression, prototype_head
 from metaft.models.nets import MetaNet
 
-HeadInit = Literal["prototypes", "zero", "keep", "tempered"]
-HEAD_INITS = ("prototypes", "zero", "keep", "tempered")
-STARTS = ("zero", "tempered")  # classification starts whose support loss is not ~0 at K = 1
+HeadInit = Literal["prototypes", "zero", "keep", "tempered", "lpft"]
+HEAD_INITS = ("prototypes", "zero", "keep", "tempered", "lpft")
+STARTS = ("zero", "tempered", "lpft")  # classification starts whose support loss is not ~0 at K = 1
+LP_C = 1.0  # the linear probe's inverse L2 strength (RFS's, scikit-learn's default)
 
 
 def tempered_floor(ways: int) -> float:
@@ -48,21 +55,40 @@ def start(net: MetaNet, sx: Tensor, sy: Tensor, ways: int, head_init: HeadInit,
     """One problem's starting weights (detached): the net's, with its head by ``head_init``.
     Prototypes take the support set's features in training mode, as ``init_head`` does (which
     also updates running statistics: here the problem's own copy in ``buffers``). No
-    data-dependent control flow, so it runs under ``vmap``."""
+    data-dependent control flow except ``lpft``'s solver, so the other starts run under ``vmap``."""
     params = {k: v.detach() for k, v in net.named_parameters()}
     if head_init == "keep":
         return params
     if head_init == "zero":
         d = net.head.in_features
         return {**params, "head.weight": sx.new_zeros(ways, d), "head.bias": sx.new_zeros(ways)}
-    body = {k[len("body."):]: v for k, v in {**params, **buffers}.items() if k.startswith("body.")}
-    fs = functional_call(net.body, body, (sx,)).flatten(1)  # support statistics, as class_prototypes
+    fs = features(net, params, buffers, sx)
+    if head_init == "lpft":
+        w, b = lp_head(fs[None], sy[None], ways)
+        return {**params, "head.weight": w[0], "head.bias": b[0]}
     w, b = prototype_head(fs[None], sy[None], ways, check=False)  # labels checked by episode_ways
     w, b = w[0], b[0]
     if head_init == "tempered":
         t = mean_margin(fs @ w.T + b, sy, ways)
         w, b = w / t, b / t
     return {**params, "head.weight": w, "head.bias": b}
+
+
+def features(net: MetaNet, params: dict[str, Tensor], buffers: dict[str, Tensor], sx: Tensor) -> Tensor:
+    """The body's features of one support set, ``[S, D]``, with its batch statistics (training
+    mode, as ``class_prototypes``)."""
+    body = {k[len("body."):]: v for k, v in {**params, **buffers}.items() if k.startswith("body.")}
+    return functional_call(net.body, body, (sx,)).flatten(1)
+
+
+def lp_head(fs: Tensor, sy: Tensor, ways: int) -> tuple[Tensor, Tensor]:
+    """The ``lpft`` start's head for every problem, ``(W [P, ways, D], b [P, ways])`` on the raw
+    features ``fs [P, S, D]``: logistic regression on ``fs / r`` (``r``: the problem's mean
+    feature norm), solved in float64, then ``W / r``. Batched over problems; not under ``vmap``
+    (the solver stops on convergence)."""
+    r = fs.norm(dim=-1).mean(-1).clamp_min(torch.finfo(fs.dtype).tiny)[:, None, None]  # [P, 1, 1]
+    w, b = logistic_regression((fs / r).double(), sy, ways, C=LP_C, normalize=False)
+    return (w / r.double()).to(fs.dtype), b.to(fs.dtype)
 
 
 def mean_margin(logits: Tensor, y: Tensor, ways: int) -> Tensor:
