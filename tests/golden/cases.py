@@ -1,14 +1,15 @@
-"""The golden runs: a fixed set of short seeded stage-1 runs through the real entry point, and
-what each run is summarised by, so that a refactor can check that it moved no number.
+"""The golden runs: a fixed set of short seeded runs through the real entry point, and what each
+run is summarised by, so that a refactor can check that it moved no number.
 
-Every algorithm that regresses runs on the sinusoid, and one run per learner kind on Omniglot
-(second-order MAML, ANIL, Reptile with the carried Adam inner optimiser on support mini-batches,
-ProtoNet, MetaOptNet, pre-training, Baseline++, Meta-Baseline warm-started from the Baseline++
-run). A run is summarised by its ``results.json`` (test and validation metrics, the test
-episodes' fingerprint, the training-stream version), the fingerprints of its validation episodes
-and of the meta-batches it trained on, and the float64 sum and norm of every tensor of its final
-checkpoint (``last.ckpt``), so a change anywhere in training, evaluation or the data is seen even
-where a few-episode accuracy does not move.
+Stage 1: every algorithm that regresses runs on the sinusoid, and one run per learner kind on
+Omniglot (second-order MAML, ANIL, Reptile with the carried Adam inner optimiser on support
+mini-batches, ProtoNet, MetaOptNet, pre-training, Baseline++, Meta-Baseline warm-started from the
+Baseline++ run). Then the eval stage on two of those checkpoints, and stage 2 (fine-tuning) from
+four. A run is summarised by its ``results.json`` (test and validation metrics, the test episodes'
+fingerprint, the training-stream version, ...), for stage 1 the fingerprints of its validation
+episodes and of the meta-batches it trained on, and for training runs the float64 sum and sum of
+absolute values of every tensor of the final checkpoint (``last.ckpt``), so a change anywhere in
+training, evaluation or the data is seen even where a few-episode accuracy does not move.
 
 The stored numbers are in ``golden.json`` beside this file, written by ``python -m tests.golden.record``
 (see that module); ``tests/golden/test_golden.py`` re-runs every case and compares.
@@ -43,20 +44,24 @@ _OMNIGLOT = ("dataset=omniglot", "dataset.ways=5", "dataset.shots=1", "dataset.q
 
 @dataclass(frozen=True)
 class Case:
-    """One golden run: ``name`` (``<dataset>/<label>``), its Hydra overrides of ``--config-name train``,
-    and optionally an earlier case whose ``best.ckpt`` becomes ``algorithm.init_ckpt``."""
+    """One golden run: ``name`` (``<dataset>/<label>``), the config it runs (``--config-name``) with
+    its Hydra overrides, and optionally an earlier case whose ``best.ckpt`` is given as ``source_key``
+    (``algorithm.init_ckpt`` of a warm start, ``ckpt_path`` of eval, ``meta_ckpt`` of fine-tuning)."""
 
     name: str
     overrides: tuple[str, ...]
-    warm_start: str | None = None
+    source: str | None = None
+    source_key: str = "algorithm.init_ckpt"
+    config: str = "train"
 
     @property
     def dataset(self) -> str:
         return self.name.split("/", 1)[0]
 
     @property
-    def algorithm(self) -> str:
-        return next(o.split("=", 1)[1] for o in self.overrides if o.startswith("algorithm="))
+    def algorithm(self) -> str | None:
+        """The ``algorithm=`` of a training case (None for eval and fine-tuning)."""
+        return next((o.split("=", 1)[1] for o in self.overrides if o.startswith("algorithm=")), None)
 
 
 def _sinusoid(algorithm: str, *extra: str, label: str | None = None) -> Case:
@@ -65,6 +70,19 @@ def _sinusoid(algorithm: str, *extra: str, label: str | None = None) -> Case:
 
 def _omniglot(algorithm: str, *extra: str, label: str | None = None, warm_start: str | None = None) -> Case:
     return Case(f"omniglot/{label or algorithm}", (f"algorithm={algorithm}", *_COMMON, *_OMNIGLOT, *extra), warm_start)
+
+
+# Stage 2: a few fine-tuning steps with two validations; a quick test.
+_FINETUNE = ("seed=3", "trainer.max_steps=6", "trainer.val_check_interval=3", "checkpoint.every_n_train_steps=3",
+             "logging.images=false", "progress=log")
+
+
+def _finetune(name: str, source: str, *extra: str) -> Case:
+    return Case(name, (*_FINETUNE, *extra), source, "meta_ckpt", "finetune")
+
+
+def _eval(name: str, source: str, *extra: str) -> Case:
+    return Case(name, ("progress=log", *extra), source, "ckpt_path", "eval")
 
 
 CASES: tuple[Case, ...] = (
@@ -90,6 +108,17 @@ CASES: tuple[Case, ...] = (
     _omniglot("pretrain", "algorithm.eval_inner_steps=5"),
     _omniglot("baselinepp", "algorithm.eval_inner_steps=3"),
     _omniglot("metabaseline", warm_start="omniglot/baselinepp"),
+    # The evaluation stage: a checkpoint scored again with other settings on top of its stored config.
+    _eval("sinusoid/eval_metasgd", "sinusoid/metasgd", "algorithm.eval_inner_steps=3"),
+    _eval("omniglot/eval_maml_inductive", "omniglot/maml", "algorithm.eval_inner_steps=2", "++model.bn=inductive"),
+    # Stage 2 from those checkpoints: the head rules (auto keeps MAML's trained head; ProtoNet's starts
+    # from prototypes), Meta-SGD's step sizes, pre-training as the baseline init.
+    _finetune("sinusoid/finetune_maml", "sinusoid/maml", "target=sinusoid", "target.shots=5"),
+    _finetune("sinusoid/finetune_metasgd_lrs", "sinusoid/metasgd", "target=sinusoid", "target.shots=5",
+              "metasgd_lrs=true", "finetuner.optimizer._target_=torch.optim.SGD", "finetuner.optimizer.lr=1.0"),
+    _finetune("omniglot/finetune_protonet", "omniglot/protonet", "target=omniglot", "target.ways=5", "target.shots=2"),
+    _finetune("omniglot/finetune_pretrained", "omniglot/pretrain", "init=pretrained", "target=omniglot",
+              "target.ways=5", "target.shots=1", "head_init=zero"),
 )
 BY_NAME = {c.name: c for c in CASES}
 
@@ -153,28 +182,33 @@ def run_case(case: Case, out_dir: Path, done: dict[str, Path]) -> dict[str, Any]
     from tests.conftest import compose
 
     overrides = list(case.overrides)
-    if case.warm_start is not None:
-        overrides.append(f"algorithm.init_ckpt={done[case.warm_start] / 'checkpoints' / 'best.ckpt'}")
+    if case.source is not None:
+        overrides.append(f"{case.source_key}={done[case.source] / 'checkpoints' / 'best.ckpt'}")
+    summary: dict[str, Any] = {
+        "config": case.config,
+        "overrides": list(case.overrides) + ([f"{case.source_key}=<{case.source} best.ckpt>"] if case.source else []),
+    }
     try:
-        cfg = compose("train", overrides, out_dir)
+        cfg = compose(case.config, overrides, out_dir)
         main(cfg)
-        dm = hydra.utils.instantiate(cfg.dataset)
-        labelled = cfg.algorithm.get("batch_size") if "Pretrain" in str(cfg.algorithm._target_) else None
-        train_fp = train_fingerprint(dm, int(cfg.trainer.max_steps), labelled)
-        val_fp = dm.fingerprint("val")
+        if case.config == "train":
+            dm = hydra.utils.instantiate(cfg.dataset)
+            labelled = cfg.algorithm.get("batch_size") if "Pretrain" in str(cfg.algorithm._target_) else None
+            summary["train_batches_fingerprint"] = train_fingerprint(dm, int(cfg.trainer.max_steps), labelled)
+            summary["val_episodes_fingerprint"] = dm.fingerprint("val")
     finally:
         GlobalHydra.instance().clear()
     results = json.loads((out_dir / "results.json").read_text())
-    kept = {k: v for k, v in sorted(results.items()) if k not in ("ckpt", "overrides")}
-    kept["ckpt"] = Path(results["ckpt"]).name if results.get("ckpt") else None  # best.ckpt or last.ckpt
-    return {
-        "overrides": list(case.overrides) + ([f"algorithm.init_ckpt=<{case.warm_start} best.ckpt>"]
-                                              if case.warm_start else []),
-        "results": kept,
-        "val_episodes_fingerprint": val_fp,
-        "train_batches_fingerprint": train_fp,
-        "weights": weight_summary(out_dir / "checkpoints" / "last.ckpt"),
-    }
+    # Paths name this run's directory; only which checkpoint was tested is a result.
+    # class_check is a sentence for people (its verdict is allow_seen_classes and the run having started).
+    kept = {k: v for k, v in sorted(results.items())
+            if k not in ("ckpt", "overrides", "meta_ckpt", "init_ckpt", "class_check")}
+    if "ckpt" in results:
+        kept["ckpt"] = Path(results["ckpt"]).name if results["ckpt"] else None  # best.ckpt or last.ckpt
+    summary["results"] = kept
+    if case.config != "eval":
+        summary["weights"] = weight_summary(out_dir / "checkpoints" / "last.ckpt")
+    return summary
 
 
 class Runner:
@@ -188,8 +222,8 @@ class Runner:
     def __call__(self, name: str) -> dict[str, Any]:
         if name not in self.summaries:
             case = BY_NAME[name]
-            if case.warm_start is not None:
-                self(case.warm_start)
+            if case.source is not None:
+                self(case.source)
             out = self.root / name.replace("/", "__")
             # One thread, as the test suite runs: another thread count may sum convolutions in another order.
             threads = torch.get_num_threads()
