@@ -26,9 +26,11 @@ from typing import Any, Iterable
 import torch
 
 GOLDEN = Path(__file__).with_name("golden.json")
-# Metrics and weight summaries: a relative tolerance because a refactor may legitimately reorder
-# float32 operations; 1e-6 is far below any change of an inner lr, a step or an episode, and far
-# above the last-bit differences of a reordered sum (two recordings in a row agree exactly).
+# Metrics and weight summaries. Two recordings in a row agree exactly, so any tolerance would do for
+# unchanged code; 1e-6 lets a refactor reorder the float32 arithmetic of a score (a mean taken in
+# another order) and still catches a 1% change of an inner lr in every run that uses it. Training is
+# not that forgiving: on Omniglot a few Adam steps amplify last-bit differences to 1e-3 (see
+# environment()), so a change that reorders training arithmetic fails here and must be named.
 REL = 1e-6
 
 # Short and seeded: two validations (so best.ckpt is chosen between them), few, small episodes.
@@ -174,7 +176,7 @@ def weight_summary(ckpt: Path) -> dict[str, list[float]]:
 
 def run_case(case: Case, out_dir: Path, done: dict[str, Path]) -> dict[str, Any]:
     """Run ``case`` in this process into ``out_dir``; ``done`` maps finished case names to their run
-    directories (for ``warm_start``). Returns the case's summary (what ``golden.json`` stores)."""
+    directories (for ``source``). Returns the case's summary (what ``golden.json`` stores)."""
     import hydra
     from hydra.core.global_hydra import GlobalHydra
 
@@ -193,7 +195,8 @@ def run_case(case: Case, out_dir: Path, done: dict[str, Path]) -> dict[str, Any]
         main(cfg)
         if case.config == "train":
             dm = hydra.utils.instantiate(cfg.dataset)
-            labelled = cfg.algorithm.get("batch_size") if "Pretrain" in str(cfg.algorithm._target_) else None
+            # Learners that train on labelled batches (pre-training) size them with algorithm.batch_size.
+            labelled = cfg.algorithm.get("batch_size")
             summary["train_batches_fingerprint"] = train_fingerprint(dm, int(cfg.trainer.max_steps), labelled)
             summary["val_episodes_fingerprint"] = dm.fingerprint("val")
     finally:
@@ -212,7 +215,7 @@ def run_case(case: Case, out_dir: Path, done: dict[str, Path]) -> dict[str, Any]
 
 
 class Runner:
-    """Runs cases on demand into ``root`` (each once; a warm-started case runs its source first)."""
+    """Runs cases on demand into ``root``: each once, a case's ``source`` before it."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
