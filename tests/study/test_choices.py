@@ -139,6 +139,8 @@ def test_grid_settings_are_checked_naming_the_setting():
     bad.adapt.inner_grid.lr_scales = [0.0]
     with pytest.raises(ValueError, match="adapt.inner_grid must give lr_scales"):
         choices.check(bad)
+    with pytest.raises(ValueError, match="adapt.finetune.augment must be null or one of"):
+        choices.check(_cfg(augment="mixup"))
 
 
 def test_a_bad_grid_is_refused_before_anything_runs(tmp_path, capsys):

@@ -5,7 +5,8 @@ rows so a continued study reuses them:
 
 - full fine-tuning: the start (``starts``), the optimiser and its step size
   (``adapt.finetune.optimizers``: a list of step sizes per optimiser), and the step count (an
-  evaluation point up to ``adapt.finetune.max_steps``);
+  evaluation point up to ``adapt.finetune.max_steps``); with ``adapt.finetune.augment`` (an
+  option, not a grid dimension) every step sees augmented support images (``augment``);
 - the learner's own adaptation, for learners that take gradient steps at test: its test-time
   step size (``eval_inner_lr`` times one of ``adapt.inner_grid.lr_scales``; Meta-SGD keeps its
   learned ones) and step count (0 to ``adapt.inner_grid.max_steps``).
@@ -32,6 +33,7 @@ from metaft.core.objective import Objective
 from metaft.data.episode import Episode
 from metaft.runtime.io import atomic_write_text
 from metaft.study import problems as P
+from metaft.study.augment import support_augment
 from metaft.study.evaluate import Init
 from metaft.study.starts import check_head_init
 
@@ -85,8 +87,9 @@ def grid(cfg: DictConfig) -> list[Finetune]:
 
 
 def check(cfg: DictConfig) -> None:
-    """Both grids, before anything runs (an error names the setting)."""
+    """Both grids and the augmentation, before anything runs (an error names the setting)."""
     grid(cfg)
+    support_augment(cfg.adapt.finetune.get("augment"))
     g = cfg.adapt.get("inner_grid")
     scales = list(g.lr_scales) if g is not None else []
     if g is None or not scales or any(isinstance(v, bool) or not float(v) > 0 for v in scales) \
@@ -103,7 +106,7 @@ def finetune_curves(init: Init, episode: Episode, cfg: DictConfig, objective: Ob
     ft = cfg.adapt.finetune
     return P.finetune_problems(init.net, episode, int(ft.max_steps), point.lr, int(ft.eval_every),
                                head_init=point.start, bn=cfg.adapt.bn, objective=objective,
-                               optimizer=optimizer(point.optimizer))
+                               optimizer=optimizer(point.optimizer), augment=support_augment(ft.get("augment")))
 
 
 def _scores(metric: Tensor, regression: bool) -> Tensor:

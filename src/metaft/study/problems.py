@@ -28,7 +28,7 @@ from torch.func import functional_call, vmap
 
 from metaft.core.tasks import has_conv, running_stats, vectorize_choice
 from metaft.algorithms.feature_head import FeatureHeadLearner
-from metaft.core.inner_loop import SGD, InnerOptimizer, InnerState, adapt
+from metaft.core.inner_loop import SGD, InnerOptimizer, InnerState, adapt, content_generator
 from metaft.core.objective import Objective
 from metaft.data.episode import Episode
 from metaft.algorithms.probes import (
@@ -39,6 +39,7 @@ from metaft.algorithms.probes import (
     probe_logits,
     prototype_head,
 )
+from metaft.study.augment import Augment
 from metaft.study.starts import HeadInit, check_head_init, features, lp_head, start
 from metaft.models.nets import MetaNet
 from metaft.models.norm import support_statistics
@@ -107,21 +108,25 @@ class Curves:
 def finetune_problems(net: MetaNet, episode: Episode, steps: int, lr: float, eval_every: int | None = None,
                       head_init: HeadInit = "prototypes", bn: BN = "inductive",
                       vectorize: str | bool = "auto", objective: Objective = CLASSIFICATION,
-                      optimizer: InnerOptimizer = SGD) -> Curves:
+                      optimizer: InnerOptimizer = SGD, augment: Augment | None = None) -> Curves:
     """Fine-tune all weights of ``net`` on every problem's support set (full batch, ``steps``
     steps of the first-order inner loop with ``optimizer`` at step size ``lr``, its state fresh
     for each problem), testing on its queries every ``eval_every`` steps (default: only at the
     start and the end). ``net`` is not modified. ``head_init``: where the head starts
     (``starts``). ``objective``: classification (``acc`` is accuracy in percent) or regression
-    (``acc`` holds the MSE; the head is kept)."""
+    (``acc`` holds the MSE; the head is kept). ``augment``: each step sees an augmented copy of
+    the support images (``study.augment``, P>M>F's per-task fine-tuning)."""
     if steps < 0 or lr <= 0:
         raise ValueError(f"steps must be >= 0 and lr > 0, got steps={steps}, lr={lr}")
     ways = _check(net, episode, head_init, bn, objective)
+    if augment is not None and episode.support_x.dim() != 5:
+        raise ValueError("adapt.finetune.augment needs image problems (support [problems, examples, C, H, W]), got "
+                         f"inputs of shape {list(episode.support_x.shape)}: set adapt.finetune.augment=null")
     every = eval_every or max(steps, 1)
     if every < 1:
         raise ValueError(f"eval_every must be >= 1 step, got {eval_every}")
     points = sorted({*range(0, steps + 1, every), steps})
-    run = (lr, optimizer, objective)
+    run = (lr, optimizer, objective, augment)
     was_training = net.training
     try:
         net.train()  # batch statistics of the support set in adaptation (running ones updated)
@@ -171,7 +176,7 @@ def start_support_loss(net: MetaNet, episode: Episode, head_init: HeadInit,
     return torch.stack(out)
 
 
-Run = tuple[float, InnerOptimizer, Objective]  # step size, update rule, loss
+Run = tuple[float, InnerOptimizer, Objective, Augment | None]  # step size, update rule, loss, augmentation
 
 
 def _steps(forward, params: dict[str, Tensor], slots: dict[str, dict[str, Tensor]], done: int, sx: Tensor,
@@ -179,7 +184,7 @@ def _steps(forward, params: dict[str, Tensor], slots: dict[str, dict[str, Tensor
     """``steps`` first-order steps of ``adapt`` after ``done`` earlier ones, one at a time (its
     trajectory would otherwise hold every intermediate model between two evaluations); the
     optimiser's state goes in and out as tensors (``slots``), so this runs under ``vmap``."""
-    lr, optimizer, objective = run
+    lr, optimizer, objective, _ = run
     state = InnerState(done, dict(slots))
     for _ in range(steps):
         trajectory = adapt(forward, params, sx, sy, objective.loss, 1, lr, first_order=True,
@@ -213,9 +218,13 @@ def _finetune_one(net: MetaNet, ep: Episode, points: list[int], run: Run, ways: 
         return functional_call(net, {**p, **buffers}, (x,))
 
     acc, loss, secs, done, slots = [], [], [], 0, {}
+    g = content_generator(sx) if run[3] else None  # this problem's augmentations, whatever the batch
     for point in points:
         t0 = time.perf_counter()
-        params, slots = _steps(forward, params, slots, done, sx, sy, point - done, run)
+        if run[3] is None:
+            params, slots = _steps(forward, params, slots, done, sx, sy, point - done, run)
+        for i in range(done, point) if run[3] else ():  # a freshly augmented support set per step
+            params, slots = _steps(forward, params, slots, i, run[3](sx, g), sy, 1, run)
         spent += time.perf_counter() - t0
         done = point
         with torch.no_grad():
@@ -240,12 +249,17 @@ def _finetune_vmap(net: MetaNet, ep: Episode, points: list[int], run: Run, ways:
     spent = time.perf_counter() - t0
     evaluate = vmap(lambda p, sx, qx, qy: _evaluate(net, p, sx, qx, qy, bn, run[2]))
     acc, loss, secs, done, slots = [], [], [], 0, {}
+    gens = [content_generator(x) for x in ep.support_x] if run[3] else []
     for point in points:
         t0 = time.perf_counter()
-        if point > done:
+        if point > done and run[3] is None:
             step = partial(_steps, forward, done=done, steps=point - done, run=run)
             params, slots = vmap(lambda p, s, sx, sy: step(p, s, sx=sx, sy=sy))(params, slots, ep.support_x,
                                                                                ep.support_y)
+        for i in range(done, point) if run[3] else ():  # augmented outside vmap, from each problem's generator
+            xa = torch.stack([run[3](x, g) for x, g in zip(ep.support_x, gens)])
+            step = partial(_steps, forward, done=i, steps=1, run=run)
+            params, slots = vmap(lambda p, s, sx, sy: step(p, s, sx=sx, sy=sy))(params, slots, xa, ep.support_y)
         spent += time.perf_counter() - t0
         done = point
         with torch.no_grad():
