@@ -126,6 +126,9 @@ def test_settings_are_chosen_on_validation_problems_never_the_test_ones(tmp_path
         inner = {(r["chosen_step"], r["chosen_lr"]) for r in table
                  if r["shots"] == k and r["adaptation"] == "inner"}
         assert len(inner) == 1 and next(iter(inner))[0] != ""
+    text = (out / "study.md").read_text()  # ft: K=5's choice
+    assert "## Settings chosen on validation problems" in text
+    assert f"| regression | finetune | maml | 5 | {ft['start']}, {ft['optimizer']} {ft['lr']:g}, {ft['step']} steps |" in text
 
 
 def test_grid_settings_are_checked_naming_the_setting():

@@ -208,3 +208,31 @@ class Chooser:
             print(f"{self.label} {init} {adaptation}: {chosen.describe()}, chosen on {sum(ep.num_tasks for ep in self.val)} "
                   f"validation problems x {len(group)} seeds in {time.perf_counter() - began:.1f}s", flush=True)
         return chosen
+
+
+def table(rows: list[dict[str, str]]) -> list[str]:
+    """Markdown: the settings chosen on validation problems per (N, adaptation, init, K), read
+    back from the rows (one value per cell: chosen once for all seeds)."""
+    chosen: dict[tuple[str, str, str, str], str] = {}
+    for r in rows:
+        if r["adaptation"] == "finetune" and r.get("chosen_start"):
+            text = f"{r['chosen_start']}, {r['chosen_optimizer']} {float(r['chosen_lr']):g}, {r['chosen_step']} steps"
+        elif r["adaptation"] == "inner" and r.get("chosen_step"):
+            text = f"step size {float(r['chosen_lr']):.3g}, {r['chosen_step']} steps"
+        else:
+            continue
+        chosen[r["ways"], r["adaptation"], r["init"], r["shots"]] = text
+    if not chosen:
+        return []
+    out = ["## Settings chosen on validation problems", "",
+           "Full fine-tuning: start, optimiser and step size, steps; the learners' own adaptation: test-time step "
+           "size and steps. Chosen per (init, N, K) for all of an init's seeds, never on the test problems.", "",
+           "| N | adaptation | init | K | chosen |", "|---|---|---|---|---|"]
+    for (ways, adaptation, init, shots), text in sorted(chosen.items(), key=lambda kv: (*kv[0][:3], _k(kv[0][3]))):
+        out.append(f"| {'regression' if ways in ('None', '') else ways} | {adaptation} | {init} | {shots} | {text} |")
+    return out
+
+
+def _k(shots: str) -> tuple[int, float]:
+    return (1, 0.0) if shots == "all" else (0, float(shots))
+

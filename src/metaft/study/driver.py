@@ -249,6 +249,7 @@ def report(out: Path) -> str:
               "seeds, never on the test problems (`rows/N*_K*/<init>_<adaptation>_choice.json`)."]
     text = analysis.markdown(study, metric, header)
     text += "\n" + "\n".join(analysis.convergence_table(rows))
+    text += "\n\n" + "\n".join(choices.table(rows))
     if cfg.get("labels") is not None:  # studies before the labels table have none
         text += "\n\n" + "\n".join(labels.table(rows, [float(v) for v in cfg.labels.targets],
                                                  int(cfg.target.all_shots), lower))
