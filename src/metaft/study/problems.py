@@ -1,6 +1,6 @@
 """Adapt many target problems at once with the platform's own machinery (issue #17's study):
-full fine-tuning of all weights as the one inner loop ``adapt`` (many first-order steps of plain
-full-batch SGD), and linear probes on frozen features (``heads``). One ``Episode`` holds the
+full fine-tuning of all weights as the one inner loop ``adapt`` (many first-order full-batch
+steps), and linear probes on frozen features (``algorithms.probes``). One ``Episode`` holds the
 problems: support = a problem's labelled training examples, query = its test examples.
 
 Batch norm (``bn``): ``inductive`` (default) normalises every test query with the statistics of
@@ -94,7 +94,7 @@ def _buffers(net: nn.Module) -> dict[str, Tensor]:
 @dataclass
 class Curves:
     """Full fine-tuning of every problem: test accuracy (percent) and loss after ``steps[j]``
-    SGD steps (column 0: the start), and cumulative adaptation seconds (evaluation excluded; on
+    optimiser steps (column 0: the start), and cumulative adaptation seconds (evaluation excluded; on
     the vmapped path each problem is charged an equal share of the batch's time), and the query
     logits after the last step (for per-query analyses)."""
 
