@@ -7,6 +7,15 @@ class), ``test/item01..20.png`` (one query per class) and ``class_labels.txt`` (
 ``python -m metaft.data.omniglot.runs build --data-dir OMNIGLOT --out DIR`` makes from
 ``images_evaluation.zip`` (within-alphabet runs, class and test images by two different drawers).
 
+Lake's official runs, matched image by image against ``images_evaluation.zip``, use ten of the
+twenty evaluation alphabets, two runs each, and only drawers 1-8 (one for the class images, another
+for the test items of a run). ``build`` follows that by default (``--protocol lake``: new draws of
+characters and drawers, so another benchmark of the same construction, not Lake's runs);
+``--protocol all`` is the construction of metaft's earlier built runs (every evaluation alphabet
+once, any of the 20 drawers), kept so that their published numbers stay reproducible. Which runs a
+directory holds is recognised and reported (``describe``: results.json's ``runs``): Lake's official
+ones by their fingerprint, built ones by the ``BUILT.json`` that ``build`` writes.
+
 The images get the Omniglot preprocessing of ``metaft.data.omniglot.images.preprocess``. Lake's own
 loader treats dark pixels as ink (``np.logical_not(imread(...))``), the polarity of the dataset
 PNGs; since copies of the runs circulate in both polarities, the polarity is decided per image
@@ -17,6 +26,8 @@ Evaluation only: ``python train.py --config-name eval ckpt_path=... dataset=omni
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import random
 import re
 import shutil
@@ -34,6 +45,16 @@ from metaft.data.omniglot.images import area_resize, ink_image
 from metaft.data.omniglot.store import DRAWERS
 
 RUNS, WAYS = 20, 20
+# Lake's official runs (all_runs.zip), found by matching every image against images_evaluation.zip:
+# runs 2k+1 and 2k+2 are of alphabet k, class and test images by two drawers among the first eight.
+LAKE_ALPHABETS = ("Atlantean", "Ge_ez", "Glagolitic", "Gurmukhi", "Kannada", "Malayalam", "Manipuri",
+                  "Old_Church_Slavonic_(Cyrillic)", "Tengwar", "Tibetan")
+LAKE_DRAWERS = 8
+PROTOCOLS = ("lake", "all")
+# runs_fingerprint of Lake's official runs as distributed (either polarity).
+LAKE_FINGERPRINT = "efa97df4dcc0b6ac"
+OFFICIAL = "Lake's official one-shot runs (all_runs.zip of brendenlake/omniglot)"
+BUILT_FILE = "BUILT.json"
 _LABEL_LINE = re.compile(r"^(run\d\d)/test/item(\d\d)\.png\s+(run\d\d)/training/class(\d\d)\.png$")
 _EVAL_ONLY = (
     "dataset=omniglot_runs is Lake's fixed one-shot benchmark and is evaluation only: meta-train on "
@@ -49,9 +70,10 @@ def _load_png(path: Path) -> Tensor:
         raise ValueError(f"{path} cannot be read as a 105x105 Omniglot image ({e}); rebuild or re-download the runs") from e
 
 
-def load_run(run_dir: Path, image_size: int) -> Episode:
+def load_run(run_dir: Path, image_size: int, digest: "hashlib._Hash | None" = None) -> Episode:
     """One run as a one-task ``Episode``: 20 support images (labels 0..19 for class01..class20) and
-    the 20 test items in file order, labelled by ``class_labels.txt``."""
+    the 20 test items in file order, labelled by ``class_labels.txt``; ``digest`` is updated with
+    the run's ink (105 px, whatever its polarity on disk) and answers."""
     labels_file = run_dir / "class_labels.txt"
     if not labels_file.is_file():
         raise FileNotFoundError(f"{labels_file} is missing; a runs directory has run01..run20, each with "
@@ -66,7 +88,11 @@ def load_run(run_dir: Path, image_size: int) -> Episode:
         raise ValueError(f"{labels_file} must map item01..item{WAYS} one-to-one onto class01..class{WAYS}")
     files = [run_dir / "training" / f"class{k:02d}.png" for k in range(1, WAYS + 1)]
     files += [run_dir / "test" / f"item{m:02d}.png" for m in range(1, WAYS + 1)]
-    x = area_resize(torch.stack([_load_png(f) for f in files]), image_size).float().div_(255)
+    ink = torch.stack([_load_png(f) for f in files])
+    if digest is not None:
+        digest.update(ink.ge(128).numpy().tobytes())
+        digest.update(bytes(answers[m] for m in range(1, WAYS + 1)))
+    x = area_resize(ink, image_size).float().div_(255)
     x = x.view(2, 1, WAYS, 1, image_size, image_size)
     return Episode(x[0], torch.arange(WAYS).unsqueeze(0), x[1], torch.tensor([[answers[m] for m in range(1, WAYS + 1)]]))
 
@@ -104,7 +130,22 @@ class OmniglotRunsDataModule(EpisodicDataModule):
                 "Point it at Lake's runs (all_runs.zip of brendenlake/omniglot, unzipped) or build a directory of the "
                 "same form with `python -m metaft.data.omniglot.runs build --data-dir OMNIGLOT_DIR --out DIR`"
             )
-        self.runs = Episode.cat([load_run(self.data_dir / f"run{r:02d}", image_size) for r in range(1, RUNS + 1)])
+        digest = hashlib.sha256()
+        self.runs = Episode.cat([load_run(self.data_dir / f"run{r:02d}", image_size, digest) for r in range(1, RUNS + 1)])
+        self.runs_fingerprint = digest.hexdigest()[:16]
+
+    def describe(self) -> dict[str, str]:
+        """Which runs these are, for results.json: Lake's official ones (by their fingerprint), runs
+        made by ``build`` (its ``BUILT.json``), or others in the same layout."""
+        if self.runs_fingerprint == LAKE_FINGERPRINT:
+            name = OFFICIAL
+        elif (self.data_dir / BUILT_FILE).is_file():
+            built = json.loads((self.data_dir / BUILT_FILE).read_text())
+            name = (f"runs built by metaft (protocol={built.get('protocol')}, seed={built.get('seed')}), not Lake's "
+                    "official ones")
+        else:
+            name = "runs in Lake's layout that are not Lake's official ones (nor made by metaft's build)"
+        return {"runs": name, "runs_fingerprint": self.runs_fingerprint}
 
     def fixed_episodes(self, split: str) -> list[Episode]:
         if split not in ("val", "test"):
@@ -119,11 +160,16 @@ class OmniglotRunsDataModule(EpisodicDataModule):
         raise ValueError(_EVAL_ONLY)
 
 
-def build_runs(data_dir: str | Path, out: str | Path, seed: int = 0) -> Path:
+def build_runs(data_dir: str | Path, out: str | Path, seed: int = 0, protocol: str = "lake") -> Path:
     """Make a runs directory from ``images_evaluation.zip``: run r is 20 characters of one
     evaluation alphabet; its class images are by one drawer and its test items by another; the
-    test items are in random order. The original 105x105 PNG bytes are copied. Deterministic by
-    ``seed``. Written to a temporary directory and renamed, so ``out`` is complete or absent."""
+    test items are in random order. ``protocol``: ``lake`` (Lake's alphabets, two runs each, and
+    drawers 1-8) or ``all`` (every alphabet once in a random order, any drawer: the construction of
+    the runs behind metaft's earlier numbers). The original 105x105 PNG bytes are copied.
+    Deterministic by ``seed`` and ``protocol``, recorded in ``BUILT.json``. Written to a temporary
+    directory and renamed, so ``out`` is complete or absent."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     zip_path = Path(data_dir).expanduser() / "images_evaluation.zip"
     out = Path(out).expanduser()
     if out.exists():
@@ -140,14 +186,22 @@ def build_runs(data_dir: str | Path, out: str | Path, seed: int = 0) -> Path:
         alphabets = sorted(a for a, c in chars.items() if len(c) >= WAYS)
         if not alphabets:
             raise ValueError(f"{zip_path} has no alphabet with {WAYS} characters")
-        order = rng.sample(alphabets, len(alphabets))
+        if protocol == "lake":
+            missing = [a for a in LAKE_ALPHABETS if a not in alphabets]
+            if missing:
+                raise ValueError(f"{zip_path} lacks Lake's run alphabets {missing}; is it Omniglot's images_evaluation.zip?")
+            order = [a for a in LAKE_ALPHABETS for _ in range(RUNS // len(LAKE_ALPHABETS))]
+            drawers = LAKE_DRAWERS
+        else:  # the draws of the first builder, unchanged: the same runs for the same seed
+            order = rng.sample(alphabets, len(alphabets))
+            drawers = DRAWERS
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
         try:
             for r in range(1, RUNS + 1):
                 alphabet = order[(r - 1) % len(order)]  # each alphabet once before any repeats
                 picked = rng.sample(sorted(chars[alphabet]), WAYS)
-                train_drawer, test_drawer = rng.sample(range(DRAWERS), 2)
+                train_drawer, test_drawer = rng.sample(range(drawers), 2)  # member names sort by drawer
                 items = rng.sample(range(WAYS), WAYS)  # item m shows class items[m]
                 run = tmp / f"run{r:02d}"
                 (run / "training").mkdir(parents=True)
@@ -159,6 +213,8 @@ def build_runs(data_dir: str | Path, out: str | Path, seed: int = 0) -> Path:
                     (run / "test" / f"item{m + 1:02d}.png").write_bytes(z.read(chars[alphabet][picked[k]][test_drawer]))
                     lines.append(f"run{r:02d}/test/item{m + 1:02d}.png run{r:02d}/training/class{k + 1:02d}.png")
                 (run / "class_labels.txt").write_text("\n".join(lines) + "\n")
+            (tmp / BUILT_FILE).write_text(json.dumps({"protocol": protocol, "seed": seed,
+                                                      "by": "python -m metaft.data.omniglot.runs build"}) + "\n")
             tmp.rename(out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -173,8 +229,11 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--data-dir", required=True, help="the Omniglot directory holding images_evaluation.zip")
     b.add_argument("--out", required=True, help="the runs directory to create (must not exist)")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--protocol", choices=PROTOCOLS, default="lake",
+                   help="lake: Lake's ten alphabets, two runs each, drawers 1-8 (default); all: every evaluation "
+                        "alphabet, any drawer (the runs of metaft's earlier numbers)")
     args = parser.parse_args(argv)
-    print(build_runs(args.data_dir, args.out, args.seed))
+    print(build_runs(args.data_dir, args.out, args.seed, args.protocol))
 
 
 if __name__ == "__main__":
