@@ -18,7 +18,8 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from metaft.algorithms import MAML
 from metaft.stages.monitor import sinusoid_fit
-from metaft.data import Episode, EpisodicDataModule, SinusoidDataModule, split_generator
+from metaft.data import Episode, EpisodicDataModule, SinusoidDataModule
+from metaft.data.episodic import episode_generator
 from metaft.models import MLP, Conv4
 from metaft.stages.meta import make_trainer
 from metaft.stages import main
@@ -149,7 +150,7 @@ def test_grad_norm_is_taken_before_clipping(run_config):
     out = Path(cfg.hydra.runtime.output_dir)
     make_trainer(cfg, out).fit(learner, datamodule=dm)
     ea = events(out)
-    episode = dm.sample("train", 3, split_generator(cfg.seed, "train", 0))  # the first meta-batch
+    episode = dm.sample("train", 3, episode_generator(cfg.seed, "train", 0))  # the first meta-batch
     reference.meta_backward(episode)
     norm = torch.sqrt(sum((p.grad**2).sum() for p in reference.parameters()))
     assert scalars(ea, "train/grad_norm") == {0: pytest.approx(norm.item(), rel=1e-5)}
@@ -192,7 +193,7 @@ def test_image_classification_run(run_config, images):
     tags = ea.Tags()
 
     # Accuracy and loss before and after adaptation, against the meta-batch scored by hand.
-    episode = dm.sample("train", 2, split_generator(0, "train", 0))
+    episode = dm.sample("train", 2, episode_generator(0, "train", 0))  # the first meta-batch
     logits = [reference(episode.query_x[t]) for t in range(2)]
     ce = torch.stack([F.cross_entropy(z, episode.query_y[t]) for t, z in enumerate(logits)]).mean()
     acc = torch.stack([(z.argmax(-1) == episode.query_y[t]).float().mean() * 100 for t, z in enumerate(logits)]).mean()

@@ -129,6 +129,7 @@ def test_fine_tuning_without_a_checkpoint_is_named_with_the_other_settings(tmp_p
     from metaft.runtime.validate import check_overrides
 
     check_overrides(ROOT / "conf", "finetune", ["init=random", "model=mlp"])  # random weights need no checkpoint
+    check_overrides(ROOT / "conf", "finetune", [f"ckpt_path={tmp_path}"])  # a resumed run's config names its checkpoint
 
 
 def test_a_class_list_left_to_the_user_says_what_form_it_takes(tmp_path):

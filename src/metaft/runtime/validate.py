@@ -287,6 +287,8 @@ def checkpoint_problems(base: DictConfig, values: Sequence[Any]) -> list[str]:
     given = {o.key_or_group: o.value() for o in values if not o.is_sweep_override()}
     if any(o.key_or_group in ("init", "meta_ckpt") for o in values if o.is_sweep_override()):
         return []  # each job of the sweep is checked when it starts
+    if given.get("ckpt_path", base.get("ckpt_path")) is not None:
+        return []  # resuming a run: its stored config names the checkpoint it started from
     init = str(given.get("init", base.get("init")))
     path = given.get("meta_ckpt", base.get("meta_ckpt"))
     mapping = {**(OmegaConf.to_container(base.checkpoints) if base.get("checkpoints") else {}),
