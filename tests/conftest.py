@@ -83,3 +83,13 @@ def run_config(tmp_path):
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
+
+
+def tiny_lake_protonet(data_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
+    """Overrides of a one-step ProtoNet run on Lake's split with a 4-filter Conv4: a real
+    checkpoint of Lake's background alphabets in seconds."""
+    return [f"paths.data_dir={data_dir}", f"paths.cache_dir={cache_dir}", "dataset=omniglot", "dataset.split=lake",
+            *extra, "model=conv4", "model.filters=4", "algorithm=protonet", "dataset.meta_batch_size=1",
+            "dataset.queries=1", "dataset.eval_queries=1", "dataset.val_episodes=1", "dataset.test_episodes=1",
+            "dataset.eval_batch_size=1", "trainer.max_steps=1", "trainer.val_check_interval=1",
+            "checkpoint.every_n_train_steps=1", "test=false", "progress=log"]

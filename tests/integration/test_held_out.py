@@ -154,16 +154,12 @@ def test_study_refuses_a_checkpoint_trained_on_its_classes():
 def test_omniglot_training_stores_its_classes(run_config, tmp_path):
     """Trained through train.py: the checkpoint keeps the Lake split's characters."""
     from metaft.stages import main
+    from tests.conftest import tiny_lake_protonet
 
     omni = _shared_omniglot()
     if not (omni / "images_background.zip").is_file():
         pytest.skip("needs the Omniglot zips")
-    cfg = run_config("train", [f"paths.data_dir={omni.parent}", f"paths.cache_dir={tmp_path / 'cache'}",
-                               "dataset=omniglot", "dataset.split=lake", "model=conv4", "model.filters=4",
-                               "algorithm=protonet", "dataset.meta_batch_size=1", "dataset.queries=1",
-                               "dataset.eval_queries=1", "dataset.val_episodes=1", "dataset.test_episodes=1",
-                               "dataset.eval_batch_size=1", "trainer.max_steps=1", "trainer.val_check_interval=1",
-                               "checkpoint.every_n_train_steps=1", "test=false", "progress=log"], "train")
+    cfg = run_config("train", tiny_lake_protonet(omni.parent, tmp_path / "cache"), "train")
     main(cfg)
     ckpt = next((Path(cfg.hydra.runtime.output_dir) / "checkpoints").glob("*.ckpt"))
     stored = torch.load(ckpt, weights_only=False)[CLASSES_KEY]

@@ -98,13 +98,9 @@ def test_a_lake_checkpoint_scored_on_the_official_runs(run_config, tmp_path):
     """Through train.py: a (one-step) Lake-split checkpoint scored on the official runs; results.json
     names them, and a Vinyals-split checkpoint is refused there (it trained on their alphabets)."""
     from metaft.stages import main
+    from tests.conftest import tiny_lake_protonet
 
-    cfg = run_config("train", [f"paths.data_dir={DATA}", f"paths.cache_dir={tmp_path / 'cache'}", "dataset=omniglot",
-                               "dataset.split=lake", "dataset.ways=20", "model=conv4", "model.filters=4",
-                               "algorithm=protonet", "dataset.meta_batch_size=1", "dataset.queries=1",
-                               "dataset.eval_queries=1", "dataset.val_episodes=1", "dataset.test_episodes=1",
-                               "dataset.eval_batch_size=1", "trainer.max_steps=1", "trainer.val_check_interval=1",
-                               "checkpoint.every_n_train_steps=1", "test=false", "progress=log"], "train")
+    cfg = run_config("train", tiny_lake_protonet(DATA, tmp_path / "cache", "dataset.ways=20"), "train")
     main(cfg)
     ckpt = Path(cfg.hydra.runtime.output_dir) / "checkpoints" / "last.ckpt"
     ev = run_config("eval", [f"ckpt_path={ckpt}", "dataset=omniglot_runs", f"dataset.data_dir={OFFICIAL_RUNS}"], "eval")

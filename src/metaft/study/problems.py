@@ -190,7 +190,7 @@ def _steps(forward, params: dict[str, Tensor], slots: dict[str, dict[str, Tensor
         trajectory = adapt(forward, params, sx, sy, objective.loss, 1, lr, first_order=True,
                            optimizer=optimizer, state=state)
         params = {k: v.detach() for k, v in trajectory[-1].items()}
-    return params, {k: {n: t.detach() for n, t in v.items()} for k, v in state.slots.items()}
+    return params, state.detached().slots
 
 
 def _evaluate(net: MetaNet, params: dict[str, Tensor], sx: Tensor, qx: Tensor, qy: Tensor,
