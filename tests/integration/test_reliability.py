@@ -15,7 +15,7 @@ import torch
 from metaft.core.errors import NonFiniteLossError
 from metaft.data import SinusoidDataModule
 from metaft.stages import main
-from metaft.runtime.io import load_checkpoint
+from metaft.checkpoint import load as load_checkpoint
 from tests.conftest import ROOT
 
 RUN = ["algorithm=metasgd", "trainer.max_steps=800", "trainer.val_check_interval=200",

@@ -127,7 +127,7 @@ def test_metabaseline_logits_are_scaled_cosines_to_the_prototypes(episode):
 
 
 def save_checkpoint(path, learner, model_cfg: dict) -> None:
-    """What ``runtime.io.load_checkpoint`` reads from a Lightning checkpoint."""
+    """What ``metaft.checkpoint.load`` reads from a Lightning checkpoint."""
     torch.save({"state_dict": learner.state_dict(), "metaft_config": {"model": model_cfg}}, path)
 
 

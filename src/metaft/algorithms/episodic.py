@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metaft.checkpoint import CLASSES_KEY
+from metaft import checkpoint as checkpoint_format
 from metaft.core import tasks
 from metaft.core.errors import NonFiniteLossError
 from metaft.core.inner_loop import Params
@@ -422,12 +422,9 @@ class MetaLearner(L.LightningModule):
 
     # ---------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.run_config is not None:
-            checkpoint["metaft_config"] = self.run_config
-        checkpoint["metaft_skipped_steps"] = self.skipped_steps
-        checkpoint["metaft_head_trained"] = self.trains_head
-        if self.trained_classes is not None:
-            checkpoint[CLASSES_KEY] = self.trained_classes
+        checkpoint_format.write(checkpoint, self.run_config, head_trained=self.trains_head,
+                                skipped_steps=self.skipped_steps, classes=self.trained_classes)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.skipped_steps = int(checkpoint.get("metaft_skipped_steps", 0))
+        checkpoint_format.check_version(checkpoint)  # a resumed run of another format version
+        self.skipped_steps = checkpoint_format.skipped_steps(checkpoint)

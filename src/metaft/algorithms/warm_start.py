@@ -9,7 +9,7 @@ from omegaconf import DictConfig, open_dict
 
 from metaft.finetune.module import load_body
 from metaft.models.nets import MetaNet
-from metaft.runtime.io import load_checkpoint
+from metaft import checkpoint
 
 Config = TypeVar("Config", DictConfig, dict[str, Any])
 
@@ -23,8 +23,8 @@ def describe(net: MetaNet) -> str:
 def load_init_body(net: MetaNet, path: str, setting: str = "algorithm.init_ckpt") -> None:
     """Copy the body (weights and batch-norm buffers) of the stage-1 checkpoint at ``path`` into
     ``net.body``; raise, naming both architectures and the differing shapes, if they do not match."""
-    ckpt = load_checkpoint(to_absolute_path(str(path)), what=setting)
-    ckpt_model = (ckpt["metaft_config"] or {}).get("model")
+    ckpt = checkpoint.load(to_absolute_path(str(path)), what=setting)
+    ckpt_model = checkpoint.config(ckpt).get("model")
     fix = (f"Give this run the checkpoint's model settings (model=<group> and model.<key>=... as in its "
            f"model config above), or set {setting} to a checkpoint of this run's architecture (null: train from scratch).")
     load_body(net, ckpt["state_dict"], f"{setting}={path}", ckpt_model, describe(net), user="model of this run", fix=fix)

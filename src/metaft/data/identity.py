@@ -22,7 +22,7 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from metaft.checkpoint import CLASSES_KEY, stored_classes
+from metaft.checkpoint import CLASSES_KEY, config as stored_config, stored_classes
 from metaft.data.images.source import SPLIT_DIR, SPLITS, ClassLists, class_list
 
 VERSION = 1  # of the stored form (``Classes.stored``)
@@ -236,7 +236,7 @@ def check_unseen(checkpoint: Mapping[str, Any], scored: Classes | None, split: s
     override = "set allow_seen_classes=true to score them anyway (recorded in results.json)"
     trained = stored_classes(checkpoint)
     if trained is None:
-        stored_cfg = (checkpoint.get("metaft_config") or {}).get("dataset")
+        stored_cfg = stored_config(checkpoint).get("dataset")
         if dataset_classes(stored_cfg) is None and _kind(stored_cfg) in ("", "SinusoidDataModule"):
             out["class_check"] = "the checkpoint was trained on data without classes"
             return out

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from metaft import checkpoint as checkpoint_format
 from metaft.core.errors import NonFiniteLossError
 from metaft.models.nets import MetaNet
 from metaft.runtime.distributed import all_reduce_sum_, global_batchnorm
@@ -143,8 +144,10 @@ class FineTuner(L.LightningModule):
         self.log_evaluation("test")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.run_config is not None:
-            checkpoint["metaft_config"] = self.run_config
+        checkpoint_format.write(checkpoint, self.run_config)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint_format.check_version(checkpoint)  # a resumed run of another format version
 
 
 # -------------------------------------------------------------------------- initialisation
@@ -199,7 +202,7 @@ FEATURE_HEAD_LEARNERS = ("ProtoNet", "MetaOptNet", "Pretrain")
 
 def untrained_head_rule(ckpt: Mapping[str, Any], ckpt_cfg: Mapping[str, Any], task: str) -> str | None:
     """How ``head_init=auto`` starts a head the checkpoint's learner never trained, or ``None``
-    when its ``net.head`` was trained. Read from the checkpoint's ``metaft_head_trained`` when the
+    when its ``net.head`` was trained. Read from the checkpoint (``checkpoint.head_trained``) when the
     learner wrote it, else from its stored config: the feature-head learners
     (``FEATURE_HEAD_LEARNERS``) get ``prototypes`` (the linear form of their nearest-prototype
     rule; ``zero`` for regression), and learners with ``algorithm.zero_head=true``, whose every
@@ -214,7 +217,7 @@ def untrained_head_rule(ckpt: Mapping[str, Any], ckpt_cfg: Mapping[str, Any], ta
         feature_head = issubclass(get_class(target), FeatureHeadLearner)
     except Exception:  # a class that no longer imports: go by its name
         feature_head = target.rsplit(".", 1)[-1] in FEATURE_HEAD_LEARNERS
-    trained = ckpt.get("metaft_head_trained")
+    trained = checkpoint_format.head_trained(ckpt)
     if trained is None:
         trained = not (feature_head or bool(algo.get("zero_head", False)))
     if trained:

@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from metaft.runtime.callbacks import monitoring_callbacks
 from metaft.runtime.checkpoints import AtomicLastCheckpoint, AtomicModelCheckpoint
-from metaft.runtime.io import load_checkpoint, write_json
+from metaft import checkpoint
+from metaft.runtime.io import write_json
 from metaft.runtime.progress import progress_callbacks
 
 log = logging.getLogger(__name__)
@@ -175,8 +176,8 @@ def start_run(cfg: DictConfig) -> tuple[DictConfig, Path | None, Path]:
     interrupted run's own config is the base, so the continuation is the same run."""
     resume, out = resolve_resume(cfg.ckpt_path, run_dir())
     if resume is not None:
-        ckpt = load_checkpoint(resume)  # the whole checkpoint is read once
-        saved, done = ckpt["metaft_config"], int(ckpt.get("global_step", 0))
+        ckpt = checkpoint.load(resume)  # the whole checkpoint is read once
+        saved, done = checkpoint.config(ckpt), int(ckpt.get("global_step", 0))
         if str(cfg.ckpt_path) == "last" and out != run_dir():
             refuse_other_run(cfg, saved, out)
         if out != run_dir():  # Hydra's new directory for this command only points at the continued run

@@ -16,7 +16,7 @@ from metaft.data.identity import check_unseen, target_classes
 from metaft.finetune.targets import SupervisedTarget
 from metaft.finetune.monitor import FineTuneFigures
 from metaft.finetune.module import FineTuner, init_head, load_body, metasgd_step_sizes, untrained_head_rule
-from metaft.runtime.io import load_checkpoint
+from metaft import checkpoint
 from metaft.runtime.progress import log_metrics
 from metaft.data.episodic import TRAIN_STREAM
 from metaft.runtime.trainer import checkpoint_file, final_metrics, make_trainer, start_run, write_results
@@ -116,8 +116,8 @@ def build(cfg: DictConfig) -> tuple[SupervisedTarget, FineTuner, dict[str, Any]]
     """The target, the initialised fine-tuner and what was done (for results.json)."""
     kind, path = resolve_init(cfg)
     arch_path = path or cfg.get("meta_ckpt") or None
-    ckpt = load_checkpoint(hydra.utils.to_absolute_path(arch_path), what="meta_ckpt") if arch_path else None
-    ckpt_cfg = ckpt["metaft_config"] if ckpt else {}
+    ckpt = checkpoint.load(hydra.utils.to_absolute_path(arch_path), what="meta_ckpt") if arch_path else None
+    ckpt_cfg = checkpoint.config(ckpt) if ckpt else {}
     # The target's images are prepared as the checkpoint's meta-training images were (channels,
     # size, mean/std), unless this command says otherwise.
     apply_conventions(cfg.target, meta_conventions(ckpt_cfg), _given("target."))
@@ -175,7 +175,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
                                     and trainer.global_step < trainer.max_steps)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:  # the step whose weights are tested
-        results["best_step"] = int(load_checkpoint(best, what="the best checkpoint")["global_step"])
+        results["best_step"] = int(checkpoint.load(best, what="the best checkpoint")["global_step"])
     if results["early_stopped"]:
         log.info(f"early stopping at step {trainer.global_step} of {trainer.max_steps}: {monitor} did not improve "
                  f"for {stopper.patience} validations (early_stopping.patience; 0 disables it); best at step "

@@ -21,7 +21,8 @@ from metaft.runtime import trainer as runtime
 from metaft.runtime.callbacks import log_hparams
 from metaft.runtime.data_checks import check_shapes, follow_seed, small_pool
 from metaft.runtime.distributed import global_batchnorm
-from metaft.runtime.io import atomic_write_text, load_checkpoint
+from metaft import checkpoint
+from metaft.runtime.io import atomic_write_text
 from metaft.runtime.paths import project_root
 from metaft.runtime.progress import log_metrics
 from metaft.runtime.trainer import (
@@ -193,15 +194,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError("--config-name eval needs the checkpoint to test: add ckpt_path=PATH (a run directory, which "
                          "tests its best.ckpt, or a .ckpt file)")
     ckpt_path = checkpoint_file(Path(hydra.utils.to_absolute_path(str(cfg.ckpt_path))))
-    ckpt = load_checkpoint(ckpt_path)
-    run_cfg = merged_config(cfg, ckpt["metaft_config"])
+    ckpt = checkpoint.load(ckpt_path)
+    run_cfg = merged_config(cfg, checkpoint.config(ckpt))
     follow_seed(run_cfg)  # seed=S moves the episodes, as dataset.seed=S does
     # Before loading any data: a checkpoint must not be scored on classes it has seen.
     scored = dataset_classes(run_cfg.get("dataset"))
     class_check = check_unseen(ckpt, scored, split, f"dataset {scored.dataset if scored else ''}",
                                f"ckpt_path={ckpt_path}", bool(cfg.get("allow_seen_classes", False)),
                                "Score it on classes it has not seen (another dataset, split or dataset.class_lists)")
-    check_batch_norm(ckpt["metaft_config"].get("model"), run_cfg.get("model"))
+    check_batch_norm(checkpoint.config(ckpt).get("model"), run_cfg.get("model"))
     seed_everything(run_cfg.seed)
     dm, learner = build(without_init_ckpt(run_cfg))  # the checkpoint replaces every weight
     check_shapes(dm, (split,))

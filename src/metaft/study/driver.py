@@ -25,7 +25,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from metaft.core.objective import Objective
-from metaft.runtime.io import atomic_write_text, load_checkpoint
+from metaft import checkpoint
+from metaft.runtime.io import atomic_write_text
 from metaft.runtime.paths import project_root
 from metaft.runtime.run_dirs import claim
 from metaft.study import analysis, choices, evaluate, labels, protocol, stage1, stats, targets
@@ -107,7 +108,7 @@ def given_checkpoints(cfg: DictConfig, specs: Sequence[str]) -> dict[str, list[s
             raise ValueError(f"--ckpt {init}: {len(given[init])} checkpoints for {len(cfg.stage1.seeds)} stage-1 seeds "
                              f"({list(cfg.stage1.seeds)}); give one per seed, comma-separated")
         for p in given[init]:
-            evaluate.check(init, load_checkpoint(p, what=f"--ckpt {init}"), cfg)
+            evaluate.check(init, checkpoint.load(p, what=f"--ckpt {init}"), cfg)
     return given
 
 
@@ -127,7 +128,7 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
     ckpts = stage1.train_missing(cfg, out, given)
     for (init, seed), ckpt in ckpts.items():
         if ckpt is not None:
-            evaluate.check(init, load_checkpoint(ckpt, what=f"the checkpoint of init {init}"), cfg)
+            evaluate.check(init, checkpoint.load(ckpt, what=f"the checkpoint of init {init}"), cfg)
     inits = {key: evaluate.Init(key[0], key[1], ckpt, cfg, objective) for key, ckpt in ckpts.items()}
     t = cfg.target
     for ways in t.ways:

@@ -18,7 +18,7 @@ from metaft.core.objective import Objective
 from metaft.data.identity import check_unseen, dataset_classes
 from metaft.data.episode import Episode
 from metaft.models.nets import MetaNet
-from metaft.runtime.io import load_checkpoint
+from metaft import checkpoint as checkpoint_format
 from metaft.study import problems as P
 
 ADAPTATIONS = ("probe", "finetune", "inner")
@@ -36,8 +36,8 @@ class Init:
             self.net: MetaNet = hydra.utils.instantiate(cfg.random_model)
             self.config: dict[str, Any] = {"model": OmegaConf.to_container(cfg.random_model)}
         else:
-            data = load_checkpoint(ckpt, what=f"the checkpoint of init {name}")
-            self.config = data["metaft_config"]
+            data = checkpoint_format.load(ckpt, what=f"the checkpoint of init {name}")
+            self.config = checkpoint_format.config(data)
             self.net = hydra.utils.instantiate(self.config["model"])
             algorithm = without_init_ckpt(self.config)["algorithm"]  # the checkpoint replaces every weight
             self.learner = hydra.utils.instantiate(algorithm, net=self.net, task=objective.kind)
@@ -51,7 +51,7 @@ class Init:
 def check(init: str, checkpoint: Mapping[str, Any], cfg: DictConfig) -> None:
     """Refuse a checkpoint trained on another kind of dataset or on classes of the study's problems,
     or whose model does not take the target's inputs, naming the init and the mismatch."""
-    config = checkpoint["metaft_config"]
+    config = checkpoint_format.config(checkpoint)
     want, have = cfg.dataset, config.get("dataset", {})
     problems = []
     if str(have.get("_target_", "")).rsplit(".", 1)[-1] != str(want._target_).rsplit(".", 1)[-1]:
