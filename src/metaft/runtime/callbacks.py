@@ -29,16 +29,21 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor
+from lightning.pytorch.callbacks import Callback, EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 
 log = logging.getLogger(__name__)
 
-def monitoring_callbacks(cfg: DictConfig) -> list[Callback]:
-    """The callbacks ``make_trainer`` adds to every run (stage 1 adds ``stages.monitor``'s)."""
-    return [LearningRateMonitor(logging_interval="step"), StartingPoint()]
+def early_stopping(monitor: str, mode: str, patience: int = 5, min_delta: float = 0.0) -> EarlyStopping | None:
+    """The ``early_stopping`` entry of ``conf/callbacks/finetune.yaml``: stop after ``patience``
+    validations without improvement of the stage's metric (the runtime gives ``monitor``, ``mode``);
+    None when ``patience`` is 0, which disables it."""
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        raise ValueError(f"early_stopping.patience must be a number of validations >= 0 (0 disables early stopping), "
+                         f"got {patience!r}")
+    return EarlyStopping(monitor=monitor, mode=mode, patience=patience, min_delta=float(min_delta)) if patience else None
 
 
 def tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:

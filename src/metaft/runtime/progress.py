@@ -204,14 +204,27 @@ def interactive() -> bool:
     return sys.stdout.isatty() and sys.stderr.isatty()
 
 
-def progress_callbacks(cfg: DictConfig) -> tuple[bool, list[Callback]]:
-    """(``enable_progress_bar``, extra callbacks) for ``progress: auto|bar|log``."""
-    mode = str(cfg.get("progress", "auto"))
+def progress_mode(mode: Any = "auto") -> str:
+    """``bar`` or ``log`` for ``progress: auto|bar|log`` (auto: the bar on a terminal)."""
+    mode = str(mode)
     if mode not in MODES:
         raise ValueError(f"progress={mode!r} is not one of {', '.join(MODES)}")
     if mode == "auto":
         mode = "bar" if interactive() else "log"
-    if mode == "bar":
-        return True, []
-    return False, [ProgressLog(cfg.get("progress_every_n_steps", 100), every_s=float(cfg.get("progress_every_s", 30)),
-                               test=bool(cfg.get("test", True)))]
+    return mode
+
+
+def progress_log(mode: Any = "auto", every_n_steps: int = 100, every_s: float = 30.0,
+                 test: bool = True) -> ProgressLog | None:
+    """The ``progress`` entry of ``conf/callbacks/``: plain log lines, or None when the bar shows progress."""
+    if progress_mode(mode) == "bar":
+        return None
+    return ProgressLog(every_n_steps, every_s=float(every_s), test=bool(test))
+
+
+def progress_callbacks(cfg: DictConfig) -> tuple[bool, list[Callback]]:
+    """(``enable_progress_bar``, extra callbacks) for ``progress: auto|bar|log``."""
+    mode = progress_mode(cfg.get("progress", "auto"))
+    logger = progress_log(mode, cfg.get("progress_every_n_steps", 100), float(cfg.get("progress_every_s", 30)),
+                          bool(cfg.get("test", True)))
+    return mode == "bar", [logger] if logger is not None else []

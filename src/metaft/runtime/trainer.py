@@ -1,6 +1,8 @@
 """The runtime both stages share: the run directory, resume, seeding, the Trainer, results."""
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -10,16 +12,15 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from metaft.runtime.callbacks import monitoring_callbacks
-from metaft.runtime.checkpoints import AtomicLastCheckpoint, AtomicModelCheckpoint
+from metaft.runtime.checkpoints import AtomicLastCheckpoint
 from metaft import checkpoint
 from metaft.runtime.io import write_json
-from metaft.runtime.progress import progress_callbacks
+from metaft.runtime.progress import ProgressLog, progress_mode
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +47,28 @@ class ValidateAtEnd(Callback):
             trainer.should_stop = True
 
 
+# Configured callbacks that come after the stage's own (the others come before them).
+AFTER_THE_STAGE = (ModelCheckpoint, AtomicLastCheckpoint, ValidateAtEnd, EarlyStopping, ProgressLog)
+
+
 def run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
 def make_trainer(cfg: DictConfig, out: Path, monitor: str | None = None, mode: str = "min",
                  callbacks: Sequence[Callback] = ()) -> L.Trainer:
-    callbacks = [*monitoring_callbacks(cfg), *callbacks]
-    if monitor is not None:
-        ckpt_dir = out / "checkpoints"
-        callbacks += [
-            AtomicModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-                            auto_insert_metric_name=False, enable_version_counter=False),
-            AtomicLastCheckpoint(ckpt_dir, cfg.checkpoint.every_n_train_steps),
-            ValidateAtEnd(),
-        ]
-    bar, progress = progress_callbacks(cfg)
-    callbacks += progress
-    logger = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
+    """The Trainer of a stage: the loggers of ``cfg.logger`` and the callbacks of ``cfg.callbacks``
+    (``conf/logger/``, ``conf/callbacks/``), then the stage's own ``callbacks``. ``monitor`` is the
+    validation metric a training stage watches (None: a stage that only scores, as eval)."""
+    bar = progress_mode(cfg.get("progress", "auto")) == "bar"
+    loggers = make_loggers(cfg, out)
+    configured = make_callbacks(cfg, out, monitor, mode)
+    if not loggers:  # Lightning's LearningRateMonitor refuses a Trainer without a logger
+        configured = [c for c in configured if not isinstance(c, LearningRateMonitor)]
+    # The stage's own callbacks (its monitor, episode scores, figures) run after the monitoring ones
+    # and before the checkpoints, as they did when the runtime listed all of them in code.
+    first = [c for c in configured if not isinstance(c, AFTER_THE_STAGE)]
+    last = [c for c in configured if isinstance(c, AFTER_THE_STAGE)]
     trainer_kwargs = hydra.utils.instantiate(cfg.trainer, _convert_="all")  # builds a configured strategy
     devices = trainer_kwargs.get("devices")
     if trainer_kwargs.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
@@ -73,8 +78,65 @@ def make_trainer(cfg: DictConfig, out: Path, monitor: str | None = None, mode: s
         raise ValueError(f"trainer.devices={devices} CPU processes is more than this machine's {os.cpu_count()} cores; lower trainer.devices")
     if trainer_kwargs.get("enable_progress_bar") is None:
         trainer_kwargs["enable_progress_bar"] = bar
-    return L.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=logger,
-                     callbacks=callbacks)
+    # Without a configured checkpoint (callbacks=none) Lightning would add its own, named by epoch.
+    trainer_kwargs.setdefault("enable_checkpointing", any(isinstance(c, ModelCheckpoint) for c in configured))
+    # logger=False: no logger at all (an empty list would too, but False says so to Lightning).
+    return L.Trainer(**trainer_kwargs, default_root_dir=str(out), logger=loggers or False,
+                     callbacks=[*first, *callbacks, *last])
+
+
+def _entries(cfg: DictConfig, group: str, out: Path) -> list[tuple[str, DictConfig]]:
+    """The (name, node) pairs of ``cfg[group]`` that are set, resolved with ``paths.output_dir`` at
+    ``out`` (a resumed run writes into the run it continues, not into Hydra's new directory)."""
+    node = cfg.get(group)
+    if not node:
+        return []
+    run = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    OmegaConf.update(run, "paths.output_dir", str(out), force_add=True)
+    return [(name, run[group][name]) for name in node if run[group][name] is not None]
+
+
+def missing_package(group: str, name: str, node: Any) -> str | None:
+    """Why an entry cannot be built here: its ``_requires_`` package (a pip name) is not installed."""
+    need = node.get("_requires_") if isinstance(node, DictConfig) else None
+    if need is None or importlib.util.find_spec(str(need).replace("-", "_")) is not None:
+        return None
+    return (f"{group}={name} needs the Python package {need}, which is not installed here: pip install {need} "
+            f"(or choose another {group}, e.g. {group}=tensorboard)" if group == "logger" else
+            f"{group}.{name} needs the Python package {need}, which is not installed here: pip install {need}")
+
+
+def _build(group: str, name: str, node: DictConfig, **given: Any) -> Any:
+    """``node`` instantiated, with the runtime's values for the parameters it takes among ``given``."""
+    problem = missing_package(group, name, node)
+    if problem:
+        raise ValueError(problem)
+    node = OmegaConf.create({k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_requires_"})
+    made = hydra.utils.instantiate(node, _partial_=True)
+    params = inspect.signature(made.func).parameters
+    return made(**{k: v for k, v in given.items() if k in params and k not in made.keywords})
+
+
+def make_loggers(cfg: DictConfig, out: Path) -> list[Logger]:
+    """The loggers ``cfg.logger`` names (``logger=csv``, ``logger=[tensorboard,csv]``), writing into ``out``."""
+    return [_build("logger", name, node, save_dir=str(out)) for name, node in _entries(cfg, "logger", out)]
+
+
+def make_callbacks(cfg: DictConfig, out: Path, monitor: str | None, mode: str) -> list[Callback]:
+    """The callbacks ``cfg.callbacks`` lists. An entry that takes ``monitor`` or ``dirpath`` (the
+    checkpoints, early stopping) is given the stage's validation metric and ``out/checkpoints``,
+    and is left out of a stage that does not train (no ``monitor``); one that builds to None (the
+    progress lines under the bar, early stopping with patience 0) is left out."""
+    made = []
+    for name, node in _entries(cfg, "callbacks", out):
+        target = hydra.utils.get_method(node._target_) if "_target_" in node else None
+        params = inspect.signature(target).parameters if target is not None else {}
+        if monitor is None and ("monitor" in params or "dirpath" in params):
+            continue
+        callback = _build("callbacks", name, node, monitor=monitor, mode=mode, dirpath=str(out / "checkpoints"))
+        if callback is not None:
+            made.append(callback)
+    return made
 
 
 def final_metrics(trainer: L.Trainer, prefix: str) -> dict[str, float]:
@@ -130,6 +192,9 @@ def resolve_resume(ckpt_path: str | None, out: Path) -> tuple[Path | None, Path]
     run = path.parent.parent if path.parent.name == "checkpoints" else out
     return path, run
 
+
+# Settings of how a run is recorded, not of what it learns (conf/logger/, conf/callbacks/).
+RECORDING = ("logger", "callbacks")
 
 # What makes a run another run: its data, its network, its learner.
 IDENTITY = ("dataset._target_", "model._target_", "algorithm._target_", "algorithm.first_order")
@@ -242,9 +307,14 @@ def merged_config(cfg: DictConfig, stored: dict) -> DictConfig:
         key = override.split("=", 1)[0].lstrip("+~")
         if key in ("ckpt_path",) or key.startswith("hydra."):
             continue
-        if key in GROUPS:  # a group choice, e.g. dataset=omniglot_runs: take the whole node
-            merged[key] = cfg[key]
+        if key in GROUPS or key in RECORDING:  # a group choice, e.g. dataset=omniglot_runs: take the whole node
+            merged[key] = cfg.get(key)
         else:
             OmegaConf.update(merged, key, OmegaConf.select(cfg, key), force_add=True)
+    # How a run is recorded (RECORDING): a resumed run keeps its own; another stage's run (eval of a
+    # training checkpoint) and a checkpoint from before these settings existed take this command's.
+    for key in RECORDING:
+        if key in cfg and (key not in merged or merged.get("task_name") != cfg.task_name):
+            merged[key] = cfg[key]
     merged.task_name = cfg.task_name
     return merged

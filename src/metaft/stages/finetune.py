@@ -163,12 +163,10 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
                          f"got {cfg.early_stopping.patience!r}")
     dm, learner, info = build(cfg)
     monitor, mode = f"val/{learner.metric_name}", "min" if learner.task == "regression" else "max"
-    stopper = EarlyStopping(monitor=monitor, mode=mode, patience=int(cfg.early_stopping.patience),
-                            min_delta=float(cfg.early_stopping.min_delta)) if cfg.early_stopping.patience > 0 else None
-    callbacks = [stopper] if stopper is not None else []
-    if OmegaConf.select(cfg, "logging.images", default=True):
-        callbacks.append(FineTuneFigures())
+    callbacks = [FineTuneFigures()] if OmegaConf.select(cfg, "logging.images", default=True) else []
     trainer = make_trainer(cfg, out, monitor=monitor, mode=mode, callbacks=callbacks)
+    # Early stopping is conf/callbacks/finetune.yaml's early_stopping entry (absent with patience 0).
+    stopper = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
     trainer.fit(learner, datamodule=dm, ckpt_path=resume, weights_only=True)
     results: dict[str, Any] = {**final_metrics(trainer, "val/"), "steps": trainer.global_step}
     results["early_stopped"] = bool(stopper is not None and stopper.wait_count >= stopper.patience
