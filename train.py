@@ -66,5 +66,6 @@ if __name__ == "__main__":
     # Unknown keys and wrong types are refused here, before Hydra creates a run directory.
     command = split_argv(sys.argv[1:])
     if command is not None:
-        check_overrides(Path(__file__).resolve().parent / "conf", *command)
+        check_overrides(Path(__file__).resolve().parent / "conf", command.config_name, command.overrides,
+                        command.config_dirs)
     main()

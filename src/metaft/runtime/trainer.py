@@ -1,7 +1,6 @@
 """The runtime both stages share: the run directory, resume, seeding, the Trainer, results."""
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import logging
 import os
@@ -21,6 +20,7 @@ from metaft.runtime.checkpoints import AtomicLastCheckpoint
 from metaft import checkpoint
 from metaft.runtime.io import write_json
 from metaft.runtime.progress import ProgressLog, progress_mode
+from metaft.runtime.requirements import REQUIRES, missing_package
 
 log = logging.getLogger(__name__)
 
@@ -96,22 +96,12 @@ def _entries(cfg: DictConfig, group: str, out: Path) -> list[tuple[str, DictConf
     return [(name, run[group][name]) for name in node if run[group][name] is not None]
 
 
-def missing_package(group: str, name: str, node: Any) -> str | None:
-    """Why an entry cannot be built here: its ``_requires_`` package (a pip name) is not installed."""
-    need = node.get("_requires_") if isinstance(node, DictConfig) else None
-    if need is None or importlib.util.find_spec(str(need).replace("-", "_")) is not None:
-        return None
-    return (f"{group}={name} needs the Python package {need}, which is not installed here: pip install {need} "
-            f"(or choose another {group}, e.g. {group}=tensorboard)" if group == "logger" else
-            f"{group}.{name} needs the Python package {need}, which is not installed here: pip install {need}")
-
-
 def _build(group: str, name: str, node: DictConfig, **given: Any) -> Any:
     """``node`` instantiated, with the runtime's values for the parameters it takes among ``given``."""
     problem = missing_package(group, name, node)
     if problem:
         raise ValueError(problem)
-    node = OmegaConf.create({k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "_requires_"})
+    node = OmegaConf.create({k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != REQUIRES})
     made = hydra.utils.instantiate(node, _partial_=True)
     params = inspect.signature(made.func).parameters
     return made(**{k: v for k, v in given.items() if k in params and k not in made.keywords})
