@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from metaft import checkpoint
 from metaft.core.errors import NonFiniteLossError
 from metaft.finetune.module import FineTuner, init_head, metasgd_step_sizes
 from metaft.stages.finetune import build
@@ -33,7 +34,7 @@ def test_random_init_takes_only_the_architecture(run_config, mlp_ckpt):
 def test_study_mapping_and_init_kind_checks(run_config, mlp_ckpt, tmp_path):
     _, learner, info = build(run_config("finetune", ["init=maml", f"+checkpoints.maml={mlp_ckpt}", *FAST]))
     assert info["meta_ckpt"] == str(mlp_ckpt) and info["init_kind"] == "meta"
-    with pytest.raises(ValueError, match="algorithm=pretrain"):
+    with pytest.raises(ValueError, match=r"pre-training algorithm \(.*pretrain"):
         build(run_config("finetune", ["init=pretrained", f"meta_ckpt={mlp_ckpt}"], "b"))
     pre = save_ckpt(tmp_path / "pre.ckpt", MLP(), MLP_CFG, algorithm="metaft.algorithms.Pretrain")
     with pytest.raises(ValueError, match="init=pretrained"):
@@ -180,7 +181,7 @@ def test_auto_never_keeps_a_head_that_was_not_trained(run_config, tmp_path, algo
     net = Conv4(filters=4, out_features=3)
     ckpt = save_ckpt(tmp_path / "c.ckpt", net, {**CONV_CFG, "out_features": 3}, algorithm=algorithm)
     stored = torch.load(ckpt, weights_only=True)
-    stored["metaft_config"]["algorithm"].update(extra)
+    stored[checkpoint.CONFIG_KEY]["algorithm"].update(extra)
     torch.save(stored, ckpt)
     init = "pretrained" if "Pretrain" in algorithm else "meta"
     folder = tmp_path / "images"
@@ -213,7 +214,7 @@ def test_a_checkpoint_can_say_its_head_was_trained():
     cfg = {"algorithm": {"_target_": "metaft.algorithms.ProtoNet"}}
     assert untrained_head_rule({}, cfg, "classification") == "prototypes"
     assert untrained_head_rule({}, cfg, "regression") == "zero"
-    assert untrained_head_rule({"metaft_head_trained": True}, cfg, "classification") is None
+    assert untrained_head_rule({checkpoint.HEAD_TRAINED_KEY: True}, cfg, "classification") is None
     assert untrained_head_rule({}, {"algorithm": {"_target_": "metaft.algorithms.Reptile"}}, "regression") is None
 
 

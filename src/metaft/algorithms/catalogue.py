@@ -3,6 +3,7 @@ declare: error messages list them from here instead of naming them by hand."""
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any, Mapping
 
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
@@ -11,9 +12,12 @@ from metaft.runtime.paths import project_root
 
 
 def algorithm_config(name: str) -> DictConfig:
-    """``conf/algorithm/<name>.yaml`` merged over the algorithm configs its defaults list names."""
+    """``conf/algorithm/<name>.yaml`` merged over the algorithm configs its defaults list names
+    (relative to its own folder, as Hydra reads them: ``_base/inner_loop`` names ``_base/common``
+    as ``common``)."""
     node = OmegaConf.load(project_root() / "conf" / "algorithm" / f"{name}.yaml")
-    parents = [d for d in node.pop("defaults", []) if isinstance(d, str) and d != "_self_"]
+    folder = name.rpartition("/")[0]
+    parents = [f"{folder}/{d}" if folder else d for d in node.pop("defaults", []) if isinstance(d, str) and d != "_self_"]
     return OmegaConf.merge(*(algorithm_config(p) for p in parents), node) if parents else node
 
 
@@ -36,27 +40,35 @@ def listed(predicate: "callable[[type, DictConfig], bool]") -> str:  # type: ign
     return ", ".join(names(predicate)) or "see conf/algorithm/"
 
 
+def learner_class(config: Mapping[str, Any], what: str = "the checkpoint") -> type:
+    """The learner class a run config's ``algorithm._target_`` names, to ask what it declares
+    (``MetaLearner``'s class attributes); a clear error when it names none this metaft has."""
+    target = str((config.get("algorithm") or {}).get("_target_", ""))
+    try:
+        return get_class(target)
+    except Exception as e:  # hydra wraps the ImportError/AttributeError of a missing class
+        raise ValueError(f"{what} was trained by algorithm {target or '(none stored)'}, which this metaft does not "
+                         f"have ({e}); use the metaft version that trained it") from e
+
+
 def fixed_body(cls: type, cfg: DictConfig) -> bool:
     """Learners whose body stays fixed while a task is solved."""
-    from metaft.algorithms.feature_head import FeatureHeadLearner
-
-    return issubclass(cls, FeatureHeadLearner) or cfg.get("adapt") == "head"
+    return cls.head_per_episode or (cls.has_inner_loop and cfg.get("adapt") == "head")
 
 
 def per_episode_head(cls: type, cfg: DictConfig) -> bool:
-    from metaft.algorithms.feature_head import FeatureHeadLearner
-
-    return issubclass(cls, FeatureHeadLearner)
+    return cls.head_per_episode
 
 
 def zero_head_capable(cls: type, cfg: DictConfig) -> bool:
-    """Gradient learners that can start each task from a zero head sized by the episode."""
-    from metaft.algorithms.gradient import GradientLearner
-
-    return issubclass(cls, GradientLearner) and cfg.get("adapt") != "body" and not cls.learns_step_sizes
+    """Inner-loop learners that can start each task from a zero head sized by the episode."""
+    return cls.has_inner_loop and cfg.get("adapt") != "body" and not cls.learns_step_sizes
 
 
 def regresses(cls: type, cfg: DictConfig) -> bool:
-    from metaft.algorithms.gradient import GradientLearner
+    return cls.regresses
 
-    return issubclass(cls, GradientLearner)
+
+def pretrains(cls: type, cfg: DictConfig) -> bool:
+    """Supervised pre-training over the training classes (fine-tuning's ``init=pretrained``)."""
+    return cls.classifies_training_classes

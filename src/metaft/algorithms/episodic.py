@@ -2,13 +2,16 @@
 sync and the NaN policy), evaluation on fixed episodes, logging and checkpoints.
 
 An algorithm says how it solves tasks (``query_outputs``) and forms the meta-gradient
-(``meta_backward``), and declares what the rest of the code needs to know about it
-(``sizes_head_per_episode``, ``trains_head``, ``has_inner_loop``) as properties.
+(``meta_backward``), and declares what the rest of the code needs to know about it: on the class
+(``has_inner_loop``, ``head_per_episode``, ``classifies_training_classes``, ``untrained_head_start``,
+...; read before a learner is built, e.g. from a checkpoint's config) and as properties of the built
+learner (``sizes_head_per_episode``, ``trains_head``, ``body_fixed_per_task``). Stages, fine-tuning
+and the study ask these, never a learner's type or name.
 """
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Callable, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import lightning as L
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -138,6 +141,27 @@ class MetaLearner(L.LightningModule):
         self.trained_classes: dict | None = None
 
     # ------------------------------------------------------------- what the algorithm declares
+    # On the class: true of every learner of the class, whatever its settings.
+    has_inner_loop: ClassVar[bool] = False
+    """Solves a task by gradient steps of the shared inner loop (the options of
+    ``conf/algorithm/_base/inner_loop.yaml`` apply to it)."""
+    regresses: ClassVar[bool] = True
+    """Learns regression tasks as well as classification."""
+    head_per_episode: ClassVar[bool] = False
+    """Classifies body features with a head built afresh from each episode's support set, never
+    with ``net.head`` (which it leaves untrained)."""
+    classifies_training_classes: ClassVar[bool] = False
+    """Trains a classifier over all the stage-1 training classes on labelled batches (supervised
+    pre-training) instead of episodes: the classifier is sized from the training split before
+    fitting, batch norm spans data-parallel ranks, and its checkpoints are fine-tuning's
+    ``init=pretrained``."""
+    untrained_head_start: ClassVar[Literal["prototypes", "zero"]] = "zero"
+    """How fine-tuning's ``head_init=auto`` starts a classification head this learner left
+    untrained (a regression head always starts at zero)."""
+    learns_step_sizes: ClassVar[bool] = False
+    """Learns the inner loop's step sizes (Meta-SGD), so they are not a setting to choose."""
+
+    # On the built learner: may depend on its settings.
     @property
     def sizes_head_per_episode(self) -> bool:
         """Whether the classifier is built from each episode (so any number of ways works)
@@ -147,7 +171,7 @@ class MetaLearner(L.LightningModule):
     @property
     def trains_head(self) -> bool:
         """Whether meta-training leaves ``net.head`` meaningful (fine-tuning keeps it only then)."""
-        return True
+        return not self.head_per_episode
 
     @property
     def body_fixed_per_task(self) -> bool:

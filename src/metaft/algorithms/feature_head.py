@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.func import vmap
 
 import metaft.algorithms.catalogue as catalogue
+from metaft.core.objective import Objective
 from metaft.algorithms.episodic import MetaLearner
 from metaft.data.episode import Episode
 from metaft.models.nets import MetaNet
@@ -52,11 +53,16 @@ class FeatureHeadLearner(MetaLearner):
     """
 
     fits_head_at_eval: bool = False
+    regresses = False
+    head_per_episode = True
+    # Their rule is nearest class mean (or a head fitted to the support features); the linear form
+    # of the nearest-prototype rule is the closest start for the head they never trained.
+    untrained_head_start = "prototypes"
 
     def __init__(self, net: MetaNet, task: str = "classification", inner_steps: int = 0,
                  eval_inner_steps: int | None = None, **kwargs: Any) -> None:
         name = type(self).__name__
-        if task != "classification":
+        if Objective(task).regression:
             raise ValueError(
                 f"algorithm {name} is for classification only, but the dataset is a {task} task: choose a "
                 f"classification dataset (e.g. dataset=omniglot), or an algorithm that also regresses "
@@ -64,8 +70,10 @@ class FeatureHeadLearner(MetaLearner):
             )
         if inner_steps:
             raise ValueError(f"algorithm {name} has no inner loop in training: set algorithm.inner_steps=0 (got {inner_steps})")
-        # Options of the gradient inner loop: here they would be accepted and do nothing (or fail
-        # at the first evaluation, after the training time is spent).
+        # Options of the gradient inner loop (conf/algorithm/_base/inner_loop.yaml, which these
+        # learners' configs do not include): here they would do nothing, or fail at the first
+        # evaluation after the training time is spent. Their unset values are accepted, as the
+        # stored configs of checkpoints written when every config included them hold them.
         inert = [k for k in INNER_LOOP_OPTIONS if kwargs.get(k) and not (k == "adapt" and kwargs[k] == "all")]
         if inert:
             raise ValueError(
@@ -95,10 +103,6 @@ class FeatureHeadLearner(MetaLearner):
     @property
     def sizes_head_per_episode(self) -> bool:
         return True
-
-    @property
-    def trains_head(self) -> bool:
-        return False  # net.head is never used: each episode builds its own
 
     def head_logits(self, meta: dict[str, Any], fs: Tensor, sy: Tensor, fq: Tensor, ways: int, steps: int) -> Tensor:
         """Query logits ``[steps+1, Q, ways]`` (one entry per head-fitting step; ``[1, Q, ways]``

@@ -50,7 +50,7 @@ class GradientLearner(MetaLearner):
         **common: ``MetaLearner``'s arguments.
     """
 
-    learns_step_sizes: bool = False  # Meta-SGD: learn_inner_lr always on
+    has_inner_loop = True
 
     def __init__(self, net: MetaNet, adapt: Adapt = "all", first_order: bool = False, adapt_head_only: bool = False,
                  learn_inner_lr: bool = False, zero_head: bool = False, inner_optimizer: str = "sgd",

@@ -57,6 +57,7 @@ class Pretrain(FeatureHeadLearner):
     """
 
     fits_head_at_eval = True
+    classifies_training_classes = True
 
     def __init__(self, batch_size: int = 64, classifier: Classifier = "linear", scale: float | None = None,
                  learn_scale: bool = False, eval_head: EvalHead = "gradient", **kwargs: Any) -> None:

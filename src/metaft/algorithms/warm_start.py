@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, open_dict
 
-from metaft.finetune.module import load_body
+from metaft.models.loading import load_body
 from metaft.models.nets import MetaNet
 from metaft import checkpoint
 

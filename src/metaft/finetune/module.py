@@ -10,7 +10,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metaft import checkpoint as checkpoint_format
+from metaft.algorithms.catalogue import learner_class
 from metaft.core.errors import NonFiniteLossError
+from metaft.core.objective import Objective
+from metaft.models.loading import load_body, shape_table
 from metaft.models.nets import MetaNet
 from metaft.runtime.distributed import all_reduce_sum_, global_batchnorm
 from metaft.core.metrics import EpisodeStats
@@ -151,40 +154,6 @@ class FineTuner(L.LightningModule):
 
 
 # -------------------------------------------------------------------------- initialisation
-def _shape_table(want: Mapping[str, Tensor], have: Mapping[str, Tensor], prefix: str) -> list[str]:
-    """One line per entry whose shape differs (or that one side lacks)."""
-    lines = []
-    for k in sorted(set(want) | set(have)):
-        a = tuple(want[k].shape) if k in want else "missing"
-        b = tuple(have[k].shape) if k in have else "missing"
-        if a != b:
-            lines.append(f"  {prefix}{k}: model {a} vs checkpoint {b}")
-    return lines
-
-
-FINETUNE_MODEL_FIX = ("Use the checkpoint's model config: leave `model` unset (it is then read from the checkpoint) "
-                      "or give model=<group> with the same settings.")
-
-
-def load_body(net: MetaNet, state_dict: Mapping[str, Tensor], ckpt_name: str, ckpt_model: Any, model: Any,
-              user: str = "fine-tuning model", fix: str = FINETUNE_MODEL_FIX) -> None:
-    """Copy the checkpoint's ``net.body.*`` into ``net.body``; raise, naming the shapes that
-    differ, both models (``user`` names this side) and ``fix``, when the architectures do not match."""
-    body = {k[len("net.body."):]: v for k, v in state_dict.items() if k.startswith("net.body.")}
-    if not body:
-        raise ValueError(f"{ckpt_name} has no 'net.body.*' weights: it is not a checkpoint of a MetaNet "
-                         "learner (meta-training or the pretrain algorithm)")
-    mine = net.body.state_dict()
-    diff = _shape_table(mine, body, "body.")
-    if diff:
-        raise ValueError(
-            f"{ckpt_name} is a checkpoint of another architecture: its body does not fit the {user}.\n"
-            f"Shapes that differ:\n" + "\n".join(diff) + "\n"
-            f"{user}: {model}\ncheckpoint's model: {ckpt_model}\n{fix}"
-        )
-    net.body.load_state_dict(body)
-
-
 @torch.no_grad()
 def class_prototypes(net: MetaNet, x: Tensor, y: Tensor, ways: int) -> Tensor:
     """Mean body feature of each class, ``[ways, feature_dim]``."""
@@ -195,34 +164,19 @@ def class_prototypes(net: MetaNet, x: Tensor, y: Tensor, ways: int) -> Tensor:
     return torch.zeros(ways, feats.shape[1], dtype=feats.dtype).index_add_(0, y, feats) / counts.unsqueeze(1)
 
 
-# Learners that classify from the body's features and never train ``net.head``: ProtoNet and
-# MetaOptNet build a head per episode, pre-training trains its own ``classifier``.
-FEATURE_HEAD_LEARNERS = ("ProtoNet", "MetaOptNet", "Pretrain")
-
-
 def untrained_head_rule(ckpt: Mapping[str, Any], ckpt_cfg: Mapping[str, Any], task: str) -> str | None:
     """How ``head_init=auto`` starts a head the checkpoint's learner never trained, or ``None``
-    when its ``net.head`` was trained. Read from the checkpoint (``checkpoint.head_trained``) when the
-    learner wrote it, else from its stored config: the feature-head learners
-    (``FEATURE_HEAD_LEARNERS``) get ``prototypes`` (the linear form of their nearest-prototype
-    rule; ``zero`` for regression), and learners with ``algorithm.zero_head=true``, whose every
-    task started from a zero head, get ``zero``."""
-    algo = ckpt_cfg.get("algorithm") or {}
-    target = str(algo.get("_target_", ""))
-    try:  # the class itself: learners built on the feature-head ones count too
-        from hydra.utils import get_class
-
-        from metaft.algorithms.feature_head import FeatureHeadLearner
-
-        feature_head = issubclass(get_class(target), FeatureHeadLearner)
-    except Exception:  # a class that no longer imports: go by its name
-        feature_head = target.rsplit(".", 1)[-1] in FEATURE_HEAD_LEARNERS
+    when its ``net.head`` was trained. Whether it was is read from the checkpoint
+    (``checkpoint.head_trained``), or, for a checkpoint written before it was recorded, from what
+    the learner's class declares (``head_per_episode``) and its stored ``algorithm.zero_head``.
+    The start is the class's ``untrained_head_start`` for classification, ``zero`` for regression."""
+    learner = learner_class(ckpt_cfg)
     trained = checkpoint_format.head_trained(ckpt)
     if trained is None:
-        trained = not (feature_head or bool(algo.get("zero_head", False)))
+        trained = not (learner.head_per_episode or bool((ckpt_cfg.get("algorithm") or {}).get("zero_head", False)))
     if trained:
         return None
-    return "prototypes" if feature_head and task == "classification" else "zero"
+    return "zero" if Objective(task).regression else learner.untrained_head_start
 
 
 @torch.no_grad()
@@ -242,7 +196,7 @@ def init_head(net: MetaNet, rule: str, state_dict: Mapping[str, Tensor] | None, 
     if rule not in HEAD_INITS:
         raise ValueError(f"head_init must be one of {', '.join(HEAD_INITS)}, got {rule!r}")
     head = {k[len("net.head."):]: v for k, v in (state_dict or {}).items() if k.startswith("net.head.")}
-    fits = bool(head) and not _shape_table(net.head.state_dict(), head, "head.")
+    fits = bool(head) and not shape_table(net.head.state_dict(), head, "head.")
     if rule == "auto":
         if state_dict is None:
             rule = "random"
@@ -254,7 +208,7 @@ def init_head(net: MetaNet, rule: str, state_dict: Mapping[str, Tensor] | None, 
         if not fits:
             raise ValueError(
                 "head_init=keep: the checkpoint's head does not fit the target:\n"
-                + "\n".join(_shape_table(net.head.state_dict(), head, "head.") or ["  (no net.head.* weights)"])
+                + "\n".join(shape_table(net.head.state_dict(), head, "head.") or ["  (no net.head.* weights)"])
                 + "\nThe target has another number of outputs; use head_init=zero|prototypes|random"
             )
         net.head.load_state_dict(head)

@@ -16,6 +16,7 @@ from metaft.data.identity import check_unseen, target_classes
 from metaft.finetune.targets import SupervisedTarget
 from metaft.finetune.monitor import FineTuneFigures
 from metaft.finetune.module import FineTuner, init_head, load_body, metasgd_step_sizes, untrained_head_rule
+import metaft.algorithms.catalogue as catalogue
 from metaft import checkpoint
 from metaft.runtime.progress import log_metrics
 from metaft.data.episodic import TRAIN_STREAM
@@ -51,16 +52,17 @@ def resolve_init(cfg: DictConfig) -> tuple[str, str | None]:
 
 
 def _check_kind(kind: str, ckpt_cfg: dict[str, Any], path: str, name: str) -> str:
-    """The init's kind, checked: ``init=pretrained`` needs a pre-training checkpoint, ``init=meta``
-    another; a study name (``checkpoints.<name>``) takes its checkpoint's kind, so a pre-training
-    variant (e.g. ``baselinepp``) can have its own line."""
+    """The init's kind, checked: ``init=pretrained`` needs a pre-training checkpoint (its learner
+    declares ``classifies_training_classes``), ``init=meta`` another; a study name
+    (``checkpoints.<name>``) takes its checkpoint's kind, so a pre-training variant (e.g.
+    ``baselinepp``) can have its own line."""
     algo = str((ckpt_cfg.get("algorithm") or {}).get("_target_", ""))
-    is_pretrain = "pretrain" in algo.lower()
+    is_pretrain = catalogue.learner_class(ckpt_cfg, f"meta_ckpt={path}").classifies_training_classes
     if name not in INIT_KINDS:
         return "pretrained" if is_pretrain else "meta"
     if kind == "pretrained" and not is_pretrain:
-        raise ValueError(f"init=pretrained but meta_ckpt={path} was trained by {algo}; give a checkpoint of "
-                         "algorithm=pretrain, or use init=meta")
+        raise ValueError(f"init=pretrained but meta_ckpt={path} was trained by {algo}; give a checkpoint of a "
+                         f"pre-training algorithm ({catalogue.listed(catalogue.pretrains)}), or use init=meta")
     if kind == "meta" and is_pretrain:
         raise ValueError(f"init=meta but meta_ckpt={path} is a supervised pre-training checkpoint; use init=pretrained")
     return kind

@@ -13,7 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 
 import metaft.algorithms.catalogue as catalogue
 from metaft.algorithms.episodic import MetaLearner
-from metaft.algorithms.pretrain import Pretrain
 from metaft.algorithms.warm_start import without_init_ckpt
 from metaft.data.episodic import TRAIN_STREAM, EpisodicDataModule
 from metaft.data.identity import check_unseen, dataset_classes
@@ -23,7 +22,7 @@ from metaft.runtime.data_checks import check_shapes, follow_seed, small_pool
 from metaft.runtime.distributed import global_batchnorm
 from metaft import checkpoint
 from metaft.runtime.io import atomic_write_text
-from metaft.runtime.paths import project_root
+from metaft.runtime.paths import conf_dir
 from metaft.runtime.progress import log_metrics
 from metaft.runtime.trainer import (
     checkpoint_file,
@@ -49,7 +48,7 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, MetaLearner]:
     if dm.inductive_only and getattr(net, "norm", None) == "transductive":
         net.norm = "inductive"  # the same weights; no query's statistics reach another's prediction
     learner: MetaLearner = hydra.utils.instantiate(cfg.algorithm, net=net, task=dm.task)
-    if isinstance(learner, Pretrain):
+    if learner.classifies_training_classes:
         # Its labelled batches are shared out across data-parallel ranks: batch norm must use the
         # whole batch's statistics for N ranks to give the one-process update (a no-op in one
         # process). Never for episodic learners: a task's statistics stay within the task.
@@ -93,7 +92,7 @@ def check_recipe() -> None:
         return
     choices = HydraConfig.get().runtime.choices
     experiment, algorithm = choices.get("experiment"), choices.get("algorithm")
-    recipes = project_root() / "conf" / "recipe" / str(experiment)
+    recipes = conf_dir() / "recipe" / str(experiment)
     if experiment in (None, "null") or not recipes.is_dir() or (recipes / f"{algorithm}.yaml").is_file():
         return
     have = ", ".join(sorted(p.stem for p in recipes.glob("*.yaml")))
@@ -111,8 +110,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dm, learner = build(cfg)
     check_shapes(dm, ("train", "val", "test") if cfg.test else ("train", "val"))  # all at once, before the run
     learner.trained_classes = classes.stored() if classes is not None else None
-    if isinstance(learner, Pretrain) and learner.classifier is None:
-        # Made here, in the launching process, rather than in Pretrain.setup: spawned ranks would
+    if learner.classifies_training_classes and learner.classifier is None:
+        # Made here, in the launching process, rather than in the learner's setup: spawned ranks would
         # draw its initial weights from their own random state, so N ranks would not start (and
         # so not train) as one process does.
         learner.make_classifier(dm.num_classes("train"))
