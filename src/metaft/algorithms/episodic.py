@@ -1,5 +1,6 @@
-"""``MetaLearner``: the Lightning side every algorithm shares: the outer step (with data-parallel
-sync and the NaN policy), evaluation on fixed episodes, logging and checkpoints.
+"""``MetaLearner``: what every algorithm shares: its settings, the model as functions, the task
+engine and checkpoints, with the outer step (``outer_step.OuterStep``) and evaluation on fixed
+episodes (``evaluation.Evaluation``) as parts of its own.
 
 An algorithm says how it solves tasks (``query_outputs``) and forms the meta-gradient
 (``meta_backward``), and declares what the rest of the code needs to know about it: on the class
@@ -13,22 +14,20 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, Callable, ClassVar, Literal
 
-import lightning as L
 from omegaconf import DictConfig, ListConfig, OmegaConf
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from metaft import checkpoint as checkpoint_format
+from metaft.algorithms.evaluation import Evaluation
+from metaft.algorithms.outer_step import OuterStep
 from metaft.core import tasks
-from metaft.core.errors import NonFiniteLossError
 from metaft.core.inner_loop import Params
-from metaft.core.metrics import EpisodeStats
 from metaft.core.objective import Kind, Objective
 from metaft.data.episode import Episode
 from metaft.models.nets import MetaNet, batched_forward
 from metaft.models.norm import support_statistics
-from metaft.runtime.distributed import all_reduce_sum_
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
@@ -39,7 +38,7 @@ def check_positive(**values: float) -> None:
             raise ValueError(f"algorithm.{name} must be > 0, got {v}")
 
 
-class MetaLearner(L.LightningModule):
+class MetaLearner(OuterStep, Evaluation):
     """An episodic learner under Lightning (manual optimisation): subclasses solve tasks.
 
     Args:
@@ -290,159 +289,6 @@ class MetaLearner(L.LightningModule):
 
     def backward_in_parts(self, episode: Episode, size: int, solve: Callable[[Episode], Tensor]) -> tuple[Tensor, Tensor]:
         return tasks.backward_in_parts(episode, size, solve, self.loss_fn, self.backward_)
-
-    def backward_(self, loss: Tensor) -> None:
-        # Outside a Trainer (benchmarks, tests) the plain backward is the same computation.
-        self.manual_backward(loss) if self._trainer is not None else loss.backward()
-
-    def sync_meta_gradient(self, loss: Tensor) -> Tensor:
-        """Average the meta-gradient (and the loss) over data-parallel ranks; return the loss.
-
-        Each rank holds an equal share of the meta-batch, so the mean of the ranks' gradients
-        is the gradient of the whole meta-batch. One flat all-reduce; the loss rides along, so
-        every rank sees the same NaN/Inf verdict and none is left waiting in a collective."""
-        world = self.trainer.world_size if self._trainer is not None else 1
-        if world == 1:
-            return loss
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        total = loss.detach().reshape(1).clone()
-        all_reduce_sum_([*grads, total])
-        for g in grads:
-            g /= world
-        return total[0] / world
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        # Regularisers on a schedule (DropBlock's ramp) follow the global step, which a resumed run restores.
-        self.net.set_training_step(self.global_step)
-
-    def training_step(self, episode: Episode, batch_idx: int) -> Tensor:
-        return self.outer_step(lambda: self.meta_backward(episode), episode.query_y,
-                               lambda: self.log_training_details(episode))
-
-    def outer_step(self, backward: Callable[[], tuple[Tensor, Tensor]], y: Tensor, details: Callable[[], None]) -> Tensor:
-        """One optimizer step: ``backward()`` forms the gradient and returns (loss, outputs for
-        targets ``y``); then data-parallel sync, the NaN policy, ``details()`` on logging steps,
-        clipping, the step and the scheduler."""
-        opt = self.optimizers()
-        opt.zero_grad(set_to_none=True)
-        loss, out = backward()
-        loss = self.sync_meta_gradient(loss.detach())
-        finite = torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in self.parameters() if p.grad is not None)
-        if not finite:
-            msg = (
-                f"non-finite meta-training loss or gradient (loss {loss.item()}) at step {self.global_step}. "
-                f"Likely cause: a step size too large (algorithm.inner_lr={self.inner_lr}, or the optimizer's "
-                "lr); lower it, or set algorithm.nonfinite=skip to drop such steps. The last good checkpoint is kept."
-            )
-            if self.nonfinite == "raise":
-                raise NonFiniteLossError(msg)
-            self.skipped_steps += 1
-            # A step with no gradients leaves every parameter (and Adam's moments) untouched but
-            # still counts, so max_steps and the per-step episode stream move on.
-            opt.zero_grad(set_to_none=True)
-            opt.step()
-            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True)
-            return loss
-        # Lightning writes step metrics only when this (its own, also used by its
-        # LearningRateMonitor) says so; before clipping and the step, to see what the batch saw.
-        if self._trainer is not None and self.trainer._logger_connector.should_update_logs:
-            details()
-        if self.grad_clip:
-            self.clip_gradients(opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
-        opt.step()
-        sched = self.lr_schedulers()
-        if sched is not None:
-            sched.step()
-        self.log("train/loss", loss, prog_bar=True, on_step=True)
-        if not self.objective.regression:
-            with torch.no_grad():
-                metric = self.per_task_metric(out.detach(), y).mean()
-            self.log(f"train/{self.metric_name}", metric, prog_bar=True, on_step=True)
-        return loss
-
-    def configure_optimizers(self) -> Any:
-        if self.optimizer_factory is None:
-            raise ValueError("algorithm.optimizer is not set; give an optimizer config with _partial_: true")
-        opt = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=opt), "interval": "step"}}
-
-    def log_training_details(self, episode: Episode) -> None:
-        """The meta-batch's query metric (and loss) before and after each inner step, and the
-        meta-gradient's global norm before clipping (Reptile: its pseudo-gradient's). Called only
-        on logging steps (every ``log_every_n_steps``) because it runs the inner loop again."""
-        # The meta-step already updated any running statistics (and a carried inner optimiser state).
-        with tasks.kept_buffers(self):
-            metric, loss = self.adaptation_curve(episode, self.inner_steps)
-        self.log_per_step("train", metric.mean(0), loss.mean(0))
-        self.log_gradient_norm()
-
-    def log_gradient_norm(self) -> None:
-        norms = [torch.linalg.vector_norm(p.grad.detach()) for p in self.parameters() if p.grad is not None]
-        if norms:
-            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack(norms)))
-
-    # ----------------------------------------------------------------- validation and test
-    def on_validation_epoch_start(self) -> None:
-        self.eval_stats = EpisodeStats(self.eval_inner_steps + 1).to(self.device)
-        self.eval_loss = EpisodeStats(self.eval_inner_steps + 1).to(self.device)
-
-    on_test_epoch_start = on_validation_epoch_start
-
-    def adaptation_curve(self, episode: Episode, steps: int) -> tuple[Tensor, Tensor]:
-        """Query metric and loss per task and inner step (``[tasks, steps+1]``; column 0 is
-        before adaptation)."""
-        # Adaptation needs gradients even though Lightning disables them at evaluation. First
-        # order is exact for the adapted values; only the outer gradient would differ, and none
-        # is taken. The meta-parameters are frozen meanwhile: otherwise every query output would
-        # keep an outer graph (all steps, all tasks of the batch: gigabytes for Conv4).
-        with torch.enable_grad(), tasks.frozen(self):
-            out = self.query_outputs(episode, steps, first_order=True, all_steps=True)
-        out = out.detach()  # [tasks, steps+1, Q, C]
-        y = episode.query_y.unsqueeze(1).expand(-1, out.shape[1], *episode.query_y.shape[1:])
-        loss = self.per_task_loss(out.flatten(0, 1), y.flatten(0, 1)).view(out.shape[:2])
-        return self.per_task_metric(out, y), loss
-
-    def evaluation_step(self, episode: Episode) -> None:
-        metric, loss = self.adaptation_curve(episode, self.eval_inner_steps)
-        self.eval_stats.update(metric)
-        self.eval_loss.update(loss)
-
-    def validation_step(self, episode: Episode, batch_idx: int) -> None:
-        self.evaluation_step(episode)
-
-    def test_step(self, episode: Episode, batch_idx: int) -> None:
-        self.evaluation_step(episode)
-
-    def log_evaluation(self, stage: str) -> None:
-        # torchmetrics squeezes one-element results; reshape keeps one entry per inner step.
-        mean, ci95, n = (t.reshape(-1) for t in self.eval_stats.compute())
-        loss_mean = self.eval_loss.compute()[0].reshape(-1)
-        name = self.metric_name
-        self.log(f"{stage}/{name}", mean[-1].float(), prog_bar=stage == "val")
-        self.log(f"{stage}/{name}_ci95", ci95[-1].float())
-        self.log(f"{stage}/loss", loss_mean[-1].float())
-        self.log(f"{stage}/episodes", n[0].float())
-        self.log_per_step(stage, mean, loss_mean)
-        # Kept for the per-episode file (stages.meta): [episodes, steps+1], ranks in order.
-        self.episode_scores[stage] = (self.eval_stats.gathered, self.eval_loss.gathered)
-        self.eval_stats.reset()
-        self.eval_loss.reset()
-
-    def log_per_step(self, stage: str, metric: Tensor, loss: Tensor) -> None:
-        """``{stage}/{metric}_step{i}`` for every inner step ``i`` (0: before adaptation), and
-        ``{stage}/loss_step{i}`` where the loss is not the metric itself (classification)."""
-        for i in range(metric.shape[0]):
-            self.log(f"{stage}/{self.metric_name}_step{i}", metric[i].float())
-            if not self.objective.regression:  # else the loss is the metric itself
-                self.log(f"{stage}/loss_step{i}", loss[i].float())
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_evaluation("val")
-
-    def on_test_epoch_end(self) -> None:
-        self.log_evaluation("test")
 
     # ---------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
