@@ -47,6 +47,18 @@ class Objective:
             return (out - y).pow(2).mean(dim=(-2, -1))
         return F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(-1)
 
+    def per_example_loss(self, out: Tensor, y: Tensor) -> Tensor:
+        """One loss per example (supervised batches: fine-tuning). ``out``: ``[examples, C]``."""
+        if self.regression:
+            return (out - y).pow(2).flatten(1).mean(1)
+        return F.cross_entropy(out, y, reduction="none")
+
+    def per_example_metric(self, out: Tensor, y: Tensor) -> Tensor:
+        """One value per example: squared error, or 100 for a correct class and 0 otherwise."""
+        if self.regression:
+            return (out - y).pow(2).flatten(1).mean(1)
+        return (out.argmax(-1) == y).to(torch.promote_types(out.dtype, torch.float32)) * 100.0
+
     def per_task_metric(self, out: Tensor, y: Tensor) -> Tensor:
         """One value per task (and step): MSE, or accuracy in percent. ``out``: ``[..., Q, C]``."""
         if self.regression:

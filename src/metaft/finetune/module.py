@@ -2,17 +2,16 @@
 are initialised from a meta-checkpoint (body, head rules, Meta-SGD step sizes)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Mapping
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from metaft import checkpoint as checkpoint_format
 from metaft.algorithms.catalogue import learner_class
 from metaft.core.errors import NonFiniteLossError
-from metaft.core.objective import Objective
+from metaft.core.objective import Kind, Objective
 from metaft.models.loading import load_body, shape_table
 from metaft.models.nets import MetaNet
 from metaft.runtime.distributed import all_reduce_sum_, global_batchnorm
@@ -22,7 +21,8 @@ HEAD_INITS = ("auto", "keep", "zero", "prototypes", "random")
 
 
 class FineTuner(L.LightningModule):
-    """Supervised fine-tuning: cross-entropy (accuracy in percent) or MSE.
+    """Supervised fine-tuning, scored by the same ``Objective`` as stage 1 and the study:
+    cross-entropy (accuracy in percent) or MSE.
 
     Args:
         net: the model, already initialised (see ``load_body`` / ``init_head``).
@@ -34,12 +34,11 @@ class FineTuner(L.LightningModule):
         grad_clip: clip the gradient's global norm (``0`` disables).
     """
 
-    def __init__(self, net: MetaNet, task: Literal["classification", "regression"],
+    def __init__(self, net: MetaNet, task: Kind,
                  optimizer: Callable[..., torch.optim.Optimizer], scheduler: Callable[..., Any] | None = None,
                  lr_scales: Mapping[str, Tensor] | None = None, grad_clip: float = 0.0) -> None:
         super().__init__()
-        if task not in ("classification", "regression"):
-            raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+        self.objective = Objective(task)  # refuses another kind of task
         # Data parallel shares each training batch out: batch norm must see the whole batch for N
         # ranks to give the one-process update (plain batch norm in one process).
         self.net, self.task = global_batchnorm(net), task
@@ -59,17 +58,13 @@ class FineTuner(L.LightningModule):
 
     @property
     def metric_name(self) -> str:
-        return "mse" if self.task == "regression" else "acc"
+        return self.objective.metric_name
 
     def per_example_loss(self, out: Tensor, y: Tensor) -> Tensor:
-        if self.task == "regression":
-            return (out - y).pow(2).flatten(1).mean(1)
-        return F.cross_entropy(out, y, reduction="none")
+        return self.objective.per_example_loss(out, y)
 
     def per_example_metric(self, out: Tensor, y: Tensor) -> Tensor:
-        if self.task == "regression":
-            return (out - y).pow(2).flatten(1).mean(1)
-        return (out.argmax(-1) == y).float() * 100.0  # float32: every device has it
+        return self.objective.per_example_metric(out, y)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -216,7 +211,7 @@ def init_head(net: MetaNet, rule: str, state_dict: Mapping[str, Tensor] | None, 
         net.head.weight.zero_()
         net.head.bias.zero_()
     elif rule == "prototypes":
-        if task != "classification" or train is None:
+        if Objective(task).regression or train is None:
             raise ValueError("head_init=prototypes applies to classification targets only; use zero or random")
         mu = class_prototypes(net, *train, ways=net.head.out_features)
         net.head.weight.copy_(2 * mu)

@@ -38,10 +38,11 @@ class FineTuneFigures(Callback):
         head = f"step {trainer.global_step}" + (f": val/{metric} {float(val):.4g}" if val is not None else "")
         step = 0 if trainer.sanity_checking else log_step(trainer)
         train_x, train_y = dm.splits["train"]
-        if dm.task == "regression" and train_x.dim() == 2 and train_x.shape[1] == 1:
+        regression = dm.objective.regression
+        if regression and train_x.dim() == 2 and train_x.shape[1] == 1:
             fig = self._fit(pl_module, dm, head)
             tb.experiment.add_image("val/fit", render(fig), step, dataformats="HWC")
-        elif dm.task == "classification" and train_x.dim() == 4:
+        elif not regression and train_x.dim() == 4:
             fig = _predictions(pl_module, dm, head)
             tb.experiment.add_image("val/predictions", render(fig), step, dataformats="HWC")
 

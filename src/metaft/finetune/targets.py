@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+from metaft.core.objective import Objective
 from metaft.data.episodic import episode_generator, split_generator
 from metaft.data.images.episodes import normalize
 
@@ -94,9 +95,14 @@ class SupervisedTarget(L.LightningDataModule):
         return self._splits
 
     @property
+    def objective(self) -> Objective:
+        """What the target's outputs are scored by (its kind of task)."""
+        return Objective(self.task)
+
+    @property
     def num_outputs(self) -> int:
         """Outputs of the head: the number of classes, or 1 for regression."""
-        if self.task == "regression":
+        if self.objective.regression:
             return 1
         return int(self.splits["train"][1].max()) + 1
 

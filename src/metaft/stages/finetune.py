@@ -164,7 +164,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"early_stopping.patience must be a number of validations >= 0 (0 disables early stopping), "
                          f"got {cfg.early_stopping.patience!r}")
     dm, learner, info = build(cfg)
-    monitor, mode = f"val/{learner.metric_name}", "min" if learner.task == "regression" else "max"
+    monitor, mode = f"val/{learner.metric_name}", learner.objective.mode
     callbacks = [FineTuneFigures()] if OmegaConf.select(cfg, "logging.images", default=True) else []
     trainer = make_trainer(cfg, out, monitor=monitor, mode=mode, callbacks=callbacks)
     # Early stopping is conf/callbacks/finetune.yaml's early_stopping entry (absent with patience 0).

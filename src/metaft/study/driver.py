@@ -228,7 +228,7 @@ def report(out: Path) -> str:
     rows = analysis.read_rows(out / "study.csv")
     if not rows:
         raise ValueError(f"{out / 'study.csv'} has no rows; run the study first")
-    lower = hydra.utils.get_class(cfg.dataset._target_).task == "regression"
+    lower = Objective(hydra.utils.get_class(cfg.dataset._target_).task).mode == "min"
     metric = "mse" if lower else "acc"
     primary = protocol.primary(cfg) if cfg.get("primary") is not None else None
     reference = primary.pretrained if primary else next((str(i) for i in cfg.pretrained if i in cfg.inits), None)
