@@ -526,7 +526,7 @@ def test_an_experiment_without_the_algorithms_recipe_is_refused(tmp_path, monkey
     recipes = tmp_path / "project" / "conf" / "recipe" / "omniglot_cpu"
     shutil.copytree(ROOT / "conf" / "recipe" / "omniglot_cpu", recipes)
     (recipes / "maml.yaml").unlink()
-    monkeypatch.setattr(meta, "project_root", lambda: tmp_path / "project")
+    monkeypatch.setattr(meta, "conf_dir", lambda: tmp_path / "project" / "conf")
     with pytest.raises(ValueError, match="experiment=omniglot_cpu has no recipe for algorithm=maml: write "
                                          "conf/recipe/omniglot_cpu/maml.yaml"):
         meta.train(cfg)

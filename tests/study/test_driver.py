@@ -176,7 +176,7 @@ def test_stage_one_runs_can_be_launched_through_a_prefix_and_a_new_neutral_setti
 
     cfg = driver.load_config("omniglot", ["stage1.prefix=[srun,--ntasks=1,--exclusive]"])
     cmd = stage1.command(cfg, "maml", 0, tmp_path / "run", {})
-    assert cmd[:3] == ["srun", "--ntasks=1", "--exclusive"] and cmd[4].endswith("train.py")
+    assert cmd[:3] == ["srun", "--ntasks=1", "--exclusive"] and cmd[4:6] == ["-m", "metaft"]  # the installed entry point
     # A study saved before stage1.prefix existed continues; another value of a setting does not.
     out = tmp_path / "study"
     out.mkdir()

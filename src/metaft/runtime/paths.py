@@ -1,18 +1,28 @@
-"""Where the project's files are: ``conf/`` and ``train.py`` live beside ``src/``, not in the package."""
+"""Where metaft's files are: the configs (the package ``metaft.conf``: ``conf/`` of a checkout, which
+``src/metaft/conf`` links to, or the installed copy's), the data and the outputs."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 
+def conf_dir() -> Path:
+    """The directory of the configs Hydra reads as ``pkg://metaft.conf``: the installed package's
+    ``metaft/conf``, or in a checkout its ``conf/`` (through the ``src/metaft/conf`` link)."""
+    return Path(__file__).resolve().parents[1] / "conf"
+
+
 def project_root() -> Path:
     """The directory holding ``conf/train.yaml`` and ``train.py``: ``$METAFT_ROOT`` if set, else the
-    checkout this package was installed from (an editable install or ``PYTHONPATH=src``)."""
+    checkout this package was installed from (an editable install or ``PYTHONPATH=src``); in an
+    installed copy without a checkout, the package's own directory (its ``conf/`` is the configs)."""
     env = os.environ.get("METAFT_ROOT")
     candidates = [Path(env)] if env else [Path(__file__).resolve().parents[3], Path.cwd()]
     for root in candidates:
         if (root / "conf" / "train.yaml").is_file() and (root / "train.py").is_file():
             return root
+    if not env and (conf_dir() / "train.yaml").is_file():
+        return conf_dir().parent
     raise FileNotFoundError(
         f"cannot find the metaft project (conf/train.yaml and train.py) in {', '.join(map(str, candidates))}: "
         "run from the project directory, or set METAFT_ROOT to it"
@@ -35,9 +45,9 @@ _HIDDEN_GROUPS = ("hydra", "recipe", "paths", "study")  # study: python -m metaf
 
 def help_groups() -> str:
     """The config groups users choose from, one line each: ``  group: option, option``."""
-    conf = project_root() / "conf"
+    conf = conf_dir()
     lines = []
-    for d in sorted(p for p in conf.iterdir() if p.is_dir() and p.name not in _HIDDEN_GROUPS):
+    for d in sorted(p for p in conf.iterdir() if p.is_dir() and p.name not in _HIDDEN_GROUPS and not p.name.startswith("_")):
         options = sorted(f.stem for f in d.glob("*.yaml"))
         lines.append(f"  {d.name}: {', '.join(options)}")
     return "\n".join(lines)

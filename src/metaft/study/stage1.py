@@ -25,12 +25,13 @@ def needs(cfg: DictConfig, algorithm: str) -> list[str]:
 
 
 def command(cfg: DictConfig, algorithm: str, seed: int, run: Path, ckpts: dict[tuple[str, int], Any]) -> list[str]:
-    """``train.py`` for one stage-1 run of ``algorithm`` into ``run``; ``CKPT(<init>)`` in its
+    """The ``metaft`` command (``python -m metaft``, the installed entry point, as ``train.py``) for one
+    stage-1 run of ``algorithm`` into ``run``; ``CKPT(<init>)`` in its
     settings becomes that init's checkpoint of the same seed (Meta-Baseline's pre-trained body)."""
     variant_ = [re.sub(r"CKPT\((\w+)\)", lambda m: str(ckpts[m.group(1), seed]), v) for v in variant(cfg, algorithm)]
     experiment = cfg.stage1.get("experiment")
     prefix = [str(v) for v in cfg.stage1.get("prefix") or []]  # e.g. srun inside a SLURM allocation
-    return [*prefix, sys.executable, str(project_root() / "train.py"), *([f"experiment={experiment}"] if experiment else []),
+    return [*prefix, sys.executable, "-m", "metaft", *([f"experiment={experiment}"] if experiment else []),
             f"algorithm={variant_[0]}", *cfg.stage1.overrides, *variant_[1:], f"seed={seed}", f"hydra.run.dir={run}"]
 
 
