@@ -110,6 +110,7 @@ CASES: tuple[Case, ...] = (
     _omniglot("pretrain", "algorithm.eval_inner_steps=5"),
     _omniglot("baselinepp", "algorithm.eval_inner_steps=3"),
     _omniglot("metabaseline", warm_start="omniglot/baselinepp"),
+    _omniglot("simpleshot"),
     # The evaluation stage: a checkpoint scored again with other settings on top of its stored config.
     _eval("sinusoid/eval_metasgd", "sinusoid/metasgd", "algorithm.eval_inner_steps=3"),
     _eval("omniglot/eval_maml_inductive", "omniglot/maml", "algorithm.eval_inner_steps=2", "++model.bn=inductive"),
