@@ -62,3 +62,14 @@ def test_without_a_checkpoint_the_folder_target_keeps_its_own_settings(run_confi
     dm, _, _ = build(cfg)
     assert (dm.channels, dm.image_size, dm.mean) == (1, 28, None)
     assert float(dm.splits["train"][0].min()) >= 0.0
+
+
+def test_a_dataset_of_one_image_format_declares_it():
+    """Omniglot's stored config names no channels: its class declares them (grey), where the stored
+    config of a dataset without images gives no conventions."""
+    from metaft.data import OmniglotDataModule, SinusoidDataModule
+    from metaft.finetune.conventions import meta_conventions
+
+    path = lambda cls: f"{cls.__module__}.{cls.__name__}"  # noqa: E731
+    assert meta_conventions({"dataset": {"_target_": path(OmniglotDataModule)}})["channels"] == OmniglotDataModule.channels
+    assert meta_conventions({"dataset": {"_target_": path(SinusoidDataModule)}}) == {}

@@ -8,14 +8,14 @@ from typing import Any, Mapping
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from metaft.runtime.paths import project_root
+from metaft.runtime.paths import conf_dir
 
 
 def algorithm_config(name: str) -> DictConfig:
     """``conf/algorithm/<name>.yaml`` merged over the algorithm configs its defaults list names
     (relative to its own folder, as Hydra reads them: ``_base/inner_loop`` names ``_base/common``
     as ``common``)."""
-    node = OmegaConf.load(project_root() / "conf" / "algorithm" / f"{name}.yaml")
+    node = OmegaConf.load(conf_dir() / "algorithm" / f"{name}.yaml")
     folder = name.rpartition("/")[0]
     parents = [f"{folder}/{d}" if folder else d for d in node.pop("defaults", []) if isinstance(d, str) and d != "_self_"]
     return OmegaConf.merge(*(algorithm_config(p) for p in parents), node) if parents else node
@@ -23,7 +23,7 @@ def algorithm_config(name: str) -> DictConfig:
 
 @lru_cache(maxsize=1)
 def _catalogue() -> tuple[tuple[str, type, DictConfig], ...]:
-    names = sorted(p.stem for p in (project_root() / "conf" / "algorithm").glob("*.yaml"))
+    names = sorted(p.stem for p in (conf_dir() / "algorithm").glob("*.yaml"))
     return tuple((n, get_class(c._target_), c) for n in names for c in [algorithm_config(n)])
 
 

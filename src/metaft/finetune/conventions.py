@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -21,8 +22,8 @@ def meta_conventions(ckpt_cfg: dict[str, Any]) -> dict[str, Any]:
     dataset, model = ckpt_cfg.get("dataset") or {}, ckpt_cfg.get("model") or {}
     out: dict[str, Any] = {}
     channels = dataset.get("channels", model.get("in_channels"))
-    if channels is None and "omniglot" in str(dataset.get("_target_", "")).lower():
-        channels = 1  # Omniglot is read as grey images
+    if channels is None:  # a dataset whose images have one fixed format declares it (Omniglot: grey)
+        channels = getattr(_dataset_class(dataset), "channels", None)
     if channels is not None:
         out["channels"] = int(channels)
     size = dataset.get("image_size", model.get("image_size"))
@@ -33,6 +34,14 @@ def meta_conventions(ckpt_cfg: dict[str, Any]) -> dict[str, Any]:
             value = dataset.get(key)
             out[key] = None if value is None else [float(v) for v in value]
     return out
+
+
+def _dataset_class(dataset: dict[str, Any]) -> type | None:
+    """The datamodule class a stored dataset config names, or None (none named, or gone)."""
+    try:
+        return get_class(str(dataset["_target_"])) if dataset.get("_target_") else None
+    except Exception:  # hydra wraps the import error of a class this version does not have
+        return None
 
 
 def apply_conventions(target: DictConfig, conventions: dict[str, Any], given: Iterable[str]) -> dict[str, Any]:

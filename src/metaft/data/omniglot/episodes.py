@@ -56,6 +56,7 @@ class OmniglotDataModule(EpisodicDataModule):
     """
 
     task = "classification"
+    channels = 1  # grey images: a checkpoint's stored config says its inputs through this class
 
     def __init__(
         self,
