@@ -1,7 +1,8 @@
 """An installed metaft (``pip install .``, not editable) runs from any directory: the configs come
 with the package (``metaft.conf``), the ``metaft`` console script is train.py's command.
 
-Slow (a build and an install, then three short runs): ``pytest -m slow tests/workflow/test_install.py``.
+The install and its runs are slow (``pytest -m slow tests/workflow/test_install.py``); the wheel's
+contents are checked in the default run.
 The new environment reuses this one's packages (torch, Lightning, Hydra) through a ``.pth`` file,
 so nothing is downloaded; metaft itself comes from the wheel built from this working tree."""
 from __future__ import annotations
@@ -17,8 +18,6 @@ from pathlib import Path
 import pytest
 
 from tests.workflow.conftest import ROOT
-
-pytestmark = pytest.mark.slow
 
 
 def working_tree_copy(dest: Path) -> Path:
@@ -52,6 +51,34 @@ def new_environment(where: Path) -> Path:
     return python
 
 
+def test_a_checkout_reads_its_conf_as_the_package_metaft_conf():
+    """src/metaft/conf links to conf/: pkg://metaft.conf is the files people edit."""
+    from importlib.resources import files
+
+    from metaft.runtime.paths import conf_dir
+
+    assert Path(str(files("metaft.conf") / "train.yaml")).resolve() == (ROOT / "conf" / "train.yaml").resolve()
+    assert conf_dir().resolve() == (ROOT / "conf").resolve()
+
+
+def test_the_wheel_holds_every_config(tmp_path):
+    """Every YAML file of conf/ is in the wheel, under metaft/conf/, with the console script."""
+    import zipfile
+
+    clone = working_tree_copy(tmp_path / "clone")
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+                            "-w", str(tmp_path / "wheel"), str(clone)], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    (wheel,) = (tmp_path / "wheel").glob("metaft-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    wanted = {f"metaft/conf/{p.relative_to(clone / 'conf').as_posix()}" for p in (clone / "conf").rglob("*.yaml")}
+    assert wanted and wanted <= names, sorted(wanted - names)
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "metaft = metaft.cli:run" in zipfile.ZipFile(wheel).read(entry).decode()
+
+
+@pytest.mark.slow
 def test_pip_install_then_train_eval_and_fine_tune_from_another_directory(tmp_path):
     clone = working_tree_copy(tmp_path / "clone")
     python = new_environment(tmp_path / "venv")
