@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
 
@@ -45,6 +46,11 @@ class ConfigError(SystemExit):
     def __init__(self, problems: Sequence[str]) -> None:
         super().__init__("error: " + "\nerror: ".join(problems))
         self.problems = list(problems)
+
+
+def program() -> str:
+    """How this command was typed: ``python train.py`` in a checkout, else the installed ``metaft``."""
+    return "python train.py" if Path(sys.argv[0]).name == "train.py" else "metaft"
 
 
 def split_argv(argv: Sequence[str]) -> Command | None:
@@ -299,7 +305,7 @@ def check_overrides(config_dir: Path | str, config_name: str, overrides: Sequenc
                 continue
             msg = f"{o.input_line}: {hint}"
             if not close:
-                msg += "; list the settings with `python train.py --cfg job`"
+                msg += f"; list the settings with `{program()} --cfg job`"
             if config_name == "eval":
                 msg += (" (eval composes the default dataset before it reads the checkpoint's config: a key only the "
                         f"checkpoint's config has takes ++, e.g. ++{o.input_line.lstrip('+')})")
