@@ -100,3 +100,16 @@ def test_every_logger_and_callbacks_file_is_one_self_contained_yaml():
         assert f.stem == "none" or list(node) == [f.stem], f
         for entry in node.values():
             assert "_target_" in entry, f
+
+
+def test_logger_and_callbacks_choices_are_checked_before_anything_runs():
+    from metaft.runtime.validate import ConfigError, check_overrides
+
+    check_overrides(ROOT / "conf", "train", ["logger=[tensorboard,csv]", "callbacks.progress=null"])
+    with pytest.raises(ConfigError, match="logger=csvv: there is no logger csvv.*did you mean logger=csv"):
+        check_overrides(ROOT / "conf", "train", ["logger=[tensorboard,csvv]"])
+    with pytest.raises(ConfigError, match="did you mean callbacks.progress"):
+        check_overrides(ROOT / "conf", "train", ["callbacks.progres=null"])
+    if importlib.util.find_spec("wandb") is None:
+        with pytest.raises(ConfigError, match="logger=wandb needs the Python package wandb.*pip install wandb"):
+            check_overrides(ROOT / "conf", "train", ["logger=wandb"])
