@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ REGRESSION = Objective("regression")
 def _cfg(**finetune) -> OmegaConf:
     ft = {"starts": ["zero", "tempered"], "optimizers": {"sgd": [0.01, 1.0], "adam": [0.001, 0.1]},
           "max_steps": 4, "eval_every": 2, **finetune}
-    return OmegaConf.create({"adapt": {"bn": "inductive", "finetune": ft,
+    return OmegaConf.create({"adapt": {"bn": "inductive", "finetune": ft, "probe": {"head": "logistic", "C": 1.0},
                                        "inner_grid": {"lr_scales": [0.1, 10.0], "max_steps": 3}}})
 
 
@@ -144,6 +145,32 @@ def test_grid_settings_are_checked_naming_the_setting():
         choices.check(bad)
     with pytest.raises(ValueError, match="adapt.finetune.augment must be null or one of"):
         choices.check(_cfg(augment="mixup"))
+    bad = _cfg()
+    bad.adapt.probe.C = [1.0, 0.0]
+    with pytest.raises(ValueError, match=r"adapt.probe.C must be a number > 0 or a list of them"):
+        choices.check(bad)
+
+
+def test_the_probes_regularisation_is_chosen_on_validation_problems_for_all_seeds():
+    from metaft.core.objective import Objective
+    from metaft.study import evaluate
+
+    dm = GaussianClusters(ways=3, shots=2, queries=6)
+    val = [dm.sample("val", 6, torch.Generator().manual_seed(s)) for s in (0, 1)]
+    inits = []
+    for seed in (2, 3):
+        torch.manual_seed(seed)
+        inits.append(SimpleNamespace(net=MLP(in_features=dm.in_features, hidden=(16,), out_features=3)))
+    cfg, objective = _cfg(), Objective("classification")
+    cfg.adapt.probe.C = [1e-4, 1.0, 100.0]
+    chosen = choices.choose_probe(inits, val, cfg, objective)
+    # The mean validation accuracy over both seeds' problems, by each C, computed here.
+    means = {C: np.concatenate([evaluate.probe(i, ep, cfg, objective, C) for i in inits for ep in val]).mean()
+             for C in cfg.adapt.probe.C}
+    assert chosen.value == max(means, key=lambda C: (means[C], -list(means).index(C)))
+    assert chosen.score == pytest.approx(means[chosen.value])
+    cfg.adapt.probe.C = 0.5  # a single value: taken as it is, nothing scored
+    assert choices.choose_probe(inits, val, cfg, objective) == choices.Probe(0.5)
 
 
 def test_a_bad_grid_is_refused_before_anything_runs(tmp_path, capsys):

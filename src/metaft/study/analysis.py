@@ -17,7 +17,8 @@ from metaft.study.protocol import Primary
 
 CONFIG = "study_config.yaml"
 FIELDS = ["init", "seed", "ways", "shots", "adaptation", "problem", "fingerprint", "metric", "bn",
-          "chosen_step", "chosen_lr", "chosen_start", "chosen_optimizer", "steps_to_final", "seconds_to_final", "auc", "curve"]
+          "chosen_step", "chosen_lr", "chosen_start", "chosen_optimizer", "steps_to_final", "seconds_to_final", "auc", "curve",
+          "chosen_reg", "seconds_per_step"]
 
 
 def format_curve(steps: list[int], values: list[float]) -> str:
@@ -68,6 +69,7 @@ class Study:
     def __init__(self, rows: list[dict[str, str]], reference: str | None, primary: Primary | None,
                  lower_is_better: bool, alpha: float) -> None:
         self.rows, self.reference, self.primary, self.lower, self.alpha = rows, reference, primary, lower_is_better, alpha
+        self.notes: dict[str, str] = {}  # init -> a label shown beside its name (" (NOT CONVERGED)")
         self.cells: dict[tuple[str, str], dict[str, dict[str, dict[str, dict[str, float]]]]] = defaultdict(
             lambda: defaultdict(lambda: defaultdict(dict)))
         # A problem on which some init's adaptation diverged (a non-finite metric) is left out for
@@ -97,9 +99,11 @@ class Study:
                                          for k, cell in per_k.items()} for init, per_k in self.cells[key].items()}
         return self._summary[key]
 
-    def paired(self, key: tuple[str, str], init: str, k: str) -> np.ndarray:
-        """``[seeds, problems]`` paired differences of ``init`` to the reference (positive: better)."""
-        a, b = self.by_seed(self.cells[key][init][k]), self.by_seed(self.cells[key][self.reference][k])
+    def paired(self, key: tuple[str, str], init: str, k: str, reference: str | None = None) -> np.ndarray:
+        """``[seeds, problems]`` paired differences of ``init`` to ``reference`` (default: the
+        study's reference; positive: better)."""
+        ref = self.reference if reference is None else reference
+        a, b = self.by_seed(self.cells[key][init][k]), self.by_seed(self.cells[key][ref][k])
         diffs = stats.paired_differences(b, a) if self.lower else stats.paired_differences(a, b)
         keys = [sorted(s) for s in a]
         return stats.crossed_matrix([dict(zip(ks, d)) for ks, d in zip(keys, diffs)])
@@ -204,7 +208,8 @@ def markdown(study: Study, metric: str, header: list[str]) -> str:
         for init in sorted(summ):
             cells = [f"{summ[init][k].mean:.2f} [{summ[init][k].lo:.2f}, {summ[init][k].hi:.2f}]" if k in summ[init] else "-"
                      for k in study.shots]
-            lines.append(f"| {init}{' (reference)' if init == ref else ''} | " + " | ".join(cells) + " |")
+            lines.append(f"| {init}{study.notes.get(init, '')}{' (reference)' if init == ref else ''} | "
+                         + " | ".join(cells) + " |")
         if diffs:
             lines += ["", f"Paired difference to {ref} (positive: better than {ref}) [CI], p, Cohen's d_z; `primary`: "
                       "Holm-adjusted p and the CI at Holm's level; `expl.`: exploratory, unadjusted:", "",
@@ -218,7 +223,7 @@ def markdown(study: Study, metric: str, header: list[str]) -> str:
                     h = diffs[init][k]
                     cells.append(f"{h.mean:+.2f} [{h.lo:+.2f}, {h.hi:+.2f}] p={h.p:.3g} d={h.d:.2f} "
                                  f"{'primary' if h.primary else 'expl.'}")
-                lines.append(f"| {init} | " + " | ".join(cells) + " |")
+                lines.append(f"| {init}{study.notes.get(init, '')} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 

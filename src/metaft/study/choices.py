@@ -7,6 +7,7 @@ rows so a continued study reuses them:
   (``adapt.finetune.optimizers``: a list of step sizes per optimiser), and the step count (an
   evaluation point up to ``adapt.finetune.max_steps``); with ``adapt.finetune.augment`` (an
   option, not a grid dimension) every step sees augmented support images (``augment``);
+- the probe's regularisation (``adapt.probe.C``, or ``lam`` for regression, when a list);
 - the learner's own adaptation, for learners that take gradient steps at test: its test-time
   step size (``eval_inner_lr`` times one of ``adapt.inner_grid.lr_scales``; Meta-SGD keeps its
   learned ones) and step count (0 to ``adapt.inner_grid.max_steps``).
@@ -64,6 +65,47 @@ class Inner:
         return f"{self.steps} steps at {self.lr_scale:g} x the learner's step size"
 
 
+@dataclass(frozen=True)
+class Probe:
+    """The probe's regularisation: logistic regression's ``C`` or the ridge head's ``lam``."""
+
+    value: float
+    score: float = float("nan")
+
+    def describe(self) -> str:
+        return f"regularisation {self.value:g}"
+
+
+def probe_grid(cfg: DictConfig) -> tuple[str, list[float]]:
+    """``(key, values)`` of ``adapt.probe``'s regularisation (``C``, or ``lam`` for regression): a
+    number, or a list chosen from on validation problems per (init, N, K)."""
+    key = "lam" if "lam" in cfg.adapt.probe else "C"
+    raw = OmegaConf.to_container(cfg.adapt.probe)[key] if key in cfg.adapt.probe else None
+    values = raw if isinstance(raw, list) else [raw]
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 for v in values):
+        raise ValueError(f"adapt.probe.{key} must be a number > 0 or a list of them (chosen on validation problems), "
+                         f"got {raw!r}")
+    return key, [float(v) for v in values]
+
+
+def choose_probe(inits: Sequence[Init], val: list[Episode], cfg: DictConfig, objective: Objective) -> Probe:
+    """The regularisation with the best mean validation metric over every init's validation
+    problems (a tie: the first listed)."""
+    from metaft.study import evaluate
+
+    _, values = probe_grid(cfg)
+    if len(values) == 1:
+        return Probe(values[0])
+    best: Probe | None = None
+    for v in values:
+        metric = torch.as_tensor(np.concatenate([evaluate.probe(i, ep, cfg, objective, v) for i in inits for ep in val]))
+        score = float(_scores(metric[:, None], objective.regression)[0])
+        if best is None or score < best.score:
+            best = Probe(v, score)
+    assert best is not None
+    return Probe(best.value, (1.0 if objective.regression else -1.0) * best.score)
+
+
 def grid(cfg: DictConfig) -> list[Finetune]:
     """Every (start, optimiser, step size) of ``adapt.finetune``, checked, in the config's order
     (optimiser, then start, then step size): a tie goes to the first."""
@@ -89,6 +131,7 @@ def grid(cfg: DictConfig) -> list[Finetune]:
 def check(cfg: DictConfig) -> None:
     """Both grids and the augmentation, before anything runs (an error names the setting)."""
     grid(cfg)
+    probe_grid(cfg)
     support_augment(cfg.adapt.finetune.get("augment"))
     g = cfg.adapt.get("inner_grid")
     scales = list(g.lr_scales) if g is not None else []
@@ -198,9 +241,10 @@ class Chooser:
     def __init__(self, inits: dict, val: list, cfg: DictConfig, objective: Objective, piece: Path, label: str) -> None:
         self.inits, self.val, self.cfg, self.objective, self.piece, self.label = inits, val, cfg, objective, piece, label
 
-    def __call__(self, init: str, adaptation: str) -> Finetune | Inner:
+    def __call__(self, init: str, adaptation: str) -> Finetune | Inner | Probe:
         group = [v for (name, _), v in sorted(self.inits.items()) if name == init]
-        pick, kind = (choose_finetune, Finetune) if adaptation == "finetune" else (choose_inner, Inner)
+        pick, kind = {"finetune": (choose_finetune, Finetune), "inner": (choose_inner, Inner),
+                      "probe": (choose_probe, Probe)}[adaptation]
         path = self.piece / f"{init}_{adaptation}_choice.json"
         began, fresh = time.perf_counter(), not path.is_file()
         chosen = cached(path, kind, lambda: pick(group, self.val, self.cfg, self.objective))
@@ -219,6 +263,8 @@ def table(rows: list[dict[str, str]]) -> list[str]:
             text = f"{r['chosen_start']}, {r['chosen_optimizer']} {float(r['chosen_lr']):g}, {r['chosen_step']} steps"
         elif r["adaptation"] == "inner" and r.get("chosen_step"):
             text = f"step size {float(r['chosen_lr']):.3g}, {r['chosen_step']} steps"
+        elif r["adaptation"] == "probe" and r.get("chosen_reg"):
+            text = f"regularisation {float(r['chosen_reg']):g}"
         else:
             continue
         chosen[r["ways"], r["adaptation"], r["init"], r["shots"]] = text
@@ -226,7 +272,7 @@ def table(rows: list[dict[str, str]]) -> list[str]:
         return []
     out = ["## Settings chosen on validation problems", "",
            "Full fine-tuning: start, optimiser and step size, steps; the learners' own adaptation: test-time step "
-           "size and steps. Chosen per (init, N, K) for all of an init's seeds, never on the test problems.", "",
+           "size and steps; the probe: its regularisation (C, or the ridge's lambda). Chosen per (init, N, K) for all of an init's seeds, never on the test problems.", "",
            "| N | adaptation | init | K | chosen |", "|---|---|---|---|---|"]
     for (ways, adaptation, init, shots), text in sorted(chosen.items(), key=lambda kv: (*kv[0][:3], _k(kv[0][3]))):
         out.append(f"| {'regression' if ways in ('None', '') else ways} | {adaptation} | {init} | {shots} | {text} |")

@@ -29,7 +29,7 @@ from metaft import checkpoint
 from metaft.runtime.io import atomic_write_text
 from metaft.runtime.paths import project_root
 from metaft.runtime.run_dirs import claim
-from metaft.study import analysis, choices, evaluate, labels, protocol, stage1, stats, targets
+from metaft.study import analysis, budget_answer, budgets, choices, evaluate, labels, protocol, speed, stage1, stats, targets, training
 from metaft.study.problems import problem_fingerprints
 from metaft.study.stats import curves_convergence
 
@@ -126,6 +126,7 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
     dataset_cls = hydra.utils.get_class(cfg.dataset._target_)
     objective = Objective(dataset_cls.task)
     ckpts = stage1.train_missing(cfg, out, given)
+    training.record(out, ckpts)
     for (init, seed), ckpt in ckpts.items():
         if ckpt is not None:
             evaluate.check(init, checkpoint.load(ckpt, what=f"the checkpoint of init {init}"), cfg)
@@ -170,8 +171,10 @@ def _adapt(init: evaluate.Init, adaptation: str, shots: object, test: list, choo
     """One (init, seed, N, K, adaptation): a row per problem (none when it does not apply). Full
     fine-tuning, the long piece, prints a line after each chunk."""
     if adaptation == "probe":
-        values = np.concatenate([evaluate.probe(init, ep, cfg, objective) for ep in test])
-        return [{"problem": i, "fingerprint": fp, "metric": float(v)} for i, (fp, v) in enumerate(zip(fps, values))]
+        c = chooser(init.name, "probe")  # its regularisation, chosen on validation problems when a list
+        values = np.concatenate([evaluate.probe(init, ep, cfg, objective, c.value) for ep in test])
+        return [{"problem": i, "fingerprint": fp, "metric": float(v), "chosen_reg": c.value}
+                for i, (fp, v) in enumerate(zip(fps, values))]
     if adaptation == "inner":
         ways = _ways(test[0], objective)
         learner = init.learner
@@ -210,6 +213,7 @@ def _adapt(init: evaluate.Init, adaptation: str, shots: object, test: list, choo
                          "chosen_step": c.step, "chosen_lr": c.lr, "chosen_start": c.start,
                          "chosen_optimizer": c.optimizer, "steps_to_final": conv["steps"][i],
                          "seconds_to_final": conv["seconds"][i], "auc": sign * conv["auc"][i],
+                         "seconds_per_step": float(curves.seconds[i, -1]) / max(1, curves.steps[-1]),
                          "curve": analysis.format_curve(curves.steps, curves.acc[i].tolist())})
         done += take
         spent = time.perf_counter() - began
@@ -234,6 +238,11 @@ def report(out: Path) -> str:
     reference = primary.pretrained if primary else next((str(i) for i in cfg.pretrained if i in cfg.inits), None)
     alpha = float(cfg.get("intervals", cfg.get("bootstrap", {})).get("alpha", 0.05))  # `bootstrap`: older studies
     study = analysis.Study(rows, reference, primary, lower, alpha)
+    episodes = int(cfg.stage1.get("converged", {}).get("val_episodes", 1000))
+    stage1_table, converged, examples = training.table(out, episodes)
+    for init, ok in converged.items():
+        if not ok:
+            study.notes[init] = " (budget arm)" if budgets.split(init)[1] else " (NOT CONVERGED)"
     seeds = sorted({r["seed"] for r in rows})
     header = [f"# Data-efficiency study: {cfg.name}", "",
               f"Command: `{_command(out, cfg)}` (settings: `{CONFIG}`).",
@@ -248,14 +257,22 @@ def report(out: Path) -> str:
               "step size and count, and the learners' test-time step size and count, are chosen per (init, N, K) "
               "on validation problems (the stage-1 validation classes or functions), once for all of an init's "
               "seeds, never on the test problems (`rows/N*_K*/<init>_<adaptation>_choice.json`)."]
+    if primary is not None and any(converged.get(i) is False for i in (primary.meta, primary.pretrained)):
+        header += ["", f"**Not the converged answer: {', '.join(i for i in (primary.meta, primary.pretrained) if not converged.get(i))} "
+                   "did not meet the stage-1 convergence criterion (the table below); its numbers are labelled NOT "
+                   "CONVERGED wherever they appear.**"]
     text = analysis.markdown(study, metric, header)
+    text += "\n" + "\n".join(budget_answer.markdown(study, examples))
+    text += "\n" + "\n".join(stage1_table)
+    text += "\n" + "\n".join(speed.table(study, metric))
     text += "\n" + "\n".join(analysis.convergence_table(rows))
     text += "\n\n" + "\n".join(choices.table(rows))
     if cfg.get("labels") is not None:  # studies before the labels table have none
         text += "\n\n" + "\n".join(labels.table(rows, [float(v) for v in cfg.labels.targets],
                                                  int(cfg.target.all_shots), lower))
     atomic_write_text(out / "study.md", text)
-    pictures = analysis.plot(out, study, metric) + analysis.plot_convergence(out, study, metric)
+    pictures = (analysis.plot(out, study, metric) + analysis.plot_convergence(out, study, metric)
+                + budget_answer.plot(out, study, examples, metric))
     _tensorboard(out, pictures)
     return text
 
@@ -290,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         cfg = load_config(args.name, args.rest)
         protocol.check(cfg)  # the test split and the primary comparison, before anything runs
+        cfg = budgets.expand(cfg)  # the stage-1 budget arms as inits of their own
         choices.check(cfg)  # the grids chosen from on validation problems
         given = given_checkpoints(cfg, args.ckpt)
         out = output_dir(cfg, args.out)

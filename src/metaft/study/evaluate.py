@@ -69,11 +69,14 @@ def check(init: str, checkpoint: Mapping[str, Any], cfg: DictConfig) -> None:
         raise ValueError(f"init {init}: its checkpoint does not fit the {cfg.name} study: " + "; ".join(problems))
 
 
-def probe(init: Init, episode: Episode, cfg: DictConfig, objective: Objective) -> np.ndarray:
+def probe(init: Init, episode: Episode, cfg: DictConfig, objective: Objective, reg: float | None = None) -> np.ndarray:
+    """The probe's metric per problem, at regularisation ``reg`` (``C`` or ``lam``; default: the
+    config's own, a single number)."""
     if objective.regression:
-        return P.ridge_problems(init.net, episode, lam=float(cfg.adapt.probe.lam), bn=cfg.adapt.bn).numpy()
-    return P.probe_problems(init.net, episode, head=cfg.adapt.probe.head, bn=cfg.adapt.bn,
-                            C=float(cfg.adapt.probe.C)).double().numpy()
+        lam = float(cfg.adapt.probe.lam if reg is None else reg)
+        return P.ridge_problems(init.net, episode, lam=lam, bn=cfg.adapt.bn).numpy()
+    C = float(cfg.adapt.probe.C if reg is None else reg)
+    return P.probe_problems(init.net, episode, head=cfg.adapt.probe.head, bn=cfg.adapt.bn, C=C).double().numpy()
 
 
 def inner(init: Init, episode: Episode, ways: int | None, objective: Objective,

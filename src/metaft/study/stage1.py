@@ -2,6 +2,7 @@
 budget, run side by side as subprocesses of ``train.py``; runs already finished are reused."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -58,6 +59,8 @@ def run_all(cmds: Sequence[list[str]], logs: Sequence[Path], jobs: int) -> list[
         procs = []
         for cmd, log in batch:
             log.parent.mkdir(parents=True, exist_ok=True)
+            # What the run was given, for the study's table of stage-1 checkpoints (study/training.py).
+            (log.parent / "launch.json").write_text(json.dumps({"threads": int(env["OMP_NUM_THREADS"]), "command": cmd}) + "\n")
             print("$", " ".join(cmd), flush=True)
             with open(log, "w") as f:
                 procs.append(subprocess.Popen(cmd, cwd=project_root(), env=env, stdout=f, stderr=subprocess.STDOUT))
