@@ -17,7 +17,8 @@ from tests.finetune.conftest import MLP_CFG, save_ckpt
 SINUSOID = {"_target_": "metaft.data.SinusoidDataModule"}
 TOY = ["stage1.seeds=[0,1]", "inits={random: null, maml: maml}", "pretrained=[random]", "target.shots=[2,5]",
        "target.problems=6", "target.finetune_problems=3", "target.chunk=4", "adapt.finetune.max_steps=4",
-       "adapt.finetune.eval_every=2", "adapt.finetune.val_problems=3", "primary.pretrained=random"]
+       "adapt.finetune.eval_every=2", "adapt.finetune.val_problems=3", "primary.pretrained=random",
+       "controls=null"]  # the preset's control needs its inits (tests/study/test_controls.py runs one)
 
 
 def maml_ckpts(tmp_path: Path, dataset: dict = SINUSOID) -> str:

@@ -30,6 +30,7 @@ from metaft.runtime.io import atomic_write_text
 from metaft.runtime.paths import project_root
 from metaft.runtime.run_dirs import claim
 from metaft.study import analysis, budget_answer, budgets, choices, evaluate, labels, protocol, speed, stage1, stats, targets, training
+from metaft.study import controls
 from metaft.study.problems import problem_fingerprints
 from metaft.study.stats import curves_convergence
 
@@ -153,6 +154,7 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
                 _write_rows(piece / f"{init}_seed{seed}_{adaptation}.csv", [{**common, **r} for r in rows])
                 print(f"N={ways} K={shots} {init} seed {seed} {adaptation}: {len(rows)} problems in "
                       f"{time.perf_counter() - began:.1f}s", flush=True)
+    controls.run(cfg, out, inits, objective)  # controls with known answers, beside the rows
     rows = [r for f in sorted((out / "rows").rglob("*.csv")) for r in analysis.read_rows(f)]
     _write_rows(out / "study.csv", rows)
     return out / "study.csv"
@@ -270,6 +272,9 @@ def report(out: Path) -> str:
     if cfg.get("labels") is not None:  # studies before the labels table have none
         text += "\n\n" + "\n".join(labels.table(rows, [float(v) for v in cfg.labels.targets],
                                                  int(cfg.target.all_shots), lower))
+    section = controls.markdown(out, cfg, alpha)
+    if section:
+        text += "\n\n" + "\n".join(section)
     atomic_write_text(out / "study.md", text)
     pictures = (analysis.plot(out, study, metric) + analysis.plot_convergence(out, study, metric)
                 + budget_answer.plot(out, study, examples, metric))
@@ -309,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         protocol.check(cfg)  # the test split and the primary comparison, before anything runs
         cfg = budgets.expand(cfg)  # the stage-1 budget arms as inits of their own
         choices.check(cfg)  # the grids chosen from on validation problems
+        controls.check(cfg)  # the controls with known answers
         given = given_checkpoints(cfg, args.ckpt)
         out = output_dir(cfg, args.out)
         print(f"study directory: {out}", flush=True)
