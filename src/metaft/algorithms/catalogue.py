@@ -6,19 +6,16 @@ from functools import lru_cache
 from typing import Any, Mapping
 
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from metaft.runtime.compose import group_option
 from metaft.runtime.paths import conf_dir
 
 
 def algorithm_config(name: str) -> DictConfig:
-    """``conf/algorithm/<name>.yaml`` merged over the algorithm configs its defaults list names
-    (relative to its own folder, as Hydra reads them: ``_base/inner_loop`` names ``_base/common``
-    as ``common``)."""
-    node = OmegaConf.load(conf_dir() / "algorithm" / f"{name}.yaml")
-    folder = name.rpartition("/")[0]
-    parents = [f"{folder}/{d}" if folder else d for d in node.pop("defaults", []) if isinstance(d, str) and d != "_self_"]
-    return OmegaConf.merge(*(algorithm_config(p) for p in parents), node) if parents else node
+    """``algorithm=<name>`` as Hydra composes it for a run: ``conf/algorithm/<name>.yaml`` over the
+    configs its defaults list names (``_base/inner_loop`` over ``_base/common``)."""
+    return group_option(conf_dir(), "algorithm", name)
 
 
 @lru_cache(maxsize=1)
