@@ -83,5 +83,15 @@ def run(argv: Sequence[str] | None = None) -> None:
     # Unknown keys and wrong types are refused here, before Hydra creates a run directory.
     command = split_argv(sys.argv[1:])
     if command is not None:
-        check_overrides(CONFIGS, command.config_name, command.overrides, command.config_dirs)
+        cp = primary_config_path(command.config_path) if command.config_path is not None else None
+        check_overrides(CONFIGS, command.config_name, command.overrides, command.config_dirs, cp)
     main()
+
+
+def primary_config_path(config_path: str) -> str:
+    """The primary config directory Hydra reads for ``--config-path config_path``: absolute and
+    ``pkg://`` paths as given, a relative one against this module's package (Hydra's rule for an
+    ``@hydra.main`` function in a module), so the checks read the configs the run will."""
+    from hydra._internal.utils import compute_search_path_dir, detect_calling_file_or_module_from_task_function
+
+    return compute_search_path_dir(*detect_calling_file_or_module_from_task_function(main), config_path) or config_path

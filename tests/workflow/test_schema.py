@@ -123,3 +123,40 @@ def test_a_new_logger_is_one_yaml_file_in_the_users_search_path(tmp_path, user_c
     header = (run / "table" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "val/mse" in header
     assert "test/mse" in json.loads((run / "results.json").read_text())
+
+
+def test_config_path_is_read_from_the_command_line_and_checked():
+    from metaft.runtime.validate import Command, split_argv
+
+    assert split_argv(["-cp", "/my/conf", "--config-name=mine", "a=1"]) == Command("mine", ["a=1"], [], "/my/conf")
+    assert split_argv(["--config-path=/my/conf", "a=1"]) == Command("train", ["a=1"], [], "/my/conf")
+
+
+@pytest.fixture
+def own_tree(user_configs) -> Path:
+    """A user's primary config for --config-path: it builds on the package's train config through its
+    own hydra.searchpath (lightning-hydra-template's way), with a typo of its own."""
+    (user_configs / "mine.yaml").write_text("defaults:\n  - train\n  - _self_\nhydra:\n  searchpath:\n"
+                                            "    - pkg://metaft.conf\ntrainer:\n  max_step: 5\n")
+    return user_configs
+
+
+def test_a_config_path_gets_the_checks_of_a_config_dir(tmp_path, own_tree):
+    from metaft.runtime.validate import ConfigError, check_overrides
+
+    # The user's own file, checked against the config the package composes: did you mean.
+    with pytest.raises(ConfigError, match=r"mine.yaml in .*trainer.max_step: did you mean trainer.max_steps\?"):
+        check_overrides("pkg://metaft.conf", "mine", [], config_path=str(own_tree))
+    # The command line, against the user's primary config and the groups of its search path.
+    with pytest.raises(ConfigError) as e:
+        check_overrides("pkg://metaft.conf", "mine", ["algorithm=slow_mamll", "seeed=1"], config_path=str(own_tree))
+    assert "did you mean algorithm=slow_maml" in str(e.value)
+    (own_tree / "clean.yaml").write_text("defaults:\n  - train\n  - _self_\nhydra:\n  searchpath:\n"
+                                         "    - pkg://metaft.conf\ntrainer:\n  max_steps: 5\n")
+    check_overrides("pkg://metaft.conf", "clean", ["algorithm=anil", "seed=1"], config_path=str(own_tree))  # no problem
+    # The same from the command line, short flags included: refused before a run directory exists.
+    proc = train_cli(["-cp", str(own_tree), "-cn", "mine", "algorithm=slow_maml"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "trainer.max_step: did you mean trainer.max_steps?" in proc.stderr
+    assert "algorithm/slow_maml.yaml in " in proc.stderr and "did you mean algorithm.inner_steps" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "outputs").exists()

@@ -22,10 +22,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from metaft.runtime.schema import Setting, SCHEMAS, setting, stored_schema
 
 # Hydra's own flags: with any of these no job runs, or the command is Hydra's business. (A config
-# directory of the user's, --config-dir, is checked like the package's own.)
+# directory of the user's, --config-dir or --config-path, is checked like the package's own.)
 NO_CHECK_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
-                  "--resolve", "--package", "-p", "--config-path", "-cp"}
-VALUE_FLAGS = {"--config-name", "-cn", "--experimental-rerun", "--config-dir", "-cd"}
+                  "--resolve", "--package", "-p"}
+VALUE_FLAGS = {"--config-name", "-cn", "--experimental-rerun", "--config-dir", "-cd", "--config-path", "-cp"}
 # Suggested first when several options of a group have a setting (the one most runs use).
 PREFERRED = {"dataset": "omniglot", "target": "omniglot", "model": "conv4"}
 # The form a setting the user must give takes, by a part of its key.
@@ -33,11 +33,13 @@ FORMS = {"class_lists": " (a list of class folders, e.g. [cat,dog,emu], or a tex
 
 
 class Command(NamedTuple):
-    """What ``split_argv`` finds on a command line: the config name, the overrides, and the
-    user's config directories (``--config-dir``)."""
+    """What ``split_argv`` finds on a command line: the config name, the overrides, the user's
+    config directories (``--config-dir``) and the primary config path that replaces the package's
+    (``--config-path``, as given: Hydra resolves a relative one against the ``@hydra.main`` module)."""
     config_name: str
     overrides: list[str]
     config_dirs: list[str]
+    config_path: str | None = None
 
 
 class ConfigError(SystemExit):
@@ -54,9 +56,9 @@ def program() -> str:
 
 
 def split_argv(argv: Sequence[str]) -> Command | None:
-    """The config name, overrides and ``--config-dir`` of a ``train.py`` command line, or None when
-    Hydra's own flags take over (help, printing the config, another primary config path)."""
-    name, overrides, dirs, args = "train", [], [], list(argv)
+    """The config name, overrides, ``--config-dir`` and ``--config-path`` of a ``train.py`` command
+    line, or None when Hydra's own flags take over (help, printing the config, a rerun)."""
+    name, overrides, dirs, path, args = "train", [], [], None, list(argv)
     while args:
         a = args.pop(0)
         flag = a.split("=", 1)[0]
@@ -68,13 +70,15 @@ def split_argv(argv: Sequence[str]) -> Command | None:
                 return None
             if flag in ("--config-dir", "-cd"):
                 dirs.append(value)
+            elif flag in ("--config-path", "-cp"):
+                path = value  # Hydra keeps the last one given
             else:
                 name = value
         elif a in ("-m", "--multirun"):
             continue
         elif not a.startswith("-"):
             overrides.append(a)
-    return Command(name, overrides, dirs)
+    return Command(name, overrides, dirs, path)
 
 
 def _keys(cfg: Any, prefix: str = "") -> Iterable[str]:
@@ -187,17 +191,21 @@ def _values(override: Any) -> list[Any] | None:
 
 
 class Configs:
-    """The configs Hydra would search for a command: the package's (``primary``: a directory, or
+    """The configs Hydra would search for a command: the primary ones (``primary``: a directory, or
     ``pkg://metaft.conf``), then the user's ``--config-dir`` and ``hydra.searchpath`` entries, in
-    Hydra's order."""
+    Hydra's order. ``package`` is the package's own configs when ``primary`` is the user's
+    (``--config-path``): the reference a user's config files are checked against."""
 
-    def __init__(self, primary: Path | str, config_dirs: Sequence[str] = (), searchpath: Sequence[str] = ()) -> None:
+    def __init__(self, primary: Path | str, config_dirs: Sequence[str] = (), searchpath: Sequence[str] = (),
+                 package: Path | str | None = None) -> None:
         from hydra._internal.config_repository import ConfigRepository
         from hydra._internal.utils import create_config_search_path
         from hydra.core.config_search_path import SearchPathQuery
 
         primary = str(primary.resolve()) if isinstance(primary, Path) else primary
-        self.primary, self.user = primary, bool(config_dirs or searchpath)
+        package = str(package.resolve()) if isinstance(package, Path) else package
+        self.primary, self.package = primary, package or primary
+        self.user = bool(config_dirs or searchpath) or self.package != self.primary
         self.search_path = create_config_search_path(primary)
         for d in config_dirs:  # as Hydra's --config-dir: after the primary configs, before the schemas
             self.search_path.prepend(provider="command-line", path=f"file://{os.path.abspath(d)}",
@@ -206,6 +214,29 @@ class Configs:
             self.search_path.prepend(provider="hydra.searchpath in command-line", path=str(entry),
                                      anchor=SearchPathQuery(provider="schema"))
         self.repo = ConfigRepository(config_search_path=self.search_path)
+        self.package_source = _source(self.package)
+
+    def add_main_searchpath(self, config_name: str) -> None:
+        """The primary config's own ``hydra.searchpath`` entries, as Hydra adds them when the command
+        line gives none (a user's ``--config-path`` config that builds on ``pkg://metaft.conf``)."""
+        from hydra._internal.config_repository import ConfigRepository
+        from hydra.core.config_search_path import SearchPathQuery
+
+        try:
+            loaded = self.repo.load_config(config_name)
+        except Exception:
+            return
+        entries = OmegaConf.select(loaded.config, "hydra.searchpath", default=None) if loaded is not None else None
+        if not entries:
+            return
+        for entry in entries:
+            self.search_path.prepend(provider="hydra.searchpath in main", path=str(entry),
+                                     anchor=SearchPathQuery(provider="schema"))
+        self.repo = ConfigRepository(config_search_path=self.search_path)
+
+    def is_users(self, loaded: Any) -> bool:
+        """Whether a loaded config file is the user's (not the package's, not Hydra's own)."""
+        return loaded.provider in USER_PROVIDERS and loaded.path.rstrip("/") != self.package_source
 
     def is_group(self, name: str) -> bool:
         return self.repo.group_exists(name)
@@ -243,11 +274,14 @@ class Configs:
 
 
 def check_overrides(config_dir: Path | str, config_name: str, overrides: Sequence[str],
-                    config_dirs: Sequence[str] = ()) -> None:
+                    config_dirs: Sequence[str] = (), config_path: str | None = None) -> None:
     """Raise ``ConfigError`` naming each unknown key, unknown group option, value of the wrong type,
     setting left to the user and missing optional package. ``config_dir`` is the package's configs
     (a directory, or ``pkg://metaft.conf``); ``config_dirs`` the user's (``--config-dir``);
-    ``hydra.searchpath=[...]`` among the overrides adds its entries, as it does for Hydra."""
+    ``config_path`` the user's primary configs that replace the package's (``--config-path``,
+    resolved as Hydra does: ``cli.primary_config_path``), checked against the package's as
+    ``--config-dir`` ones are; ``hydra.searchpath=[...]`` among the overrides, or in a
+    ``--config-path`` primary config, adds its entries, as it does for Hydra."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
@@ -256,7 +290,10 @@ def check_overrides(config_dir: Path | str, config_name: str, overrides: Sequenc
         return
     searchpath = next((o.value() for o in parsed if o.get_key_element() == "hydra.searchpath"), None) or []
     try:
-        configs = Configs(config_dir, config_dirs, [str(e) for e in searchpath])
+        configs = Configs(config_path or config_dir, config_dirs, [str(e) for e in searchpath],
+                          package=config_dir if config_path else None)
+        if config_path and not searchpath:
+            configs.add_main_searchpath(config_name)
     except Exception:  # a --config-dir that does not exist: Hydra's own message says so
         return
     groups, values, problems = [], [], []
@@ -335,8 +372,15 @@ def check_overrides(config_dir: Path | str, config_name: str, overrides: Sequenc
         raise ConfigError(problems)
 
 
-# The search-path providers of a user's configs (Hydra's names for --config-dir and hydra.searchpath).
-USER_PROVIDERS = ("command-line", "hydra.searchpath in command-line")
+# The search-path providers of a user's configs (Hydra's names for --config-dir and hydra.searchpath;
+# "main" is --config-path's, and "hydra.searchpath in main" the entries its primary config adds:
+# the user's unless they are the package's own configs).
+USER_PROVIDERS = ("command-line", "hydra.searchpath in command-line", "main", "hydra.searchpath in main")
+
+
+def _source(primary: str) -> str:
+    """A config directory as Hydra's config sources name it (``file:///abs/dir``, ``pkg://mod``)."""
+    return (primary if "://" in primary else f"file://{primary}").rstrip("/")
 
 
 def user_config_problems(configs: Configs, config_name: str, groups: list[str], base: DictConfig,
@@ -361,7 +405,7 @@ def user_config_problems(configs: Configs, config_name: str, groups: list[str], 
         if d.config_path is None or d.config_path.startswith("hydra/"):
             continue
         loaded = configs.repo.load_config(d.config_path)
-        if loaded is None or loaded.provider not in USER_PROVIDERS or not isinstance(loaded.config, DictConfig):
+        if loaded is None or not configs.is_users(loaded) or not isinstance(loaded.config, DictConfig):
             continue
         node = OmegaConf.create(OmegaConf.to_container(loaded.config, resolve=False))
         node.pop("defaults", None)
@@ -393,7 +437,7 @@ def user_config_problems(configs: Configs, config_name: str, groups: list[str], 
 def _package_config(configs: Configs, config_name: str, groups: list[str], base: DictConfig) -> DictConfig | None:
     """The config the package's own files compose for this command: its config of that name (else
     the stage's, by ``task_name``) with the group choices it has options for."""
-    package = Configs(configs.primary)
+    package = Configs(configs.package)
     name = config_name if package.repo.config_exists(config_name) else str(base.get("task_name", ""))
     if not package.repo.config_exists(name):
         return None
