@@ -27,10 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 from metaft.core.objective import Objective
 from metaft import checkpoint
 from metaft.runtime.io import atomic_write_text
-from metaft.runtime.paths import project_root
 from metaft.runtime.run_dirs import claim
 from metaft.study import analysis, budget_answer, budgets, choices, evaluate, labels, protocol, speed, stage1, stats, targets, training
 from metaft.study import controls
+from metaft.study import presets
 from metaft.study.problems import problem_fingerprints
 from metaft.study.stats import curves_convergence
 
@@ -40,20 +40,9 @@ REPORT_ONLY = ("intervals.", "bootstrap.", "labels.")
 
 
 def load_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    path = project_root() / "conf" / "study" / f"{name}.yaml"
-    if not path.is_file():
-        have = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
-        raise ValueError(f"no study named {name!r}: conf/study/{name}.yaml does not exist (studies: {have})")
-    cfg = OmegaConf.load(path)
-    if "base" in cfg:  # a preset: another study's settings with a few of them changed
-        base = cfg.pop("base")
-        if base == name:
-            raise ValueError(f"conf/study/{name}.yaml names itself as its base")
-        merged = OmegaConf.merge(load_config(base), cfg)
-        for key in ("inits", "variants"):  # named sets, not settings: the preset's replaces the base's
-            if key in cfg:
-                merged[key] = cfg[key]
-        cfg = merged
+    """Study ``name`` as Hydra composes it (``study/presets.py``: a preset's defaults list names the
+    study it changes), then ``key=value`` overrides of its existing keys."""
+    cfg = presets.load(name)
     for o in overrides:
         key = o.split("=", 1)[0]
         if "=" not in o or OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
@@ -66,7 +55,9 @@ def load_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
 def output_dir(cfg: DictConfig, out: str | None) -> Path:
     """A new claimed directory, or ``out``: new, or a study of the same config to continue."""
     if out is None:
-        return claim(project_root() / "outputs" / "study" / cfg.name / time.strftime("%Y-%m-%d_%H-%M-%S"))
+        # Relative to the working directory, as Hydra's run directories are (outputs/train/runs/...):
+        # a checkout run from its root writes where it always did, an installed copy where it runs.
+        return claim(Path.cwd() / "outputs" / "study" / cfg.name / time.strftime("%Y-%m-%d_%H-%M-%S"))
     d = Path(out)
     saved = d / CONFIG
     if saved.is_file():
@@ -301,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="a study of conf/study/ (omniglot, sinusoid), or 'report'")
     p.add_argument("rest", nargs="*", help="key=value overrides of the study's config; for report: the study's DIR")
-    p.add_argument("--out", default=None, help="output directory (an existing one of the same study continues)")
+    p.add_argument("--out", default=None, help="output directory (an existing one of the same study continues); default: ./outputs/study/<name>/<date_time>")
     p.add_argument("--ckpt", action="append", default=[], help="INIT=PATH[,PATH...]: stage-1 checkpoints, one per seed")
     args = p.parse_intermixed_args(argv)  # key=value before or after the options
     try:

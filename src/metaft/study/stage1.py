@@ -1,5 +1,6 @@
 """Stage-1 checkpoints of the study: one training run per (init, seed), each under the same
-budget, run side by side as subprocesses of ``train.py``; runs already finished are reused."""
+budget, run side by side as subprocesses (``python -m metaft``, the installed command); runs
+already finished are reused."""
 from __future__ import annotations
 
 import json
@@ -11,8 +12,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import DictConfig
-
-from metaft.runtime.paths import project_root
 
 
 def variant(cfg: DictConfig, algorithm: str) -> list[str]:
@@ -36,6 +35,12 @@ def command(cfg: DictConfig, algorithm: str, seed: int, run: Path, ckpts: dict[t
             f"algorithm={variant_[0]}", *cfg.stage1.overrides, *variant_[1:], f"seed={seed}", f"hydra.run.dir={run}"]
 
 
+def package_parent() -> str:
+    """The directory holding the ``metaft`` package this process imported (``python -m metaft`` of a
+    stage-1 run finds the same one): ``src`` of a checkout, ``site-packages`` of an install."""
+    return str(Path(__file__).resolve().parents[2])  # .../metaft/study/stage1.py
+
+
 def checkpoint_of(run: Path) -> Path | None:
     """The run's checkpoint picked by validation (else its last), once the run has finished."""
     if not (run / "results.json").is_file():
@@ -50,7 +55,10 @@ def run_all(cmds: Sequence[list[str]], logs: Sequence[Path], jobs: int) -> list[
     """Run the commands, ``jobs`` at a time, each logging to its file; their exit codes. Each run
     gets the same share of the cores (``OMP_NUM_THREADS``), whether or not another runs beside it:
     the budget is wall time, so a run alone on the machine would otherwise train several times more."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(project_root() / "src"), os.environ.get("PYTHONPATH", "")])}
+    # The runs import the metaft this process runs (a checkout's src/, or the installed copy's
+    # site-packages) and run in this working directory, as the study does: relative data and run
+    # paths mean the same for both, and no checkout is needed.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_parent(), os.environ.get("PYTHONPATH", "")])}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
     codes: list[int] = []
     pending = list(zip(cmds, logs))
@@ -63,7 +71,7 @@ def run_all(cmds: Sequence[list[str]], logs: Sequence[Path], jobs: int) -> list[
             (log.parent / "launch.json").write_text(json.dumps({"threads": int(env["OMP_NUM_THREADS"]), "command": cmd}) + "\n")
             print("$", " ".join(cmd), flush=True)
             with open(log, "w") as f:
-                procs.append(subprocess.Popen(cmd, cwd=project_root(), env=env, stdout=f, stderr=subprocess.STDOUT))
+                procs.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT))
         codes += [p.wait() for p in procs]
     return codes
 
