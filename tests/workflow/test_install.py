@@ -116,3 +116,16 @@ def test_pip_install_then_train_eval_and_fine_tune_from_another_directory(tmp_pa
     assert typo.returncode == 1 and "did you mean trainer.max_steps?" in typo.stderr
     helped = run("--help")
     assert helped.returncode == 0 and "logger: csv, mlflow, none, tensorboard, wandb" in helped.stdout
+    # The study from the installed copy: its presets composed from the package, its output and its
+    # stage-1 runs in the directory it is started from.
+    study = subprocess.run([str(python), "-c", "from metaft.study import driver, stage1; "
+                            "cfg = driver.load_config('omniglot_cpu'); print(list(cfg.inits)); "
+                            "print(driver.output_dir(cfg, None)); print(stage1.package_parent())"],
+                           cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert study.returncode == 0, study.stderr[-3000:]
+    inits, out, package = study.stdout.split("\n")[:3]
+    from metaft.study.driver import load_config
+
+    assert inits == str(list(load_config("omniglot_cpu").inits))  # the preset's own, not the full study's
+    assert Path(out).parent == work / "outputs" / "study" / "omniglot_cpu"
+    assert Path(package).is_relative_to(tmp_path / "venv")
