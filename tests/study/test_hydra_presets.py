@@ -50,13 +50,15 @@ def test_the_last_config_of_the_defaults_list_that_writes_a_named_set_gives_it(t
 
 def test_unknown_studies_missing_bases_and_the_old_base_key_are_refused(tmp_path):
     d = write(tmp_path / "study", base=BASE, orphan="defaults: [nowhere, _self_]\nname: orphan\n",
-              old="base: base\nname: old\n")
-    with pytest.raises(ValueError, match=r"no study named 'nope'.*studies: base, old, orphan"):
+              old="base: base\nname: old\n", a="defaults: [b, _self_]\nname: a\n", b="defaults: [a, _self_]\nname: b\n")
+    with pytest.raises(ValueError, match=r"no study named 'nope'.*studies: a, b, base, old, orphan"):
         presets.load("nope", d)
     with pytest.raises(ValueError, match="orphan.yaml.*nowhere"):
         presets.load("orphan", d)
     with pytest.raises(ValueError, match=r"name the study it changes in a defaults list \(defaults: \[base, _self_\]\)"):
         presets.load("old", d)
+    with pytest.raises(ValueError, match="a.yaml: its defaults list comes back to it"):
+        presets.load("a", d)
 
 
 def test_the_shipped_preset_is_composed_over_the_full_study():

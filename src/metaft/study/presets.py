@@ -43,6 +43,9 @@ def load(name: str, directory: Path | None = None) -> DictConfig:
                          f"(studies: {', '.join(names(directory))})")
     try:
         cfg, merged = compose(directory, name), parts(directory, name)
+    except RecursionError as e:  # Hydra follows a cycle of defaults lists until the stack runs out
+        raise ValueError(f"conf/study/{name}.yaml: its defaults list comes back to it (directly or through "
+                         "another study's); a preset names the study it changes, which names neither") from e
     except Exception as e:  # Hydra's composition errors (MissingConfigException, ConfigCompositionException)
         raise ValueError(f"conf/study/{name}.yaml: {e}") from e
     if "base" in cfg:  # the hand-merged key the presets had before Hydra composed them
