@@ -31,6 +31,7 @@ from metaft.runtime.run_dirs import claim
 from metaft.study import analysis, budget_answer, budgets, choices, evaluate, labels, protocol, speed, stage1, stats, targets, training
 from metaft.study import controls
 from metaft.study import presets
+from metaft.study import datasets
 from metaft.study.problems import problem_fingerprints
 from metaft.study.stats import curves_convergence
 
@@ -302,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(report(Path(args.rest[0])))
             return 0
         cfg = load_config(args.name, args.rest)
+        cfg = datasets.resolve(cfg)  # settings left to give (???) refused; a dataset config composed
         protocol.check(cfg)  # the test split and the primary comparison, before anything runs
         cfg = budgets.expand(cfg)  # the stage-1 budget arms as inits of their own
         choices.check(cfg)  # the grids chosen from on validation problems
