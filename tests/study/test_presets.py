@@ -127,3 +127,30 @@ def test_the_presets_leave_nothing_but_the_data_to_give(name):
     cfg = load_config(name, ["dataset.data_dir=."])
     datasets.check_given(cfg)  # nothing else left as ???
     assert cfg.name == name and cfg.dataset.config == name
+
+
+def test_a_checkpoint_trained_on_the_folders_test_classes_is_refused_before_anything_runs(tmp_path, capsys):
+    """The class identities of a dataset-config study: a checkpoint that saw the test classes."""
+    import torch
+
+    from metaft.models import ResNet12
+    from tests.finetune.conftest import save_ckpt
+
+    root = tmp_path / "images"
+    names = {s: [f"{s}_{i}" for i in range(n)] for s, n in zip(mn.SPLITS, SPLIT_SIZES)}
+    mn.image_folder(root, [c for s in mn.SPLITS for c in names[s]], per_class=2)
+    for s in mn.SPLITS:
+        (root / f"{s}.txt").write_text("\n".join(names[s]) + "\n")
+    model = {"_target_": "metaft.models.ResNet12", "in_channels": 3, "image_size": 32, "channels": [4, 4, 4, 4],
+             "out_features": 5}
+    seen = {"_target_": "metaft.data.images.FewShotImages", "name": "image_folder",
+            "class_lists": {"train": names["test"], "val": names["val"][:1]}}
+    net = ResNet12(**{k: v for k, v in model.items() if k != "_target_"})
+    torch.manual_seed(0)
+    ckpt = save_ckpt(tmp_path / "seen.ckpt", net, model, dataset=seen)
+    out = tmp_path / "study"
+    assert main(["image_folder", f"dataset.data_dir={root}", "dataset.image_size=32", "stage1.seeds=[0]",
+                 f"--ckpt=maml={ckpt}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "test classes that the checkpoint init maml's checkpoint has seen" in err and "test_0" in err
+    assert not out.exists()
