@@ -153,12 +153,18 @@ def test_the_convergence_plot_leaves_out_a_diverged_problem_too(tmp_path):
     assert plot_convergence(tmp_path, study, "acc") == [tmp_path / "study_convergence_5way.png"]
 
 
-def test_full_fine_tuning_is_limited_to_the_ks_it_is_asked_for(tmp_path):
+def test_full_fine_tuning_is_limited_to_the_ks_and_inits_it_is_asked_for(tmp_path):
     out = tmp_path / "study"
     assert main(["sinusoid", *TOY, "adapt.finetune.shots=[5]", "--out", str(out), "--ckpt", maml_ckpts(tmp_path)]) == 0
     table = rows(out / "study.csv")
     assert {r["shots"] for r in table if r["adaptation"] == "finetune"} == {"5"}
     assert {r["shots"] for r in table if r["adaptation"] == "probe"} == {"2", "5"}
+    out = tmp_path / "study2"  # fine-tuning for maml only (the primary comparison then on the probe alone)
+    assert main(["sinusoid", *TOY, "adapt.finetune.inits=[maml]", "primary.adaptations=[probe]", "--out", str(out),
+                 "--ckpt", maml_ckpts(tmp_path)]) == 0
+    table = rows(out / "study.csv")
+    assert {r["init"] for r in table if r["adaptation"] == "finetune"} == {"maml"}
+    assert {r["init"] for r in table if r["adaptation"] == "probe"} == {"maml", "random"}
 
 
 def test_a_preset_changes_its_base_study_and_replaces_its_inits_whole():
@@ -166,10 +172,10 @@ def test_a_preset_changes_its_base_study_and_replaces_its_inits_whole():
 
     full, cpu = load_config("omniglot"), load_config("omniglot_cpu")
     assert cpu.name == "omniglot_cpu" and "base" not in cpu
-    assert list(cpu.target.ways) == [5] and cpu.target.shots == full.target.shots  # the rest inherited
+    assert list(cpu.target.ways) == [5] and cpu.target.test_per_class == full.target.test_per_class  # the rest inherited
     assert set(cpu.inits) < set(full.inits) and "metaoptnet" not in cpu.inits
     assert set(cpu.variants) == {"metabaseline_warm"} and cpu.variants.metabaseline_warm[1].endswith("CKPT(pretrain)")
-    assert cpu.adapt.probe == full.adapt.probe and list(cpu.adapt.finetune.shots) == [1, 5, "all"]
+    assert cpu.adapt.probe == full.adapt.probe and list(cpu.target.shots) == [1, 5, "all"]
 
 
 def test_stage_one_runs_can_be_launched_through_a_prefix_and_a_new_neutral_setting_continues(tmp_path, monkeypatch):
@@ -225,6 +231,7 @@ def test_the_primary_comparison_is_fixed_before_anything_runs(tmp_path, capsys, 
     for bad, message in (("primary.meta=random", "primary.meta=random must be a meta-learned init"),
                          ("primary.pretrained=maml", "primary.pretrained=maml must be an init of this study listed in"),
                          ("primary.shots=[7]", "primary.shots=['7']: give K's of target.shots"),
+                         ("adapt.finetune.inits=[maml]", "adapt.finetune.inits=['maml'] leaves out random"),
                          ("primary.adaptations=[finetune]", None)):
         code = main(["sinusoid", *TOY, bad, "adapt.finetune.shots=[5]", "primary.shots=[2]", "--out", str(out)]
                     if message is None else ["sinusoid", *TOY, bad, "--out", str(out)])

@@ -20,7 +20,7 @@ def test_help_shows_the_whole_usage():
 def test_validation_problems_are_scaled_to_the_problems_asked_for():
     assert validation_problems(load_config("sinusoid")) == 100  # the protocol's own numbers: unchanged
     assert validation_problems(load_config("omniglot")) == 50
-    assert validation_problems(load_config("omniglot_cpu")) == 10
+    assert validation_problems(load_config("omniglot_cpu")) == 5
     assert validation_problems(load_config("sinusoid", ["target.problems=20"])) == 20
     assert validation_problems(load_config("omniglot", ["target.finetune_problems=8"])) == 8
 

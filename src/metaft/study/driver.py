@@ -187,6 +187,9 @@ def _adapt(init: evaluate.Init, adaptation: str, shots: object, test: list, choo
     only = cfg.adapt.finetune.get("shots")
     if only is not None and str(shots) not in {str(k) for k in only}:
         return []  # fine-tuned at the Ks of adapt.finetune.shots only (its cost grows with K)
+    listed = cfg.adapt.finetune.get("inits")
+    if listed is not None and init.name not in {str(i) for i in listed}:
+        return []  # full fine-tuning for the inits of adapt.finetune.inits only (the costliest adaptation)
     began = time.perf_counter()
     c = chooser(init.name, "finetune")
     total = min(n_ft, sum(ep.num_tasks for ep in test))

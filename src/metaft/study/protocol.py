@@ -67,6 +67,11 @@ def primary(cfg: DictConfig) -> Primary | None:
     if "finetune" in adaptations and not finetuned:
         raise ValueError(f"primary.adaptations has finetune but full fine-tuning runs at K={list(only)} only "
                          f"(adapt.finetune.shots), none of primary.shots={shots}")
+    listed = cfg.adapt.finetune.get("inits")
+    if "finetune" in adaptations and listed is not None and not {meta, ref} <= {str(i) for i in listed}:
+        raise ValueError(f"primary.adaptations has finetune but adapt.finetune.inits={list(listed)} leaves out "
+                         f"{', '.join(i for i in (meta, ref) if i not in {str(x) for x in listed})}: list both "
+                         "inits of the primary comparison there")
     family = tuple(("" if w is None else str(w), a, k)  # ways as the rows spell them (regression: "")
                    for w in cfg.target.ways for a in adaptations for k in (finetuned if a == "finetune" else shots))
     return Primary(meta, ref, family)
