@@ -1,6 +1,6 @@
 """The data-efficiency study, end to end:
 
-    python -m metaft.study omniglot|sinusoid [--out DIR] [--ckpt INIT=PATH[,PATH...]] [key=value ...]
+    python -m metaft.study omniglot|omniglot_cpu|sinusoid|mini_imagenet|image_folder [--out DIR] [--ckpt INIT=PATH[,PATH...]] [key=value ...]
     python -m metaft.study report DIR
 
 ``conf/study/<name>.yaml`` holds the protocol (target problems, adaptations, stage-1 budget,
@@ -294,7 +294,8 @@ def _tensorboard(out: Path, pictures: list[Path]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m metaft.study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", help="a study of conf/study/ (omniglot, sinusoid), or 'report'")
+    p.add_argument("name", help="a study of conf/study/ (omniglot, omniglot_cpu, sinusoid, mini_imagenet, "
+                   "image_folder: your own images, dataset.data_dir=ROOT), or 'report'")
     p.add_argument("rest", nargs="*", help="key=value overrides of the study's config; for report: the study's DIR")
     p.add_argument("--out", default=None, help="output directory (an existing one of the same study continues); default: ./outputs/study/<name>/<date_time>")
     p.add_argument("--ckpt", action="append", default=[], help="INIT=PATH[,PATH...]: stage-1 checkpoints, one per seed")
