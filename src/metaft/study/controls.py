@@ -198,7 +198,7 @@ def markdown(out: Path, cfg: DictConfig, alpha: float = 0.05) -> list[str]:
                  f"{control.lr:g} on K={control.shots} support points of the study's {problems} test functions x "
                  f"{seeds} stage-1 seeds, nothing chosen; mean test MSE with its {100 * (1 - alpha):.0f}% "
                  f"{stats.CROSSED}.", "",
-                 "| init | " + " | ".join(f"after {s} steps" for s in control.points) + " |",
+                 "| init | " + " | ".join(f"after {s} step{'s' if s != 1 else ''}" for s in control.points) + " |",
                  "|---|" + "---|" * len(control.points)]
     for init in (control.meta, control.pretrained):
         cells = [f"{c.mean:.3f} [{c.lo:.3f}, {c.hi:.3f}]" for c in (r.means[init, s] for s in control.points)]
