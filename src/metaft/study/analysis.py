@@ -255,6 +255,17 @@ def _legend(ax: "object") -> None:
         ax.legend(fontsize=7)
 
 
+def save_figure(fig: "object", out: Path, stem: str, ways: str) -> Path:
+    """``<stem>_<N>way.png`` (regression: ``<stem>.png``) in ``out``; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = out / (f"{stem}_{ways}way.png" if ways not in ("None", "") else f"{stem}.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot(out: Path, study: Study, metric: str) -> list[Path]:
     """``study_<N>.png``: metric vs K with CI bands, and the paired difference vs K, per adaptation."""
     import matplotlib
@@ -290,11 +301,7 @@ def plot(out: Path, study: Study, metric: str) -> list[Path]:
                 axes[row, j].set_title(f"{_where(ways)}, {key[1]}: {title}", fontsize=9)
             _legend(axes[0, j])
             _legend(axes[1, j])
-        fig.tight_layout()
-        path = out / f"study_{ways}way.png" if ways not in ("None", "") else out / "study.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        files.append(path)
+        files.append(save_figure(fig, out, "study", ways))
     return files
 
 
@@ -335,9 +342,5 @@ def plot_convergence(out: Path, study: Study, metric: str) -> list[Path]:
             ax.set_title(f"{_where(ways)}, K={k}: test {metric} ({'lower' if study.lower else 'higher'} is better)",
                          fontsize=9)
             _legend(ax)
-        fig.tight_layout()
-        path = out / (f"study_convergence_{ways}way.png" if ways not in ("None", "") else "study_convergence.png")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        files.append(path)
+        files.append(save_figure(fig, out, "study_convergence", ways))
     return files

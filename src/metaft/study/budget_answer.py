@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 
 from metaft.study import budgets, stats
-from metaft.study.analysis import Study, _k_key, _where
+from metaft.study.analysis import Study, _k_key, _legend, _where, save_figure
 
 
 def rows(study: Study, examples: Mapping[str, float]) -> dict[tuple[str, str], list[tuple[str, str, str, dict[str, stats.Interval]]]]:
@@ -86,11 +86,6 @@ def plot(out: Path, study: Study, examples: Mapping[str, float], metric: str) ->
             ax.set_xscale("log")
             ax.set_xlabel(f"stage-1 training examples ({study.primary.meta})")
             ax.set_title(f"{_where(ways)}, {key[1]}: {study.primary.meta} - {study.primary.pretrained} ({metric})", fontsize=9)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / (f"study_budget_{ways}way.png" if ways not in ("None", "") else "study_budget.png")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        files.append(path)
+            _legend(ax)
+        files.append(save_figure(fig, out, "study_budget", ways))
     return files
