@@ -11,14 +11,18 @@ import pytest
 import torch
 
 from metaft.checkpoint import CLASSES_KEY
-from metaft.data.identity import check_unseen, image_classes, target_classes
+from metaft.data.identity import (IDENTITIES, NO_CLASSES, OMNIGLOT, check_unseen, class_identity, dataset_classes,
+                                  image_classes, target_classes)
 from metaft.data.images import source
 from metaft.data.images.datamodule import FewShotImages
 from metaft.data.images.store import Decoded, build_store
+from metaft.data.omniglot import OmniglotDataModule
+from metaft.data.sinusoid import SinusoidDataModule
 from tests.data import miniatures as mn
 from tests.data.miniatures import MINI
 
 DATASET = "metaft.data.images.FewShotImages"
+CONF = Path(__file__).parents[2] / "conf"
 
 
 def _fake_checkpoint(path: Path, name: str) -> Path:
@@ -153,3 +157,49 @@ def test_a_store_built_for_another_class_list_is_decoded_again(tmp_path):
     assert len(calls) == 1  # opened from the cache
     b = build_store(tmp_path, "key", 2, read(["b", "a"]), class_list=["b", "a"])  # same key, other list
     assert b.classes == ["b", "a"] and len(calls) == 2 and int(b.images[0, 0, 0, 0]) == 2
+
+
+class LetterData(OmniglotDataModule):
+    """A user's own Omniglot datamodule under another name: identified by what it declares."""
+
+
+class WavesData(SinusoidDataModule):
+    class_identity = None  # a datamodule that does not say how its classes are identified
+
+
+class MisdeclaredData(SinusoidDataModule):
+    class_identity = "by_name"
+
+
+def _configured_targets(group: str) -> set[str]:
+    import yaml
+
+    return {t for p in (CONF / group).glob("*.yaml") for t in [(yaml.safe_load(p.read_text()) or {}).get("_target_")] if t}
+
+
+@pytest.mark.parametrize("group", ["dataset", "target"])
+def test_every_configured_data_declares_its_class_identity(group):
+    targets = _configured_targets(group)
+    assert len(targets) >= 3
+    assert {t: class_identity({"_target_": t}) for t in targets if class_identity({"_target_": t}) not in IDENTITIES} == {}
+
+
+def test_class_identity_is_declared_not_named(tmp_path):
+    here = f"{__name__}."
+    # Another class name, the same declaration: Lake's characters, not "no class identities".
+    classes = dataset_classes({"_target_": here + "LetterData", "split": "lake"})
+    assert classes is not None and classes.source == OMNIGLOT and len(classes.splits["test"]) == 659
+    # Declared without classes: an old checkpoint of it needs no check; undeclared: it is refused.
+    assert class_identity({"_target_": "metaft.data.SinusoidDataModule"}) == NO_CLASSES
+    scored = image_classes("mini_imagenet")
+    old = {"metaft_config": {"dataset": {"_target_": "metaft.data.SinusoidDataModule"}}}
+    assert check_unseen(old, scored, "test", "x", "c")["class_check"] == "the checkpoint was trained on data without classes"
+    undeclared = {"metaft_config": {"dataset": {"_target_": here + "WavesData"}}}
+    assert dataset_classes(undeclared["metaft_config"]["dataset"]) is None
+    with pytest.raises(ValueError, match="does not store the classes it was trained on"):
+        check_unseen(undeclared, scored, "test", "x", "c")
+    gone = {"metaft_config": {"dataset": {"_target_": "metaft.data.GoneDataModule"}}}
+    with pytest.raises(ValueError, match="does not store the classes it was trained on"):
+        check_unseen(gone, scored, "test", "x", "c")
+    with pytest.raises(ValueError, match=r"MisdeclaredData declares class_identity='by_name'; it must be one of"):
+        class_identity({"_target_": here + "MisdeclaredData"})

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from metaft.algorithms import MAML, ProtoNet, Reptile
 from metaft.core.inner_loop import InnerOptimizer, InnerState, adapt, batch_indices, support_batches
@@ -226,6 +227,8 @@ def test_inner_batch_larger_than_the_support_set_is_refused_before_the_run():
 def test_feature_head_learners_refuse_the_inner_optimizer():
     net = MLP(1, (6, 5), 3)
     ProtoNet(net=net, task="classification", inner_optimizer="sgd", inner_betas=[0.9, 0.999], optimizer=sgd())
+    # As a stored config gives them (a ListConfig): the defaults still, so accepted.
+    ProtoNet(net=net, task="classification", inner_betas=OmegaConf.create([0.9, 0.999]), optimizer=sgd())
     with pytest.raises(ValueError, match=r"drop algorithm.inner_optimizer, algorithm.inner_batch"):
         ProtoNet(net=net, task="classification", inner_optimizer="adam", inner_batch=4, optimizer=sgd())
 

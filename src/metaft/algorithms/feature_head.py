@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any, Callable
 
 import torch
+from omegaconf import ListConfig
 from torch import Tensor
 from torch.func import vmap
 
@@ -36,7 +37,7 @@ INNER_OPTIMIZER_DEFAULTS = {"inner_optimizer": "sgd", "eval_inner_optimizer": No
 
 def _listed(value: Any) -> Any:
     """A config list (ListConfig, tuple) as a plain list, for comparison with a default."""
-    return list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig" else value
+    return list(value) if isinstance(value, (list, tuple, ListConfig)) else value
 
 
 class FeatureHeadLearner(MetaLearner):

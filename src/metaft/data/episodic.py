@@ -109,6 +109,9 @@ class EpisodicDataModule(L.LightningDataModule):
     has_val_split: bool = True
 
     task: str = "classification"
+    # How its classes are identified (``metaft.data.identity.IDENTITIES``), so a checkpoint is never
+    # scored on classes it has seen; None: not declared, such a checkpoint is refused unless allowed.
+    class_identity: str | None = None
 
     def __init__(
         self,

@@ -22,6 +22,8 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from hydra.utils import get_class
+
 from metaft.checkpoint import CLASSES_KEY, config as stored_config, stored_classes
 from metaft.data.images.source import SPLIT_DIR, SPLITS, ClassLists, class_list
 
@@ -180,19 +182,54 @@ def lake_runs_classes() -> Classes:
 
 
 # ------------------------------------------------------------------------------------ from configs
-def _kind(cfg: Mapping[str, Any] | None) -> str:
-    return str((cfg or {}).get("_target_", "")).rsplit(".", 1)[-1]
+# How a data module's or target's classes are identified: each declares one of these as its
+# ``class_identity`` class attribute (None, the bases' default: it does not say, so a checkpoint
+# trained on it without stored classes cannot be checked).
+NO_CLASSES = "no_classes"        # data without classes (regression)
+BENCHMARK = "benchmark"          # the class lists of benchmark ``name`` (``class_lists`` overrides)
+OMNIGLOT_SPLIT = "omniglot"      # the characters of Omniglot's ``split`` scheme
+OMNIGLOT_RUNS = "omniglot_runs"  # Lake's one-shot runs
+FOLDERS = "folders"              # the class folders under ``root``
+IDENTITIES = (NO_CLASSES, BENCHMARK, OMNIGLOT_SPLIT, OMNIGLOT_RUNS, FOLDERS)
+
+
+def configured_class(cfg: Mapping[str, Any] | None) -> type | None:
+    """The class a config's ``_target_`` names; None when it names none or one this metaft does
+    not have (a stored config of another version)."""
+    target = str((cfg or {}).get("_target_") or "")
+    if not target:
+        return None
+    try:
+        return get_class(target)
+    except Exception:  # hydra wraps the ImportError / AttributeError of a missing class
+        return None
+
+
+def class_identity(cfg: Mapping[str, Any] | None) -> str | None:
+    """How the classes of the data a config builds are identified: what its class declares
+    (``IDENTITIES``); ``NO_CLASSES`` for a config that builds nothing; None when undeclared."""
+    if not (cfg or {}).get("_target_"):
+        return NO_CLASSES
+    identity = getattr(configured_class(cfg), "class_identity", None)
+    if identity is not None and identity not in IDENTITIES:
+        raise ValueError(f"{cfg['_target_']} declares class_identity={identity!r}; it must be one of "
+                         f"{', '.join(IDENTITIES)} or None")
+    return identity
+
+
+def _omniglot(cfg: Mapping[str, Any]) -> Classes:
+    return omniglot_classes(cfg.get("split") or "vinyals", cfg.get("data_dir"), int(cfg.get("lake_val_alphabets", 5)))
 
 
 def dataset_classes(cfg: Mapping[str, Any] | None) -> Classes | None:
     """The classes of a stage-1 dataset config; None for data without classes (regression) or a
     datamodule without class identities."""
-    kind = _kind(cfg)
-    if kind == "FewShotImages":
+    identity = class_identity(cfg)
+    if identity == BENCHMARK:
         return image_classes(str(cfg["name"]), cfg.get("class_lists"))
-    if kind == "OmniglotDataModule":
-        return omniglot_classes(cfg.get("split") or "vinyals", cfg.get("data_dir"), int(cfg.get("lake_val_alphabets", 5)))
-    if kind == "OmniglotRunsDataModule":
+    if identity == OMNIGLOT_SPLIT:
+        return _omniglot(cfg)
+    if identity == OMNIGLOT_RUNS:
         return lake_runs_classes()
     return None
 
@@ -200,18 +237,18 @@ def dataset_classes(cfg: Mapping[str, Any] | None) -> Classes | None:
 def target_classes(cfg: Mapping[str, Any] | None) -> Classes | None:
     """The classes a fine-tuning target config draws its problem from, under ``test`` (the split
     it scores); None for a target without classes (regression)."""
-    kind = _kind(cfg)
-    if kind == "ImageTarget":
+    identity = class_identity(cfg)
+    if identity == BENCHMARK:
         split = str(cfg.get("split", "test"))
         c = image_classes(str(cfg["name"]), cfg.get("class_lists"), splits=(split,))
         return Classes(c.source, f"{c.dataset} {split} classes", {"test": c.splits[split]})
-    if kind == "OmniglotTarget":
-        c = omniglot_classes(cfg.get("split") or "vinyals", cfg.get("data_dir"), int(cfg.get("lake_val_alphabets", 5)))
+    if identity == OMNIGLOT_SPLIT:
+        c = _omniglot(cfg)
         test = c.splits["test"]
         if cfg.get("classes") == "alphabet" and cfg.get("alphabet"):
             test = tuple(t for t in test if t.split("/")[0] == cfg["alphabet"]) or test
         return Classes(OMNIGLOT, c.dataset + " test classes", {"test": test})
-    if kind == "FolderTarget":
+    if identity == FOLDERS:
         root = Path(str(cfg["root"])).expanduser()
         names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
         return Classes(IMAGE_SOURCES["image_folder"], f"target.root={root}", {"test": tuple(names)})
@@ -237,7 +274,7 @@ def check_unseen(checkpoint: Mapping[str, Any], scored: Classes | None, split: s
     trained = stored_classes(checkpoint)
     if trained is None:
         stored_cfg = stored_config(checkpoint).get("dataset")
-        if dataset_classes(stored_cfg) is None and _kind(stored_cfg) in ("", "SinusoidDataModule"):
+        if class_identity(stored_cfg) == NO_CLASSES:
             out["class_check"] = "the checkpoint was trained on data without classes"
             return out
         if allow:

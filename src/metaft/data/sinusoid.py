@@ -17,6 +17,7 @@ class SinusoidDataModule(EpisodicDataModule):
     """
 
     task = "regression"
+    class_identity = "no_classes"
 
     def __init__(
         self,

@@ -25,6 +25,8 @@ class ImageTarget(SupervisedTarget):
         val_per_class, test_per_class: validation and test images per class.
     """
 
+    class_identity = "benchmark"  # ``split``'s classes of benchmark ``name`` (or ``class_lists``)
+
     def __init__(self, name: str, data_dir: str, ways: int | None = 5, shots: Shots = 1, split: str = "test",
                  val_per_class: int = 10, test_per_class: int = 15, layout: str | None = None,
                  class_lists: ClassLists | None = None, image_size: int = 84, channels: int = 3,

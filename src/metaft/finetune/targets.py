@@ -76,6 +76,9 @@ class SupervisedTarget(L.LightningDataModule):
     """
 
     task: str = "classification"
+    # How its classes are identified (``metaft.data.identity.IDENTITIES``): the check that a
+    # checkpoint is not fine-tuned on classes it has seen asks this. None: not declared.
+    class_identity: str | None = None
 
     def __init__(self, batch_size: int = 32, eval_batch_size: int = 1000, seed: int = 0) -> None:
         super().__init__()
@@ -167,6 +170,7 @@ class SinusoidTarget(SupervisedTarget):
     """
 
     task = "regression"
+    class_identity = "no_classes"
 
     def __init__(self, shots: Shots = 10, amplitude: float | None = None, phase: float | None = None,
                  amp_range: tuple[float, float] = (0.1, 5.0), phase_range: tuple[float, float] = (0.0, math.pi),
@@ -213,6 +217,8 @@ class OmniglotTarget(SupervisedTarget):
         data_dir, cache_dir, split, rotations, lake_val_alphabets, image_size: as for
             ``OmniglotDataModule`` (use the meta-training run's values).
     """
+
+    class_identity = "omniglot"  # the test characters of ``split`` (of one alphabet with classes=alphabet)
 
     def __init__(self, data_dir: str, ways: int | None = 5, shots: Shots = 1, classes: str = "characters",
                  alphabet: str | None = None, val_per_class: int = 4, test_per_class: int = 4,
@@ -285,6 +291,8 @@ class FolderTarget(SupervisedTarget):
     The fine-tuning stage sets channels, image_size, mean and std to the checkpoint's
     meta-training data unless the command line gives them (``finetune.conventions``).
     """
+
+    class_identity = "folders"  # the class folders' names: an image source of their own
 
     def __init__(self, root: str, shots: Shots = 5, val_per_class: int = 2, test_per_class: int = 5,
                  image_size: int = 28, channels: int = 1, invert: bool = False,

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from metaft.algorithms.episodic import MetaLearner
 from metaft.algorithms.warm_start import without_init_ckpt
 from metaft.core.objective import Objective
-from metaft.data.identity import check_unseen, dataset_classes
+from metaft.data.identity import check_unseen, configured_class, dataset_classes
 from metaft.data.episode import Episode
 from metaft.models.nets import MetaNet
 from metaft import checkpoint as checkpoint_format
@@ -54,7 +54,7 @@ def check(init: str, checkpoint: Mapping[str, Any], cfg: DictConfig) -> None:
     config = checkpoint_format.config(checkpoint)
     want, have = cfg.dataset, config.get("dataset", {})
     problems = []
-    if str(have.get("_target_", "")).rsplit(".", 1)[-1] != str(want._target_).rsplit(".", 1)[-1]:
+    if configured_class(have) is not configured_class(want):  # the class itself: a path may name it two ways
         problems.append(f"dataset {have.get('_target_')} (the study's: {want._target_})")
     scored = dataset_classes(want)
     # The test problems are scored; the validation problems choose fine-tuning's settings.

@@ -54,6 +54,7 @@ class FewShotImages(EpisodicDataModule):
     """
 
     task = "classification"
+    class_identity = "benchmark"  # benchmark ``name``'s class lists, or ``class_lists``
 
     def __init__(self, name: str, data_dir: str, layout: str | None = None, class_lists: ClassLists | None = None,
                  image_size: int = 84, channels: int = 3, ways: int = 5, shots: int = 1, queries: int = 15,

@@ -57,6 +57,7 @@ class OmniglotDataModule(EpisodicDataModule):
 
     task = "classification"
     channels = 1  # grey images: a checkpoint's stored config says its inputs through this class
+    class_identity = "omniglot"  # the characters of ``split``'s scheme, from the class lists alone
 
     def __init__(
         self,

@@ -111,6 +111,7 @@ class OmniglotRunsDataModule(EpisodicDataModule):
     has_val_split = False  # the 20 runs are the test; there is nothing to choose settings on
 
     task = "classification"
+    class_identity = "omniglot_runs"  # the evaluation alphabets' characters (a run does not name its own)
 
     def __init__(self, data_dir: str, image_size: int = 28, ways: int = WAYS, shots: int = 1,
                  eval_batch_size: int = RUNS, seed: int = 0) -> None:
