@@ -52,6 +52,9 @@ def test_sinusoid_test_mse_on_the_dense_grid_by_hand():
     expected = sum((0.7 - 2.0 * math.sin(x - 0.5)) ** 2 for x in grid) / 101
     assert trainer.callback_metrics["test/mse"].item() == pytest.approx(expected, rel=1e-5)
     assert trainer.callback_metrics["test/examples"].item() == 101
+    # Stage 1's report (algorithms.evaluation.log_scores) with examples counted instead of episodes.
+    assert set(trainer.callback_metrics) == {"test/mse", "test/mse_ci95", "test/loss", "test/examples"}
+    assert trainer.callback_metrics["test/loss"].item() == pytest.approx(expected, rel=1e-5)
 
 
 def _png(level: int) -> bytes:

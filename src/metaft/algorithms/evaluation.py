@@ -1,6 +1,6 @@
 """Evaluation on fixed episodes, shared by every learner: each task's query metric and loss
 before and after every adaptation step, their means and 95% intervals, and the logs
-(``Evaluation``, a part of ``MetaLearner``)."""
+(``Evaluation``, a part of ``MetaLearner``; ``log_scores``, fine-tuning's report too)."""
 from __future__ import annotations
 
 import lightning as L
@@ -10,6 +10,22 @@ from torch import Tensor
 from metaft.core import tasks
 from metaft.core.metrics import EpisodeStats
 from metaft.data.episode import Episode
+
+
+def log_scores(module: L.LightningModule, stage: str, metric_name: str, stats: EpisodeStats, loss: EpisodeStats,
+               counted: str) -> tuple[Tensor, Tensor]:
+    """Log what every evaluation reports, from its per-item scores (episodes in stage 1, examples
+    in fine-tuning): ``{stage}/{metric_name}`` and its 95% interval, ``{stage}/loss`` and how
+    many items (``{stage}/{counted}``), at the last column (the last adaptation step). Returns
+    the metric's and the loss's means per column."""
+    # torchmetrics squeezes one-element results; reshape keeps one entry per column.
+    mean, ci95, n = (t.reshape(-1) for t in stats.compute())
+    loss_mean = loss.compute()[0].reshape(-1)
+    module.log(f"{stage}/{metric_name}", mean[-1].float(), prog_bar=stage == "val")
+    module.log(f"{stage}/{metric_name}_ci95", ci95[-1].float())
+    module.log(f"{stage}/loss", loss_mean[-1].float())
+    module.log(f"{stage}/{counted}", n[0].float())
+    return mean, loss_mean
 
 
 class Evaluation(L.LightningModule):
@@ -49,14 +65,7 @@ class Evaluation(L.LightningModule):
         self.evaluation_step(episode)
 
     def log_evaluation(self, stage: str) -> None:
-        # torchmetrics squeezes one-element results; reshape keeps one entry per inner step.
-        mean, ci95, n = (t.reshape(-1) for t in self.eval_stats.compute())
-        loss_mean = self.eval_loss.compute()[0].reshape(-1)
-        name = self.metric_name
-        self.log(f"{stage}/{name}", mean[-1].float(), prog_bar=stage == "val")
-        self.log(f"{stage}/{name}_ci95", ci95[-1].float())
-        self.log(f"{stage}/loss", loss_mean[-1].float())
-        self.log(f"{stage}/episodes", n[0].float())
+        mean, loss_mean = log_scores(self, stage, self.metric_name, self.eval_stats, self.eval_loss, "episodes")
         self.log_per_step(stage, mean, loss_mean)
         # Kept for the per-episode file (stages.meta): [episodes, steps+1], ranks in order.
         self.episode_scores[stage] = (self.eval_stats.gathered, self.eval_loss.gathered)

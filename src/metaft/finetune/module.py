@@ -10,6 +10,7 @@ from torch import Tensor
 
 from metaft import checkpoint as checkpoint_format
 from metaft.algorithms.catalogue import learner_class
+from metaft.algorithms.evaluation import log_scores
 from metaft.core.errors import NonFiniteLossError
 from metaft.core.objective import Kind, Objective
 from metaft.models.loading import load_body, shape_table
@@ -127,11 +128,8 @@ class FineTuner(L.LightningModule):
         self.evaluation_step(batch)
 
     def log_evaluation(self, stage: str) -> None:
-        mean, ci95, n = (t.reshape(-1) for t in self.eval_stats.compute())
-        self.log(f"{stage}/{self.metric_name}", mean[0].float(), prog_bar=stage == "val")
-        self.log(f"{stage}/{self.metric_name}_ci95", ci95[0].float())
-        self.log(f"{stage}/loss", self.eval_loss.compute()[0].reshape(-1)[0].float())
-        self.log(f"{stage}/examples", n[0].float())
+        # Stage 1's report, one column (no adaptation steps), counting examples instead of episodes.
+        log_scores(self, stage, self.metric_name, self.eval_stats, self.eval_loss, "examples")
         self.eval_stats.reset()
         self.eval_loss.reset()
 
