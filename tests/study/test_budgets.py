@@ -64,7 +64,7 @@ def test_budget_labels_round_trip():
     assert [budgets.label(b) for b in (150_000, 37_500, 1_500_000, 999)] == ["150k", "37.5k", "1.5M", "999"]
     assert budgets.budget_value("37.5k") == 37_500 and budgets.split("maml@150k") == ("maml", "150k")
     names = ["maml", "pretrain", "maml@37.5k", "pretrain@37.5k", "maml@150k", "pretrain@150k", "maml@1k"]
-    assert [b for b, _, _ in budgets.pairs(names, "maml", "pretrain")] == ["converged", "150k", "37.5k"]
+    assert [b for b, _, _ in budgets.pairs(names, "maml", "pretrain")] == [budgets.FULL, "150k", "37.5k"]
 
 
 def test_the_convergence_criterion():
@@ -116,7 +116,7 @@ def _rows(diff_by_budget: dict[str, float], shots=("1", "5"), seeds=(0, 1, 2), p
     rows = []
     effects = rng.normal(0, 5, problems)
     for budget, diff in diff_by_budget.items():
-        suffix = "" if budget == "converged" else f"@{budget}"
+        suffix = "" if budget == budgets.FULL else f"@{budget}"
         for seed in seeds:
             for k in shots:
                 for p in range(problems):
@@ -128,19 +128,19 @@ def _rows(diff_by_budget: dict[str, float], shots=("1", "5"), seeds=(0, 1, 2), p
 
 
 def test_the_primary_pair_is_compared_at_each_budget_it_was_trained_to(tmp_path):
-    rows = _rows({"converged": 2.0, "150k": 5.0, "37.5k": -1.0})
+    rows = _rows({budgets.FULL: 2.0, "150k": 5.0, "37.5k": -1.0})
     primary = Primary("maml", "pretrain", (("5", "probe", "1"), ("5", "probe", "5")))
     study = Study(rows, "pretrain", primary, lower_is_better=False, alpha=0.05)
     found = budget_answer.rows(study, {})[("5", "probe")]
-    assert [b for b, *_ in found] == ["converged", "150k", "37.5k"]
+    assert [b for b, *_ in found] == [budgets.FULL, "150k", "37.5k"]
     for (b, m, p, per_k), want in zip(found, (2.0, 5.0, -1.0)):
-        assert (m, p) == ((f"maml@{b}", f"pretrain@{b}") if b != "converged" else ("maml", "pretrain"))
+        assert (m, p) == ((f"maml@{b}", f"pretrain@{b}") if b != budgets.FULL else ("maml", "pretrain"))
         for k in ("1", "5"):
             assert per_k[k].mean == pytest.approx(want, abs=0.3) and per_k[k].lo < want < per_k[k].hi
     examples = {"maml": 6e5, "pretrain": 6.4e5, "maml@150k": 1.5e5, "pretrain@150k": 1.5e5, "maml@37.5k": 3.75e4,
                 "pretrain@37.5k": 3.75e4}
     text = "\n".join(budget_answer.markdown(study, examples))
-    assert "| 150k | 150,000 / 150,000 |" in text and "| converged | 600,000 / 640,000 |" in text
+    assert "| 150k | 150,000 / 150,000 |" in text and "| full recipe | 600,000 / 640,000 |" in text
     assert [p.name for p in budget_answer.plot(tmp_path, study, examples, "acc")] == ["study_budget_5way.png"]
     assert not math.isnan(found[0][3]["1"].lo)
 
@@ -169,9 +169,9 @@ def test_steps_to_the_pre_trained_arms_final_metric_with_censoring_and_the_metri
     text = "\n".join(speed.table(study, "acc"))
     # Target: pre-training's mean final accuracy (80.0); pre-training's odd problems (80.5) reach
     # it at 50, its even ones (79.5) never (censored at 50 too): steps meta - pre = (10 - 50) x 3, 0.
-    assert "| converged | 5-way | 1 | 80.00 | 2 / 4 of 8 (limit 50) | -30.0 [" in text
+    assert "| full recipe | 5-way | 1 | 80.00 | 2 / 4 of 8 (limit 50) | -30.0 [" in text
     # After 0 steps: meta - pre = 10 on every problem but the last (50 - 40 - p... = 10 - 3 = 7).
-    row = next(line for line in text.splitlines() if line.startswith("| converged"))
+    row = next(line for line in text.splitlines() if line.startswith("| full recipe"))
     after0 = row.split("|")[8].strip()
     assert after0.startswith("+9.25 [")  # (10 + 10 + 10 + 7) / 4
     assert row.split("|")[-2].strip() == "-"  # no curve reaches 200 steps

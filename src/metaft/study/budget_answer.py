@@ -1,7 +1,7 @@
 """The primary pair's answer per stage-1 budget: the meta init's paired difference to the
-pre-trained init trained to the same number of examples (and converged against converged), per
+pre-trained init trained to the same number of examples (and full recipe against full recipe), per
 (N, adaptation, K), with the crossed seeds x problems interval; a plot of the difference against
-the stage-1 budget for each K. Only the converged pair is the primary comparison (Holm, in the main
+the stage-1 budget for each K. Only the full-recipe pair is the primary comparison (Holm, in the main
 tables); the budget-matched pairs are exploratory."""
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def rows(study: Study, examples: Mapping[str, float]) -> dict[tuple[str, str], l
                      for k in study.shots if k in study.cells[key][m] and k in study.cells[key][p]}
             if per_k:
                 found.append((b, m, p, per_k))
-        if len(found) > 1 or (found and found[0][0] != "converged"):
+        if len(found) > 1 or (found and found[0][0] != budgets.FULL):
             out[key] = found
     return out
 
@@ -38,9 +38,9 @@ def markdown(study: Study, examples: Mapping[str, float]) -> list[str]:
         return []
     p = study.primary
     lines = ["## The primary pair at each stage-1 budget", "",
-             f"{p.meta} minus {p.pretrained}, each trained to the same number of examples (converged: each its own "
-             "recipe), paired on the same problems; crossed seeds x problems t interval, "
-             f"{100 * (1 - study.alpha):.0f}%, unadjusted (the converged row's Holm-corrected test is in the answer "
+             f"{p.meta} minus {p.pretrained}, each trained to the same number of examples (the full recipe: each "
+             "its own, converged where the stage-1 table says so), paired on the same problems; crossed seeds x problems t interval, "
+             f"{100 * (1 - study.alpha):.0f}%, unadjusted (the full-recipe row's Holm-corrected test is in the answer "
              "above; the budget rows are exploratory).", ""]
     for key, found in table.items():
         lines += [f"### {_where(key[0])}, {key[1]}", "",
@@ -80,8 +80,8 @@ def plot(out: Path, study: Study, examples: Mapping[str, float], metric: str) ->
                 ax.errorbar(x, [v[1].mean for v in pts], yerr=[[v[1].mean - v[1].lo for v in pts], [v[1].hi - v[1].mean for v in pts]],
                             marker="o", capsize=3, label=f"K={k}", color=plt.get_cmap("tab10")(n))
                 for xi, r, b in pts:
-                    if b == "converged":
-                        ax.annotate("converged", (xi, r.mean), fontsize=7, textcoords="offset points", xytext=(4, 4))
+                    if b == budgets.FULL:
+                        ax.annotate(budgets.FULL + study.notes.get(study.primary.meta, ""), (xi, r.mean), fontsize=7, textcoords="offset points", xytext=(4, 4))
             ax.axhline(0, color="k", lw=0.8)
             ax.set_xscale("log")
             ax.set_xlabel(f"stage-1 training examples ({study.primary.meta})")

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from metaft.study import stage1
 
 SEP = "@"
+FULL = "full recipe"  # the arms trained with their whole recipe: converged only if training.criterion says so
 
 
 def label(budget: int) -> str:
@@ -159,10 +160,10 @@ def expand(cfg: DictConfig) -> DictConfig:
 
 
 def arms(names: Sequence[str]) -> dict[str, list[str]]:
-    """Budget label -> the inits trained at it (``'converged'``: those without a budget)."""
+    """Budget label -> the inits trained at it (``FULL``: those without a budget)."""
     out: dict[str, list[str]] = {}
     for n in names:
-        out.setdefault(split(n)[1] or "converged", []).append(n)
+        out.setdefault(split(n)[1] or FULL, []).append(n)
     return out
 
 
@@ -176,10 +177,10 @@ def budget_value(text: str) -> float:
 
 def pairs(names: Sequence[str], meta: str, pretrained: str) -> Iterator[tuple[str, str, str]]:
     """``(budget label, meta arm, pre-trained arm)`` for every budget both were trained at
-    (``'converged'`` first, then largest to smallest)."""
+    (``FULL``, the whole recipes, first; then largest to smallest)."""
     have = set(names)
     if meta in have and pretrained in have:
-        yield "converged", meta, pretrained
+        yield FULL, meta, pretrained
     labels = {split(n)[1] for n in names} - {None}
     for b in sorted(labels, key=budget_value, reverse=True):
         m, p = f"{meta}{SEP}{b}", f"{pretrained}{SEP}{b}"

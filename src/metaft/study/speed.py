@@ -75,7 +75,7 @@ def table(study: Study, metric: str) -> list[str]:
                     for init, c in ((m, cm[s][fp]), (p, cp[s][fp])):
                         st, cen = to_target(c[0], c[1], target, study.lower)
                         cens[init] += cen
-                        got[init] = (st, st * c[2])
+                        got[init] = (st, 1000 * st * c[2])  # milliseconds
                         limit = c[0][-1]
                     steps_d[s][fp] = got[m][0] - got[p][0]
                     secs_d[s][fp] = got[m][1] - got[p][1]
@@ -96,15 +96,16 @@ def table(study: Study, metric: str) -> list[str]:
             if not lines:
                 lines = ["## Convergence of full fine-tuning: the primary pair", "",
                          f"Target: {study.primary.pretrained}'s mean final test {metric} at that (N, K) (per budget, "
-                         f"the pre-trained arm of that budget). Steps and seconds to reach it per problem, {m if b == 'converged' else study.primary.meta} "
+                         f"the pre-trained arm of that budget). Steps and milliseconds to reach it per problem, {study.primary.meta} "
                          "minus the pre-trained arm (negative: the meta arm is faster); a problem that never reaches it is "
                          "censored at the curve's last step (restricted mean; the censored counts are given). Then the "
                          f"difference in test {metric} after 0, 10, 50 and 200 steps (positive: the meta arm better; - where "
                          "the curve does not reach that step). Crossed seeds x problems t intervals, "
                          f"{100 * level:.0f}%, exploratory.", "",
-                         "| budget | N | K | target | censored (meta / pre-trained, of n) | steps | seconds | "
+                         "| budget | N | K | target | censored (meta / pre-trained, of n) | steps | ms | "
                          + " | ".join(f"after {a}" for a in AFTER) + " |",
                          "|---|---|---|---|---|---|---|" + "---|" * len(AFTER)]
-            lines.append(f"| {b} | {_where(ways)} | {k} | {target:.2f} | {cens[m]} / {cens[p]} of {n} (limit {limit}) | "
-                         f"{fmt(steps_d)} | {fmt(secs_d, 3)} | " + " | ".join(fmt(after[a], 2) for a in AFTER) + " |")
+            note = study.notes.get(m, "") or study.notes.get(p, "")
+            lines.append(f"| {b}{note} | {_where(ways)} | {k} | {target:.2f} | {cens[m]} / {cens[p]} of {n} (limit {limit}) | "
+                         f"{fmt(steps_d)} | {fmt(secs_d, 2)} | " + " | ".join(fmt(after[a], 2) for a in AFTER) + " |")
     return lines + [""] if lines else []
