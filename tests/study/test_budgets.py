@@ -76,6 +76,8 @@ def test_the_convergence_criterion():
     assert "fewer than 1000" in training.criterion(few, 1000, budget_arm=False)[1]
     assert not training.criterion(ok[-1:], 1000, budget_arm=False)[0]
     assert not training.criterion(ok, 1000, budget_arm=True)[0]
+    no_interval = [(4000, 98.0, math.nan, 1000), (5000, 98.2, math.nan, 1000)]
+    assert not training.criterion(no_interval, 1000, budget_arm=False)[0]  # a missing interval is no pass
 
 
 def _fake_run(run, steps, per_step_cfg, history, threads=1):
@@ -109,6 +111,20 @@ def test_the_table_of_stage_one_checkpoints_reads_each_run(tmp_path):
     assert examples["maml"] == 100 * 4 * 5 * 6 and examples["maml@1k"] == 10 * 4 * 5 * 6
     assert "| maml | 0 | 100 | 12,000 |" in text and "yes: steps 50 and 100" in text
     assert "NO: last two validations (steps 50, 100) differ by 10.00" in text and "budget arm" in text
+
+
+def test_an_init_built_on_anothers_checkpoint_counts_both_stages(tmp_path):
+    episodic = {"algorithm": {}, "dataset": {"ways": 5, "shots": 1, "queries": 5, "meta_batch_size": 1}}
+    batch = {"algorithm": {"batch_size": 10}, "dataset": {}}
+    history = [(50, 90.0, 1.0, 1000), (100, 90.5, 1.0, 1000)]
+    ckpts = {("pretrain", 0): _fake_run(tmp_path / "p", 100, batch, history),
+             ("metabaseline", 0): _fake_run(tmp_path / "m", 100, episodic, history)}
+    training.record(tmp_path, ckpts)
+    cfg = OmegaConf.create({"inits": {"pretrain": "pretrain", "metabaseline": "mb"},
+                            "variants": {"mb": ["metabaseline", "algorithm.init_ckpt=CKPT(pretrain)"]}})
+    _, _, examples = training.table(tmp_path, 1000, cfg)
+    assert examples == {"pretrain": 100 * 10, "metabaseline": 100 * 5 * 6 + 100 * 10}
+    assert training.table(tmp_path, 1000)[2]["metabaseline"] == 100 * 5 * 6  # without the study: this stage only
 
 
 def _rows(diff_by_budget: dict[str, float], shots=("1", "5"), seeds=(0, 1, 2), problems=40):
@@ -175,3 +191,25 @@ def test_steps_to_the_pre_trained_arms_final_metric_with_censoring_and_the_metri
     after0 = row.split("|")[8].strip()
     assert after0.startswith("+9.25 [")  # (10 + 10 + 10 + 7) / 4
     assert row.split("|")[-2].strip() == "-"  # no curve reaches 200 steps
+
+
+def test_a_budget_arm_is_trained_adapted_and_reported_end_to_end(tmp_path):
+    """A toy sinusoid study whose stage 1 really trains MAML at its recipe (40 steps of 25 tasks of
+    10 + 10 points: 20,000 examples) and at a 5,000-example budget (10 steps), then adapts both."""
+    from tests.study.test_driver import TOY, rows
+
+    toy = [o for o in TOY if not o.startswith(("stage1.seeds", "inits", "pretrained", "primary"))]
+    overrides = ["dataset=sinusoid", "model=mlp", "algorithm.inner_steps=1", "trainer.max_steps=40",
+                 "trainer.val_check_interval=20", "checkpoint.every_n_train_steps=20", "dataset.val_episodes=50",
+                 "test=false", "progress=log"]
+    out = tmp_path / "study"
+    assert driver.main(["sinusoid", *toy, "stage1.seeds=[0]", "inits={random: null, maml: maml}", "pretrained=[random]",
+                        "primary.pretrained=random", "controls=null", f"stage1.overrides=[{','.join(overrides)}]",
+                        "stage1.budgets=[5000]", "stage1.budget_inits=[maml]", "stage1.converged={val_episodes: 50}",
+                        "--out", str(out)]) == 0
+    assert (out / "stage1" / "maml@5k_seed0" / "checkpoints").is_dir()
+    table = rows(out / "study.csv")
+    assert {"random", "maml", "maml@5k"} <= {r["init"] for r in table}
+    text = (out / "study.md").read_text()
+    assert "| maml@5k | 0 | 10 | 5,000 | " in text and "| maml | 0 | 40 | 20,000 | " in text
+    assert "maml@5k (budget arm)" in text

@@ -53,6 +53,9 @@ def test_every_init_is_adapted_on_the_same_problems_and_reported(tmp_path):
     assert {r["adaptation"] for r in table if r["init"] == "maml"} == {"probe", "finetune", "inner"}
     text = (out / "study.md").read_text()
     assert "## The answer" in text and "maml" in text and "inductive" in text
+    # Checkpoints given without their stage-1 run: no convergence can be read, and the report says so.
+    assert "| maml (convergence unknown) |" in text and "**Not the converged answer: maml " in text
+    assert "random (convergence unknown)" not in text  # the random init has no stage 1
     assert f"--out {out}" in text and "target.problems=6" in text  # the command that continues it
     assert (out / "study.png").is_file() and any((out / "tensorboard").iterdir())
     # Each fine-tuned problem keeps its curve (max_steps=4, evaluated every 2) for the convergence plot.

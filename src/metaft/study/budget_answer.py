@@ -32,6 +32,15 @@ def rows(study: Study, examples: Mapping[str, float]) -> dict[tuple[str, str], l
     return out
 
 
+def arm_notes(study: Study, budget: str, meta: str, pretrained: str) -> str:
+    """The full-recipe pair's labels, each with its arm (" (maml NOT CONVERGED)"); a budget row's
+    label already says what it is."""
+    if budget != budgets.FULL:
+        return ""
+    named = [f"{a}{study.notes[a].replace(' (', ' ').rstrip(')')}" for a in (meta, pretrained) if a in study.notes]
+    return f" ({'; '.join(named)})" if named else ""
+
+
 def markdown(study: Study, examples: Mapping[str, float]) -> list[str]:
     table = rows(study, examples)
     if not table:
@@ -49,7 +58,7 @@ def markdown(study: Study, examples: Mapping[str, float]) -> list[str]:
         for b, m, pre, per_k in found:
             ex = f"{examples.get(m, float('nan')):,.0f} / {examples.get(pre, float('nan')):,.0f}"
             cells = [f"{per_k[k].mean:+.2f} [{per_k[k].lo:+.2f}, {per_k[k].hi:+.2f}]" if k in per_k else "-" for k in study.shots]
-            lines.append(f"| {b}{study.notes.get(m, '') or study.notes.get(pre, '')} | {ex} | " + " | ".join(cells) + " |")
+            lines.append(f"| {b}{arm_notes(study, b, m, pre)} | {ex} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
@@ -81,7 +90,8 @@ def plot(out: Path, study: Study, examples: Mapping[str, float], metric: str) ->
                             marker="o", capsize=3, label=f"K={k}", color=plt.get_cmap("tab10")(n))
                 for xi, r, b in pts:
                     if b == budgets.FULL:
-                        ax.annotate(budgets.FULL + study.notes.get(study.primary.meta, ""), (xi, r.mean), fontsize=7, textcoords="offset points", xytext=(4, 4))
+                        label = budgets.FULL + arm_notes(study, b, study.primary.meta, study.primary.pretrained)
+                        ax.annotate(label, (xi, r.mean), fontsize=7, textcoords="offset points", xytext=(4, 4))
             ax.axhline(0, color="k", lw=0.8)
             ax.set_xscale("log")
             ax.set_xlabel(f"stage-1 training examples ({study.primary.meta})")

@@ -236,10 +236,14 @@ def report(out: Path) -> str:
     alpha = float(cfg.get("intervals", cfg.get("bootstrap", {})).get("alpha", 0.05))  # `bootstrap`: older studies
     study = analysis.Study(rows, reference, primary, lower, alpha)
     episodes = int(cfg.stage1.get("converged", {}).get("val_episodes", 1000))
-    stage1_table, converged, examples = training.table(out, episodes)
-    for init, ok in converged.items():
-        if not ok:
-            study.notes[init] = " (budget arm)" if budgets.split(init)[1] else " (NOT CONVERGED)"
+    stage1_table, converged, examples = training.table(out, episodes, cfg)
+    for init in {r["init"] for r in rows}:
+        if budgets.split(init)[1]:
+            study.notes[init] = " (budget arm)"
+        elif cfg.inits.get(init) is not None and converged.get(init) is not True:
+            # No readable stage-1 run (a study from before the criterion, a checkpoint given without its run
+            # directory) is not a converged one.
+            study.notes[init] = " (NOT CONVERGED)" if init in converged else " (convergence unknown)"
     seeds = sorted({r["seed"] for r in rows})
     header = [f"# Data-efficiency study: {cfg.name}", "",
               f"Command: `{_command(out, cfg)}` (settings: `{CONFIG}`).",
@@ -254,10 +258,12 @@ def report(out: Path) -> str:
               "step size and count, and the learners' test-time step size and count, are chosen per (init, N, K) "
               "on validation problems (the stage-1 validation classes or functions), once for all of an init's "
               "seeds, never on the test problems (`rows/N*_K*/<init>_<adaptation>_choice.json`)."]
-    if primary is not None and any(converged.get(i) is False for i in (primary.meta, primary.pretrained)):
-        header += ["", f"**Not the converged answer: {', '.join(i for i in (primary.meta, primary.pretrained) if not converged.get(i))} "
-                   "did not meet the stage-1 convergence criterion (the table below); its numbers are labelled NOT "
-                   "CONVERGED wherever they appear.**"]
+    unconverged = [] if primary is None else [i for i in (primary.meta, primary.pretrained)
+                                              if cfg.inits.get(i) is not None and converged.get(i) is not True]
+    if unconverged:
+        header += ["", f"**Not the converged answer: {', '.join(unconverged)} "
+                   "did not meet the stage-1 convergence criterion, or has no readable stage-1 run (the table below); "
+                   "its numbers are labelled so wherever they appear.**"]
     text = analysis.markdown(study, metric, header)
     text += "\n" + "\n".join(budget_answer.markdown(study, examples))
     text += "\n" + "\n".join(stage1_table)

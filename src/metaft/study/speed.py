@@ -12,6 +12,7 @@ from collections import defaultdict
 import numpy as np
 
 from metaft.study import budgets, stats
+from metaft.study.budget_answer import arm_notes
 from metaft.study.analysis import Study, _k_key, _ways, _where, parse_curve
 
 AFTER = (0, 10, 50, 200)
@@ -105,7 +106,7 @@ def table(study: Study, metric: str) -> list[str]:
                          "| budget | N | K | target | censored (meta / pre-trained, of n) | steps | ms | "
                          + " | ".join(f"after {a}" for a in AFTER) + " |",
                          "|---|---|---|---|---|---|---|" + "---|" * len(AFTER)]
-            note = study.notes.get(m, "") or study.notes.get(p, "")
+            note = arm_notes(study, b, m, p)
             lines.append(f"| {b}{note} | {_where(ways)} | {k} | {target:.2f} | {cens[m]} / {cens[p]} of {n} (limit {limit}) | "
                          f"{fmt(steps_d)} | {fmt(secs_d, 2)} | " + " | ".join(fmt(after[a], 2) for a in AFTER) + " |")
     return lines + [""] if lines else []

@@ -11,7 +11,7 @@ from typing import Any, Mapping, NamedTuple
 
 from omegaconf import OmegaConf
 
-from metaft.study import budgets
+from metaft.study import budgets, stage1
 
 RECORD = "stage1.json"  # in the study directory: (init, seed) -> checkpoint
 LAUNCH = "launch.json"  # in a stage-1 run directory: the threads and command it was launched with
@@ -62,7 +62,7 @@ def criterion(val: list[tuple[int, float, float, float]], episodes: int, budget_
     (s0, a0, _, _), (s1, a1, h1, n1) = val[-2], val[-1]
     if not n1 >= episodes:
         return False, f"last validation on {n1:g} episodes (fewer than {episodes})"
-    if abs(a1 - a0) >= h1:
+    if not abs(a1 - a0) < h1:  # a missing interval (NaN) is not a pass
         return False, f"last two validations (steps {s0}, {s1}) differ by {abs(a1 - a0):.2f}, not within +-{h1:.2f}"
     return True, f"steps {s0} and {s1}: {a0:.2f} and {a1:.2f}, within +-{h1:.2f}"
 
@@ -90,7 +90,7 @@ def describe_run(init: str, seed: int, ckpt: Path | None, episodes: int) -> Chec
 
 def record(out: Path, ckpts: Mapping[tuple[str, int], Any]) -> None:
     """Save which checkpoint each (init, seed) used, for the report."""
-    data = {f"{i}/{s}": (None if c is None else str(c)) for (i, s), c in ckpts.items()}
+    data = {f"{i}/{s}": (None if c is None else str(Path(c).resolve())) for (i, s), c in ckpts.items()}
     (out / RECORD).write_text(json.dumps(data, indent=1) + "\n")
 
 
@@ -102,17 +102,27 @@ def load(out: Path) -> dict[tuple[str, int], Path | None]:
             for k, v in json.loads(path.read_text()).items()}
 
 
-def table(out: Path, episodes: int) -> tuple[list[str], dict[str, bool], dict[str, float]]:
+def table(out: Path, episodes: int, cfg: Any = None) -> tuple[list[str], dict[str, bool], dict[str, float]]:
     """The markdown table of every stage-1 checkpoint; per init whether all its seeds converged,
-    and its training examples (mean over seeds)."""
+    and its training examples (mean over seeds). With the study's ``cfg``, an init built on another's
+    checkpoint (Meta-Baseline on pre-training) counts that run's examples too: its budget is the sum."""
     rows = [describe_run(i, s, c, episodes) for (i, s), c in sorted(load(out).items())]
     rows = [r for r in rows if r.steps is not None or r.val]
+    if cfg is not None:
+        by = {(r.init, r.seed): r for r in rows}
+        for n, r in enumerate(rows):
+            algorithm = cfg.inits.get(r.init)
+            before = [by.get((d, r.seed)) for d in (stage1.needs(cfg, algorithm) if algorithm else [])]
+            if before and r.examples is not None and all(b is not None and b.examples is not None for b in before):
+                rows[n] = r._replace(examples=r.examples + sum(b.examples for b in before))
     if not rows:
         return [], {}, {}
     lines = ["## Stage 1: the checkpoints", "",
              f"Converged: the last two validations, each on at least {episodes} episodes, differ by less than the "
-             "last one's 95% interval. Examples: the training images (or points) the run processed, support and "
-             "query examples of every meta-step or the batches of pre-training. Wall time: first to last logged "
+             "last one's 95% interval: a plateau at the end of the schedule (with a learning rate decaying to 0 the "
+             "last two are close by design), not proof that more training would not help. Examples: the training "
+             "images (or points) the run processed, support and query examples of every meta-step or the batches of "
+             "pre-training (an init built on another's checkpoint: both stages). Wall time: first to last logged "
              "event of the run, on the threads it was given.", "",
              "| init | seed | steps | examples | wall (min) | threads | last validations | converged |",
              "|---|---|---|---|---|---|---|---|"]
