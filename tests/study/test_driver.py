@@ -3,6 +3,7 @@ and checkpoints that do not fit refused before anything runs."""
 from __future__ import annotations
 
 import csv
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -284,3 +285,15 @@ def test_the_report_answers_the_primary_comparison_and_labels_the_rest_explorato
     assert "expl." in table and "primary" in table
     # Without a primary comparison in the protocol (an older study), everything is exploratory.
     assert "No primary comparison was named" in answer(Study(rows, "pre", None, False, 0.05), "acc")[0]
+
+
+def test_the_probe_chooses_on_its_own_validation_problems_and_fine_tuning_on_the_first_of_them(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["sinusoid", *TOY, "adapt.probe.val_problems=5", "--out", str(out), "--ckpt", maml_ckpts(tmp_path)]) == 0
+    log = capsys.readouterr().out
+    assert "K=2 maml probe: regularisation" in log and "chosen on 5 validation problems x 2 seeds" in log
+    assert re.search(r"K=2 maml finetune: .* chosen on 3 validation problems x 2 seeds", log)  # adapt.finetune.val_problems
+    from metaft.study import driver, targets
+
+    chunks = targets.Problems(driver.load_config("sinusoid", TOY), None, 5, True).at(2)[1]
+    assert [e.num_tasks for e in chunks] == [4, 1] and [e.num_tasks for e in targets.first(chunks, 3)] == [3]

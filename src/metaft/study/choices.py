@@ -238,8 +238,11 @@ class Chooser:
     """The settings chosen on validation problems for one (N, K), once per (init, adaptation) for
     all of the init's stage-1 seeds together (``choices``), saved in the piece's folder."""
 
-    def __init__(self, inits: dict, val: list, cfg: DictConfig, objective: Objective, piece: Path, label: str) -> None:
-        self.inits, self.val, self.cfg, self.objective, self.piece, self.label = inits, val, cfg, objective, piece, label
+    def __init__(self, inits: dict, val: list | dict[str, list], cfg: DictConfig, objective: Objective, piece: Path,
+                 label: str) -> None:
+        # ``val``: the validation problems, or {"probe": ..., "other": ...} when the probe has its own
+        self.inits, self.cfg, self.objective, self.piece, self.label = inits, cfg, objective, piece, label
+        self.vals = val if isinstance(val, dict) else {"probe": val, "other": val}
 
     def __call__(self, init: str, adaptation: str) -> Finetune | Inner | Probe:
         group = [v for (name, _), v in sorted(self.inits.items()) if name == init]
@@ -247,9 +250,10 @@ class Chooser:
                       "probe": (choose_probe, Probe)}[adaptation]
         path = self.piece / f"{init}_{adaptation}_choice.json"
         began, fresh = time.perf_counter(), not path.is_file()
-        chosen = cached(path, kind, lambda: pick(group, self.val, self.cfg, self.objective))
+        val = self.vals["probe" if adaptation == "probe" else "other"]
+        chosen = cached(path, kind, lambda: pick(group, val, self.cfg, self.objective))
         if fresh:
-            print(f"{self.label} {init} {adaptation}: {chosen.describe()}, chosen on {sum(ep.num_tasks for ep in self.val)} "
+            print(f"{self.label} {init} {adaptation}: {chosen.describe()}, chosen on {sum(ep.num_tasks for ep in val)} "
                   f"validation problems x {len(group)} seeds in {time.perf_counter() - began:.1f}s", flush=True)
         return chosen
 

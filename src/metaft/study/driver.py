@@ -126,7 +126,10 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
     inits = {key: evaluate.Init(key[0], key[1], ckpt, cfg, objective) for key, ckpt in ckpts.items()}
     t = cfg.target
     for ways in t.ways:
-        sets = targets.Problems(cfg, ways, validation_problems(cfg), objective.regression)  # drawn when needed
+        # The probe's own (larger, cheap) validation set, when it has one, extends fine-tuning's: problem i
+        # depends on i alone, so fine-tuning's are its first ones.
+        n_val = max(validation_problems(cfg), probe_validation_problems(cfg))
+        sets = targets.Problems(cfg, ways, n_val, objective.regression)  # drawn when needed
         for shots in t.shots:
             piece = out / "rows" / f"N{ways}_K{shots}"
             todo = [(key, a) for key in inits for a in evaluate.ADAPTATIONS
@@ -136,7 +139,9 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
             test, val = sets.at(shots)  # `all`: every example left after the test ones
             fps = [fp for ep in test for fp in problem_fingerprints(ep)]
             n_ft = int(t.finetune_problems)
-            chooser = choices.Chooser(inits, val, cfg, objective, piece, f"N={ways} K={shots}")
+            chooser = choices.Chooser(inits, {"probe": targets.first(val, probe_validation_problems(cfg)),
+                                              "other": targets.first(val, validation_problems(cfg))},
+                                      cfg, objective, piece, f"N={ways} K={shots}")
             for (init, seed), adaptation in todo:
                 began = time.perf_counter()
                 rows = _adapt(inits[init, seed], adaptation, shots, test, chooser, n_ft, fps, cfg, objective,
@@ -158,6 +163,13 @@ def validation_problems(cfg: DictConfig) -> int:
     fine-tuned (``target.problems``, ``target.finetune_problems``), so a small study is not spent choosing."""
     t = cfg.target
     return max(1, min(int(cfg.adapt.finetune.val_problems), int(t.problems), int(t.finetune_problems)))
+
+
+def probe_validation_problems(cfg: DictConfig) -> int:
+    """The validation problems that choose the probe's regularisation: ``adapt.probe.val_problems``
+    (null: fine-tuning's, ``validation_problems``), never more than ``target.problems``."""
+    n = cfg.adapt.probe.get("val_problems")
+    return validation_problems(cfg) if n is None else max(1, min(int(n), int(cfg.target.problems)))
 
 
 def _adapt(init: evaluate.Init, adaptation: str, shots: object, test: list, chooser: choices.Chooser, n_ft: int,

@@ -42,6 +42,17 @@ def problems(dm: EpisodicDataModule, split: str, n: int, seed: int, key: str, ch
 
 
 
+def first(episodes: list[Episode], n: int) -> list[Episode]:
+    """The first ``n`` problems of a list of chunks."""
+    out, left = [], n
+    for ep in episodes:
+        if left <= 0:
+            break
+        out.append(ep if ep.num_tasks <= left else ep[:left])
+        left -= out[-1].num_tasks
+    return out
+
+
 def nested(episode: Episode, k: int, regression: bool = False) -> Episode:
     """Every problem of ``episode`` with its support cut to the first ``k`` examples of each class
     (regression: the first ``k`` examples), in their order; the queries unchanged."""
