@@ -305,6 +305,20 @@ def plot(out: Path, study: Study, metric: str) -> list[Path]:
     return files
 
 
+def finetune_curves(study: Study) -> dict[tuple[str, str, str], dict[str, dict[str, tuple[list[int], list[float], float]]]]:
+    """Full fine-tuning's stored curves, ``[(ways, K, init)][seed][fingerprint] = (steps, metric,
+    seconds per step)``; a problem on which some init diverged is left out for every init, as in the tables."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    for r in study.rows:
+        if r["adaptation"] != "finetune" or not r.get("curve"):
+            continue
+        if r["fingerprint"] in study.excluded.get((r["ways"], r["shots"], r["adaptation"]), ()):
+            continue
+        s, v = parse_curve(r["curve"])
+        out[r["ways"], r["shots"], r["init"]][r["seed"]][r["fingerprint"]] = (s, v, float(r.get("seconds_per_step") or "nan"))
+    return out
+
+
 def plot_convergence(out: Path, study: Study, metric: str) -> list[Path]:
     """``study_convergence_<N>way.png``: full fine-tuning's mean test metric against the step
     count, a panel per K, a line per init with its crossed (seeds x problems) CI band, from the
@@ -317,13 +331,11 @@ def plot_convergence(out: Path, study: Study, metric: str) -> list[Path]:
     curves: dict[str, dict[str, dict[str, dict[str, dict[str, list[float]]]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(dict)))  # [ways][K][init][seed] -> {fingerprint: curve}
     steps: dict[tuple[str, str], list[int]] = {}
-    for r in study.rows:
-        if r["adaptation"] != "finetune" or not r.get("curve") or r["fingerprint"] in study.excluded.get(
-                (r["ways"], r["shots"], r["adaptation"]), ()):
-            continue  # a diverged problem is left out for every init, as in the tables
-        s, v = parse_curve(r["curve"])
-        steps[r["ways"], r["shots"]] = s
-        curves[r["ways"]][r["shots"]][r["init"]].setdefault(r["seed"], {})[r["fingerprint"]] = v
+    for (ways, k, init), per_seed in finetune_curves(study).items():
+        for seed, per_problem in per_seed.items():
+            for fp, (s, v, _) in per_problem.items():
+                steps[ways, k] = s
+                curves[ways][k][init].setdefault(seed, {})[fp] = v
     files = []
     inits = sorted({i for cell in study.cells.values() for i in cell})
     color = {i: plt.get_cmap("tab10" if len(inits) <= 10 else "tab20")(n) for n, i in enumerate(inits)}

@@ -8,7 +8,7 @@ before anything runs), so choices, rows and intervals treat them like any other 
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -33,20 +33,12 @@ def split(name: str) -> tuple[str, str | None]:
 
 
 def compose_train(overrides: Sequence[str]) -> DictConfig:
-    """The training config ``train.py OVERRIDES`` would run with (resolved)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
+    """The training config ``train.py OVERRIDES`` would run with (Hydra's ``hydra`` node left out)."""
+    from metaft.runtime.compose import compose
     from metaft.runtime.paths import conf_dir, register_resolvers
 
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=[o for o in overrides if not o.startswith("hydra.")])
-    finally:
-        GlobalHydra.instance().clear()
-    return cfg
+    register_resolvers()  # the configs' own interpolations (the data directory) resolve when read
+    return compose(conf_dir(), "train", [o for o in overrides if not o.startswith("hydra.")])
 
 
 def examples_per_step(cfg: DictConfig) -> int:
@@ -100,10 +92,11 @@ def schedule(train_cfg: DictConfig, at: Sequence[float] = (0.0, 0.25, 0.5, 0.75,
     return [out[min(steps, round(a * steps))] for a in at]
 
 
-def arm_overrides(cfg: DictConfig, algorithm: str, budget: int) -> list[str]:
+def arm_overrides(cfg: DictConfig, algorithm: str, budget: int, full: DictConfig | None = None) -> list[str]:
     """``trainer.max_steps`` (and validation and checkpoint intervals) of ``algorithm``'s run cut to
-    ``budget`` examples; refused when the recipe's schedule is not sized to ``trainer.max_steps``."""
-    full = compose_train(train_overrides(cfg, algorithm))
+    ``budget`` examples; refused when the recipe's schedule is not sized to ``trainer.max_steps``.
+    ``full``: the recipe's composed training config, when the caller has it already."""
+    full = compose_train(train_overrides(cfg, algorithm)) if full is None else full
     b = budget_of(full)
     steps = max(1, round(budget / b["examples_per_step"]))
     if steps >= b["steps"]:
@@ -150,21 +143,14 @@ def expand(cfg: DictConfig) -> DictConfig:
         for init in budget_inits(cfg):
             algorithm = str(cfg.inits[init])
             v = stage1.variant(cfg, algorithm)
+            full = compose_train(train_overrides(cfg, algorithm))  # once for all of the init's budgets
             for b in sorted(budgets, reverse=True):
                 name = f"{init}{SEP}{label(b)}"
-                cfg.variants[name] = [*v, *arm_overrides(cfg, algorithm, b)]
+                cfg.variants[name] = [*v, *arm_overrides(cfg, algorithm, b, full)]
                 cfg.inits[name] = name
                 if init in (cfg.get("pretrained") or []):
                     cfg.pretrained.append(name)
     return cfg
-
-
-def arms(names: Sequence[str]) -> dict[str, list[str]]:
-    """Budget label -> the inits trained at it (``FULL``: those without a budget)."""
-    out: dict[str, list[str]] = {}
-    for n in names:
-        out.setdefault(split(n)[1] or FULL, []).append(n)
-    return out
 
 
 def budget_value(text: str) -> float:
@@ -186,7 +172,3 @@ def pairs(names: Sequence[str], meta: str, pretrained: str) -> Iterator[tuple[st
         m, p = f"{meta}{SEP}{b}", f"{pretrained}{SEP}{b}"
         if m in have and p in have:
             yield b, m, p
-
-
-def describe(info: dict[str, Any]) -> str:
-    return f"{info['steps']} steps x {info['examples_per_step']} = {info['examples']:,} examples"

@@ -13,23 +13,9 @@ import numpy as np
 
 from metaft.study import budgets, stats
 from metaft.study.budget_answer import arm_notes
-from metaft.study.analysis import Study, _k_key, _ways, _where, parse_curve
+from metaft.study.analysis import Study, _k_key, _ways, _where, finetune_curves
 
 AFTER = (0, 10, 50, 200)
-
-
-def _curves(study: Study) -> dict[tuple[str, str, str], dict[str, dict[str, tuple[list[int], list[float], float]]]]:
-    """``[(ways, K, init)][seed][fingerprint] = (steps, metric, seconds per step)`` of full fine-tuning."""
-    out: dict = defaultdict(lambda: defaultdict(dict))
-    for r in study.rows:
-        if r["adaptation"] != "finetune" or not r.get("curve"):
-            continue
-        if r["fingerprint"] in study.excluded.get((r["ways"], r["shots"], r["adaptation"]), ()):
-            continue
-        s, v = parse_curve(r["curve"])
-        sps = float(r.get("seconds_per_step") or "nan")
-        out[r["ways"], r["shots"], r["init"]][r["seed"]][r["fingerprint"]] = (s, v, sps)
-    return out
 
 
 def to_target(steps: list[int], values: list[float], target: float, lower: bool) -> tuple[float, bool]:
@@ -49,7 +35,7 @@ def table(study: Study, metric: str) -> list[str]:
     the metric after ``AFTER`` steps, each meta minus pre-trained [CI]; steps and seconds: lower is faster."""
     if study.primary is None:
         return []
-    curves = _curves(study)
+    curves = finetune_curves(study)
     names = sorted({init for (_, _, init) in curves})
     lines: list[str] = []
     sign = -1.0 if study.lower else 1.0  # metric differences: positive = the meta arm better
