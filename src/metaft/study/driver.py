@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Sequence
 
 import hydra
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from metaft.core.objective import Objective
@@ -29,7 +32,7 @@ from metaft import checkpoint
 from metaft.runtime.io import atomic_write_text
 from metaft.runtime.run_dirs import claim
 from metaft.study import analysis, budget_answer, budgets, choices, evaluate, labels, protocol, speed, stage1, stats, targets, training
-from metaft.study import controls
+from metaft.study import claims, controls
 from metaft.study import presets
 from metaft.study import datasets
 from metaft.study.problems import problem_fingerprints
@@ -113,8 +116,9 @@ def _write_rows(path: Path, rows: list[dict[str, object]]) -> None:
     atomic_write_text(path, buf.getvalue())  # a piece is there whole or not at all
 
 
-def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
-    """Adapt every (init, seed) on the target problems; return ``study.csv``."""
+def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path | None:
+    """Adapt every (init, seed) on the target problems; return ``study.csv``, or None when other
+    processes of this study still hold pieces (the last of them writes it)."""
     OmegaConf.save(cfg, out / CONFIG)
     dataset_cls = hydra.utils.get_class(cfg.dataset._target_)
     objective = Objective(dataset_cls.task)
@@ -142,15 +146,26 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path:
             chooser = choices.Chooser(inits, {"probe": targets.first(val, probe_validation_problems(cfg)),
                                               "other": targets.first(val, validation_problems(cfg))},
                                       cfg, objective, piece, f"N={ways} K={shots}")
-            for (init, seed), adaptation in todo:
-                began = time.perf_counter()
-                rows = _adapt(inits[init, seed], adaptation, shots, test, chooser, n_ft, fps, cfg, objective,
-                              label=f"N={ways} K={shots} {init} seed {seed} {adaptation}")
-                common = {"init": init, "seed": seed, "ways": ways, "shots": shots, "adaptation": adaptation,
-                          "bn": cfg.adapt.bn}
-                _write_rows(piece / f"{init}_seed{seed}_{adaptation}.csv", [{**common, **r} for r in rows])
-                print(f"N={ways} K={shots} {init} seed {seed} {adaptation}: {len(rows)} problems in "
-                      f"{time.perf_counter() - began:.1f}s", flush=True)
+            # One claim per (init, adaptation): its choice on validation problems serves all its seeds,
+            # so a second process sharing this --out takes another unit rather than choosing it again.
+            for unit in dict.fromkeys((init, a) for (init, _), a in todo):
+                with claims.held(piece / f"{unit[0]}_{unit[1]}.claim") as mine:
+                    if not mine:
+                        continue  # another process of this study is on it
+                    for (init, seed), adaptation in todo:
+                        if (init, adaptation) != unit or (piece / f"{init}_seed{seed}_{adaptation}.csv").is_file():
+                            continue
+                        began = time.perf_counter()
+                        rows = _adapt(inits[init, seed], adaptation, shots, test, chooser, n_ft, fps, cfg, objective,
+                                      label=f"N={ways} K={shots} {init} seed {seed} {adaptation}")
+                        common = {"init": init, "seed": seed, "ways": ways, "shots": shots, "adaptation": adaptation,
+                                  "bn": cfg.adapt.bn}
+                        _write_rows(piece / f"{init}_seed{seed}_{adaptation}.csv", [{**common, **r} for r in rows])
+                        print(f"N={ways} K={shots} {init} seed {seed} {adaptation}: {len(rows)} problems in "
+                              f"{time.perf_counter() - began:.1f}s", flush=True)
+    busy = claims.others(out / "rows")
+    if busy:  # the last process to finish writes the table and the report
+        return None
     controls.run(cfg, out, inits, objective)  # controls with known answers, beside the rows
     rows = [r for f in sorted((out / "rows").rglob("*.csv")) for r in analysis.read_rows(f)]
     _write_rows(out / "study.csv", rows)
@@ -295,6 +310,36 @@ def report(out: Path) -> str:
     return text
 
 
+def _start_workers(n: int, argv: Sequence[str] | None, out: Path) -> list[subprocess.Popen]:
+    """``n`` more processes of this study command on the same ``--out`` (claims.py shares the pieces),
+    the cores split between them and this one."""
+    if n <= 0:
+        return []
+    threads = max(1, (os.cpu_count() or 1) // (n + 1))
+    torch.set_num_threads(threads)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--out" not in args:
+        args += ["--out", str(out)]
+    keep, skip = [], False
+    for a in args:  # the helpers are plain workers: no --workers of their own
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            keep.append(a)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    logs = out / "workers"
+    logs.mkdir(exist_ok=True)
+    procs = []
+    for i in range(n):
+        with open(logs / f"worker{i + 1}.log", "w") as f:
+            procs.append(subprocess.Popen([sys.executable, "-m", "metaft.study", *keep], env=env, stdout=f,
+                                          stderr=subprocess.STDOUT))
+    print(f"{n} more worker(s) started, logs in {logs}", flush=True)
+    return procs
+
+
 def _command(out: Path, cfg: DictConfig) -> str:
     saved = out / "command.txt"
     return saved.read_text().strip() if saved.is_file() else f"python -m metaft.study {cfg.name} --out {out}"
@@ -317,6 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("rest", nargs="*", help="key=value overrides of the study's config; for report: the study's DIR")
     p.add_argument("--out", default=None, help="output directory (an existing one of the same study continues); default: ./outputs/study/<name>/<date_time>")
     p.add_argument("--ckpt", action="append", default=[], help="INIT=PATH[,PATH...]: stage-1 checkpoints, one per seed")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the adaptations, each taking whole "
+                   "(init, adaptation, N, K) pieces (the same command started again with the same --out joins too)")
     args = p.parse_intermixed_args(argv)  # key=value before or after the options
     try:
         if args.name == "report":
@@ -333,11 +380,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         given = given_checkpoints(cfg, args.ckpt)
         out = output_dir(cfg, args.out)
         print(f"study directory: {out}", flush=True)
+        OmegaConf.save(cfg, out / CONFIG)  # before any helper worker checks this --out against it
         # The exact command, so the report can say how to continue or reproduce this study.
         command = " ".join(["python -m metaft.study", args.name, *args.rest, "--out", str(out),
                             *(f"--ckpt {c}" for c in args.ckpt)])
         atomic_write_text(out / "command.txt", command + "\n")
-        run(cfg, out, given)
+        if args.workers < 1:
+            raise ValueError(f"--workers {args.workers}: give 1 or more processes")
+        helpers = _start_workers(args.workers - 1, argv, out)
+        done = run(cfg, out, given)
+        if helpers:
+            for h in helpers:
+                h.wait()
+            done = run(cfg, out, given)  # every piece is done now: the table, controls and report
+        if done is None:
+            print(f"this process's pieces are done; other processes of the study in {out} still work on "
+                  f"{len(claims.others(out / 'rows'))} pieces, and the last of them writes the report", flush=True)
+            return 0
         print(report(out))
         print(f"\nwritten: {out / 'study.md'}, {out / 'study.csv'}", flush=True)
         return 0

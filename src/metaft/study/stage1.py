@@ -8,10 +8,15 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from omegaconf import DictConfig
+
+from metaft.study import claims
+
+WAIT_S = 30.0  # how often a run another process trains is looked at
 
 
 def variant(cfg: DictConfig, algorithm: str) -> list[str]:
@@ -99,11 +104,23 @@ def train_missing(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> di
                     if ckpts[init, seed] is None:
                         todo.append((init, seed, command(cfg, algorithm, seed, run, ckpts), run / "stdout.log"))
         if todo:
-            codes = run_all([t[2] for t in todo], [t[3] for t in todo], int(cfg.stage1.jobs))
-            failed = [f"{init} seed {seed} (exit {c}; see {log})" for (init, seed, _, log), c in zip(todo, codes) if c]
+            # A run another process of this study is training (claims.py) is waited for, not trained twice.
+            claim = {(t[0], t[1]): out / "stage1" / f"{t[0]}_seed{t[1]}.claim" for t in todo}
+            mine = [t for t in todo if claims.take(claim[t[0], t[1]])]
+            try:
+                codes = run_all([t[2] for t in mine], [t[3] for t in mine], int(cfg.stage1.jobs))
+            finally:
+                for t in mine:
+                    claims.release(claim[t[0], t[1]])
+            failed = [f"{init} seed {seed} (exit {c}; see {log})" for (init, seed, _, log), c in zip(mine, codes) if c]
             if failed:
                 raise RuntimeError("stage-1 training failed for " + "; ".join(failed))
-            for init, seed, _, _ in todo:
+            for init, seed, _, log in todo:
+                while claims.holder_alive(claim[init, seed]):
+                    time.sleep(WAIT_S)
                 ckpts[init, seed] = checkpoint_of(out / "stage1" / f"{init}_seed{seed}")
+                if ckpts[init, seed] is None:
+                    raise RuntimeError(f"stage-1 training of {init} seed {seed} by another process of this study "
+                                       f"left no checkpoint; see {log}")
         waiting = {i: a for i, a in waiting.items() if i not in ready}
     return ckpts

@@ -1,0 +1,83 @@
+"""Pieces of a study shared by several processes with the same ``--out`` (``--workers``, or a second
+command started beside the first): each piece is done by the process that takes its claim, a file
+created exclusively that names the process; a claim whose process has ended (on this machine) is
+taken over, so a killed study continues where it stopped."""
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def _me() -> str:
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def holder_alive(path: Path) -> bool:
+    """Whether ``path`` is a claim of a process that still runs (one on another machine counts as running)."""
+    try:
+        host, pid = path.read_text().split()
+    except (OSError, ValueError):
+        return path.exists()  # being written: taken a moment ago
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def take(path: Path) -> bool:
+    """Claim ``path`` for this process: True when taken (also from an ended process), False when a
+    running process holds it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if holder_alive(path):
+                return False
+            path.unlink(missing_ok=True)  # its process ended: the piece is free again
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(_me())
+        return True
+    return False
+
+
+def release(path: Path) -> None:
+    """Give back a claim this process holds."""
+    try:
+        if path.read_text().strip() == _me():
+            path.unlink()
+    except OSError:
+        pass
+
+
+@contextmanager
+def held(path: Path) -> Iterator[bool]:
+    """``take`` for the length of a ``with`` block, given back at its end (or on an error)."""
+    mine = take(path)
+    try:
+        yield mine
+    finally:
+        if mine:
+            release(path)
+
+
+def others(folder: Path) -> list[Path]:
+    """The claims under ``folder`` held by other running processes."""
+    held_by_others = []
+    for p in folder.rglob("*.claim"):
+        try:
+            who = p.read_text().strip()
+        except OSError:
+            continue  # given back meanwhile
+        if who != _me() and holder_alive(p):
+            held_by_others.append(p)
+    return held_by_others

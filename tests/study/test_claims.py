@@ -1,0 +1,81 @@
+"""Several processes sharing one study: a piece is taken by one of them, a claim of an ended process
+is taken over, and two workers give the rows one process gives."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from metaft.study import claims
+from tests.study.test_driver import TOY, maml_ckpts, rows
+
+
+def _ended_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_claim_is_taken_once_given_back_and_taken_over_from_an_ended_process(tmp_path):
+    path = tmp_path / "piece.claim"
+    assert claims.take(path) and path.is_file()
+    # Held by this (running) process: another take fails and nothing changes.
+    other = path.read_text()
+    with claims.held(tmp_path / "other.claim") as mine:
+        assert mine
+    assert not (tmp_path / "other.claim").exists()  # given back at the end of the block
+    claims.release(path)
+    assert not path.exists()
+    # A running process's claim (a sleeping child) is left alone; an ended one's is taken over.
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        path.write_text(other.split()[0] + f" {child.pid}")
+        assert not claims.take(path) and claims.others(tmp_path) == [path]
+        assert path.read_text().endswith(str(child.pid))
+    finally:
+        child.kill()
+        child.wait()
+    path.write_text(other.split()[0] + f" {_ended_pid()}")
+    assert claims.others(tmp_path) == [] and claims.take(path)
+    assert path.read_text() == other  # now this process's
+
+
+def test_two_workers_give_the_rows_of_one_process(tmp_path):
+    from metaft.study.driver import main
+
+    ckpts = maml_ckpts(tmp_path)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["sinusoid", *TOY, "--out", str(one), "--ckpt", ckpts]) == 0
+    assert main(["sinusoid", *TOY, "--out", str(two), "--ckpt", ckpts, "--workers", "2"]) == 0
+    timings = ("seconds_to_final", "seconds_per_step")
+
+    def table(d):
+        return sorted(tuple(sorted((k, v) for k, v in r.items() if k not in timings)) for r in rows(d / "study.csv"))
+
+    assert table(one) == table(two) and len(table(one)) > 0
+    assert (two / "study.md").is_file() and not list((two / "rows").rglob("*.claim"))
+    assert (two / "workers" / "worker1.log").is_file()
+
+
+def test_a_piece_another_running_process_holds_is_left_to_it(tmp_path, capsys):
+    from metaft.study.driver import main
+
+    ckpts, out = maml_ckpts(tmp_path), tmp_path / "study"
+    assert main(["sinusoid", *TOY, "--out", str(out), "--ckpt", ckpts]) == 0
+    held = out / "rows" / "NNone_K5" / "maml_finetune.claim"
+    for lost in [*held.parent.glob("maml_seed*_finetune.csv"), *held.parent.glob("*_probe.csv"), out / "study.csv"]:
+        lost.unlink()  # as if stopped before these pieces
+    capsys.readouterr()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        held.write_text(f"{claims.socket.gethostname()} {child.pid}")
+        assert main(["sinusoid", *TOY, "--out", str(out), "--ckpt", ckpts]) == 0
+    finally:
+        child.kill()
+        child.wait()
+    # Every other piece is done; the held one is not, and no report is written while it is held.
+    assert "still work on 1 pieces" in capsys.readouterr().out
+    assert not (out / "study.csv").exists() and (out / "rows" / "NNone_K5" / "maml_seed0_probe.csv").is_file()
+    assert not list(held.parent.glob("maml_seed*_finetune.csv"))
+    # Its process ended: the next run takes the piece over and writes the report.
+    assert main(["sinusoid", *TOY, "--out", str(out), "--ckpt", ckpts]) == 0
+    assert len(list(held.parent.glob("maml_seed*_finetune.csv"))) == 2 and (out / "study.md").is_file()
