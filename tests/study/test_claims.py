@@ -79,3 +79,16 @@ def test_a_piece_another_running_process_holds_is_left_to_it(tmp_path, capsys):
     # Its process ended: the next run takes the piece over and writes the report.
     assert main(["sinusoid", *TOY, "--out", str(out), "--ckpt", ckpts]) == 0
     assert len(list(held.parent.glob("maml_seed*_finetune.csv"))) == 2 and (out / "study.md").is_file()
+
+
+def test_the_report_of_a_study_in_progress_says_it_is_partial(tmp_path):
+    from metaft.study.driver import main
+
+    ckpts, out = maml_ckpts(tmp_path), tmp_path / "study"
+    assert main(["sinusoid", *TOY, "--out", str(out), "--ckpt", ckpts]) == 0
+    assert "PARTIAL" not in (out / "study.md").read_text()
+    for lost in (out / "rows" / "NNone_K5").glob("maml_seed*.csv"):
+        lost.unlink()  # as if the study were still on K=5
+    assert main(["report", str(out)]) == 0
+    text = (out / "study.md").read_text()
+    assert "**PARTIAL: 6 of 24 pieces are not done yet" in text and "K=2" in text

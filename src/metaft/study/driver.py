@@ -253,9 +253,12 @@ def _ways(episode, objective: Objective) -> int | None:
 def report(out: Path) -> str:
     """``study.md`` and the plots from ``study.csv`` and the saved config."""
     cfg = OmegaConf.load(out / CONFIG)
-    rows = analysis.read_rows(out / "study.csv")
+    missing = missing_pieces(out, cfg)
+    # A study still running (or stopped): the report of the pieces done so far, said to be partial.
+    rows = ([r for f in sorted((out / "rows").rglob("*.csv")) for r in analysis.read_rows(f)] if missing
+            else analysis.read_rows(out / "study.csv"))
     if not rows:
-        raise ValueError(f"{out / 'study.csv'} has no rows; run the study first")
+        raise ValueError(f"{out} has no rows yet; run the study first")
     lower = Objective(hydra.utils.get_class(cfg.dataset._target_).task).mode == "min"
     metric = "mse" if lower else "acc"
     primary = protocol.primary(cfg) if cfg.get("primary") is not None else None
@@ -285,6 +288,10 @@ def report(out: Path) -> str:
               "step size and count, and the learners' test-time step size and count, are chosen per (init, N, K) "
               "on validation problems (the stage-1 validation classes or functions), once for all of an init's "
               "seeds, never on the test problems (`rows/N*_K*/<init>_<adaptation>_choice.json`)."]
+    if missing:
+        header += ["", f"**PARTIAL: {len(missing)} of {len(missing_pieces(out, cfg, every=True))} pieces are not done yet "
+                   f"(first missing: {missing[0].parent.name}/{missing[0].name}); every number below is from the pieces "
+                   "done so far. The study's command continues it.**"]
     unconverged = [] if primary is None else [i for i in (primary.meta, primary.pretrained)
                                               if cfg.inits.get(i) is not None and converged.get(i) is not True]
     if unconverged:
@@ -338,6 +345,15 @@ def _start_workers(n: int, argv: Sequence[str] | None, out: Path) -> list[subpro
                                           stderr=subprocess.STDOUT))
     print(f"{n} more worker(s) started, logs in {logs}", flush=True)
     return procs
+
+
+def missing_pieces(out: Path, cfg: DictConfig, every: bool = False) -> list[Path]:
+    """The row files (one per N, K, init, seed and adaptation) the study has not written yet; with
+    ``every``, all of them."""
+    pieces = [out / "rows" / f"N{ways}_K{shots}" / f"{init}_seed{seed}_{a}.csv"
+              for ways in cfg.target.ways for shots in cfg.target.shots for init in cfg.inits
+              for seed in cfg.stage1.seeds for a in evaluate.ADAPTATIONS]
+    return pieces if every else [p for p in pieces if not p.is_file()]
 
 
 def _command(out: Path, cfg: DictConfig) -> str:
