@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 from metaft.study import claims
 from tests.study.test_driver import TOY, maml_ckpts, rows
@@ -92,3 +93,33 @@ def test_the_report_of_a_study_in_progress_says_it_is_partial(tmp_path):
     assert main(["report", str(out)]) == 0
     text = (out / "study.md").read_text()
     assert "**PARTIAL: 6 of 24 pieces are not done yet" in text and "K=2" in text
+
+
+def test_a_stage_one_run_another_process_trains_is_waited_for_not_trained_again(tmp_path, monkeypatch):
+    from metaft.study import driver, stage1
+
+    cfg = driver.load_config("sinusoid", ["stage1.seeds=[0,1]", "inits={maml: maml}", "stage1.budgets=[]"])
+    out = tmp_path / "study"
+    run0 = out / "stage1" / "maml_seed0"
+    (run0 / "checkpoints").mkdir(parents=True)
+    # Another process claims seed 0 and finishes it a moment later; this one trains seed 1 only.
+    script = (f"import pathlib, time; time.sleep(1.5); r = pathlib.Path({str(run0)!r}); "
+              "(r / 'checkpoints' / 'best.ckpt').write_text('x'); (r / 'results.json').write_text('{}')")
+    other = subprocess.Popen([sys.executable, "-c", script])
+    threading.Thread(target=other.wait, daemon=True).start()  # reaped when it ends, as another process's would be
+    (out / "stage1" / "maml_seed0.claim").write_text(f"{claims.socket.gethostname()} {other.pid}")
+    trained = []
+
+    def fake_run_all(cmds, logs, jobs):
+        for log in logs:
+            trained.append(log.parent.name)
+            (log.parent / "checkpoints").mkdir(parents=True)
+            (log.parent / "checkpoints" / "best.ckpt").write_text("x")
+            (log.parent / "results.json").write_text("{}")
+        return [0] * len(cmds)
+
+    monkeypatch.setattr(stage1, "run_all", fake_run_all)
+    monkeypatch.setattr(stage1, "WAIT_S", 0.1)
+    ckpts = stage1.train_missing(cfg, out, {})
+    assert trained == ["maml_seed1"]
+    assert ckpts["maml", 0] == run0 / "checkpoints" / "best.ckpt" and not (out / "stage1" / "maml_seed1.claim").exists()
