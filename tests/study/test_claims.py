@@ -123,3 +123,20 @@ def test_a_stage_one_run_another_process_trains_is_waited_for_not_trained_again(
     ckpts = stage1.train_missing(cfg, out, {})
     assert trained == ["maml_seed1"]
     assert ckpts["maml", 0] == run0 / "checkpoints" / "best.ckpt" and not (out / "stage1" / "maml_seed1.claim").exists()
+
+
+def test_a_stage_one_slot_is_reused_as_soon_as_any_run_ends(tmp_path):
+    from metaft.study import stage1
+
+    # Two slots: the first run waits for a file that only the third run writes. Run in batches of
+    # two, the third would start after the first ended (which then times out); with a slot freed
+    # when any run ends, it starts when the short second one ends, and the first is released.
+    release = tmp_path / "release"
+    wait = (f"import pathlib, time; p = pathlib.Path({str(release)!r}); t = time.time()\n"
+            "while not p.exists() and time.time() - t < 60: time.sleep(0.05)\n"
+            "print('released' if p.exists() else 'timed out')")
+    cmds = [[sys.executable, "-c", wait], [sys.executable, "-c", "pass"],
+            [sys.executable, "-c", f"import pathlib; pathlib.Path({str(release)!r}).write_text('go')"]]
+    logs = [tmp_path / f"{i}.log" for i in range(3)]
+    assert stage1.run_all(cmds, logs, jobs=2) == [0, 0, 0]
+    assert logs[0].read_text().strip() == "released"

@@ -65,20 +65,31 @@ def run_all(cmds: Sequence[list[str]], logs: Sequence[Path], jobs: int) -> list[
     # paths mean the same for both, and no checkout is needed.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_parent(), os.environ.get("PYTHONPATH", "")])}
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, jobs))))
-    codes: list[int] = []
-    pending = list(zip(cmds, logs))
-    while pending:
-        batch, pending = pending[:jobs], pending[jobs:]
-        procs = []
-        for cmd, log in batch:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            # What the run was given, for the study's table of stage-1 checkpoints (study/training.py).
-            (log.parent / "launch.json").write_text(json.dumps({"threads": int(env["OMP_NUM_THREADS"]), "command": cmd}) + "\n")
-            print("$", " ".join(cmd), flush=True)
-            with open(log, "w") as f:
-                procs.append(subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT))
-        codes += [p.wait() for p in procs]
-    return codes
+    codes: list[int | None] = [None] * len(cmds)
+    running: dict[int, subprocess.Popen] = {}
+    for i, (cmd, log) in enumerate(zip(cmds, logs)):
+        while len(running) >= jobs:  # a slot frees when any run ends, not when a whole batch has
+            _reap(running, codes)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        # What the run was given, for the study's table of stage-1 checkpoints (study/training.py).
+        (log.parent / "launch.json").write_text(json.dumps({"threads": int(env["OMP_NUM_THREADS"]), "command": cmd}) + "\n")
+        print("$", " ".join(cmd), flush=True)
+        with open(log, "w") as f:
+            running[i] = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+    while running:
+        _reap(running, codes)
+    return [int(c) for c in codes]
+
+
+def _reap(running: dict[int, subprocess.Popen], codes: list[int | None]) -> None:
+    """Wait until one of the ``running`` processes ends; record its exit code."""
+    while True:
+        for i, p in list(running.items()):
+            if p.poll() is not None:
+                codes[i] = p.returncode
+                del running[i]
+                return
+        time.sleep(0.2)
 
 
 def train_missing(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> dict[tuple[str, int], Any]:
