@@ -126,6 +126,14 @@ def test_meta_baselines_stage_one_starts_from_the_same_seeds_pretrained_body(tmp
     assert "algorithm=metabaseline" in meta
     assert f"algorithm.init_ckpt={ckpts['baselinepp', 4]}" in meta
     assert ckpts["random", 3] is None and "dataset.val_episodes=1000" in meta
+    # Given Baseline++'s checkpoints, Meta-Baseline trains in the first round, beside the others.
+    calls = []
+    monkeypatch.setattr(stage1, "run_all", lambda cmds, logs, jobs: calls.append(cmds) or fake_run_all(cmds, logs, jobs))
+    given = {"baselinepp": [str(tmp_path / "b3.ckpt"), str(tmp_path / "b4.ckpt")]}
+    ckpts = stage1.train_missing(cfg, tmp_path / "again", given)
+    assert len(calls) == 1 and ckpts["baselinepp", 4] == tmp_path / "b4.ckpt"
+    meta = next(c for c in calls[0] if c[-1].endswith("metabaseline_seed4"))
+    assert f"algorithm.init_ckpt={tmp_path / 'b4.ckpt'}" in meta and any(c[-1].endswith("maml_seed3") for c in calls[0])
 
 
 def test_a_problem_on_which_one_init_diverged_is_left_out_for_every_init():

@@ -97,18 +97,19 @@ def train_missing(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> di
     rest trained now (an init that starts from another's checkpoint after it). ``None`` for the
     random init."""
     ckpts: dict[tuple[str, int], Any] = {}
-    waiting = dict(cfg.inits)
+    for init in given:  # given checkpoints first: a run that starts from one need not wait for a round
+        for i, seed in enumerate(cfg.stage1.seeds):
+            ckpts[init, seed] = Path(given[init][i])
+    waiting = {i: a for i, a in cfg.inits.items() if i not in given}
     while waiting:
         ready = {i: a for i, a in waiting.items() if a is None or all(d not in waiting for d in needs(cfg, a))}
         if not ready:
             raise ValueError(f"study inits {sorted(waiting)} start from each other's checkpoints (CKPT(...)) in a circle")
         todo = []
         for init, algorithm in ready.items():
-            for i, seed in enumerate(cfg.stage1.seeds):
+            for seed in cfg.stage1.seeds:
                 if algorithm is None:
                     ckpts[init, seed] = None
-                elif init in given:
-                    ckpts[init, seed] = Path(given[init][i])
                 else:
                     run = out / "stage1" / f"{init}_seed{seed}"
                     ckpts[init, seed] = checkpoint_of(run)
