@@ -140,3 +140,10 @@ def test_a_stage_one_slot_is_reused_as_soon_as_any_run_ends(tmp_path):
     logs = [tmp_path / f"{i}.log" for i in range(3)]
     assert stage1.run_all(cmds, logs, jobs=2) == [0, 0, 0]
     assert logs[0].read_text().strip() == "released"
+
+
+def test_no_workers_is_refused_before_anything_runs(tmp_path, capsys):
+    from metaft.study.driver import main
+
+    assert main(["sinusoid", *TOY, "--out", str(tmp_path / "s"), "--workers", "0"]) == 2
+    assert "--workers 0: give 1 or more processes" in capsys.readouterr().err and not (tmp_path / "s").exists()

@@ -387,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError("python -m metaft.study report DIR: give the study's output directory")
             print(report(Path(args.rest[0])))
             return 0
+        if args.workers < 1:
+            raise ValueError(f"--workers {args.workers}: give 1 or more processes")
         cfg = load_config(args.name, args.rest)
         cfg = datasets.resolve(cfg)  # settings left to give (???) refused; a dataset config composed
         protocol.check(cfg)  # the test split and the primary comparison, before anything runs
@@ -401,8 +403,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = " ".join(["python -m metaft.study", args.name, *args.rest, "--out", str(out),
                             *(f"--ckpt {c}" for c in args.ckpt)])
         atomic_write_text(out / "command.txt", command + "\n")
-        if args.workers < 1:
-            raise ValueError(f"--workers {args.workers}: give 1 or more processes")
         helpers = _start_workers(args.workers - 1, argv, out)
         done = run(cfg, out, given)
         if helpers:
