@@ -2,9 +2,11 @@
 is taken over, and two workers give the rows one process gives."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+import time
 
 from metaft.study import claims
 from tests.study.test_driver import TOY, maml_ckpts, rows
@@ -38,6 +40,13 @@ def test_a_claim_is_taken_once_given_back_and_taken_over_from_an_ended_process(t
     path.write_text(other.split()[0] + f" {_ended_pid()}")
     assert claims.others(tmp_path) == [] and claims.take(path)
     assert path.read_text() == other  # now this process's
+    # An empty claim is one being written, unless it has been empty for long (its writer was killed).
+    claims.release(path)
+    path.write_text("")
+    assert not claims.take(path)
+    old = time.time() - 2 * claims.UNWRITTEN_S
+    os.utime(path, (old, old))
+    assert claims.take(path) and path.read_text() == other
 
 
 def test_two_workers_give_the_rows_of_one_process(tmp_path):

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+UNWRITTEN_S = 60.0  # a claim still without its holder after this long was never finished: free
 
 def _me() -> str:
     return f"{socket.gethostname()} {os.getpid()}"
@@ -20,7 +22,10 @@ def holder_alive(path: Path) -> bool:
     try:
         host, pid = path.read_text().split()
     except (OSError, ValueError):
-        return path.exists()  # being written: taken a moment ago
+        try:  # being written (taken a moment ago), or left empty by a process killed while writing it
+            return time.time() - path.stat().st_mtime < UNWRITTEN_S
+        except OSError:
+            return False  # given back meanwhile
     if host != socket.gethostname():
         return True
     try:
