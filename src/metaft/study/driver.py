@@ -135,9 +135,9 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path | None:
         n_val = max(validation_problems(cfg), probe_validation_problems(cfg))
         sets = targets.Problems(cfg, ways, n_val, objective.regression)  # drawn when needed
         for shots in t.shots:
-            piece = out / "rows" / f"N{ways}_K{shots}"
+            piece = row_file(out, ways, shots)
             todo = [(key, a) for key in inits for a in evaluate.ADAPTATIONS
-                    if not (piece / f"{key[0]}_seed{key[1]}_{a}.csv").is_file()]
+                    if not row_file(out, ways, shots, *key, a).is_file()]
             if not todo:
                 continue
             test, val = sets.at(shots)  # `all`: every example left after the test ones
@@ -153,14 +153,14 @@ def run(cfg: DictConfig, out: Path, given: dict[str, list[str]]) -> Path | None:
                     if not mine:
                         continue  # another process of this study is on it
                     for (init, seed), adaptation in todo:
-                        if (init, adaptation) != unit or (piece / f"{init}_seed{seed}_{adaptation}.csv").is_file():
+                        if (init, adaptation) != unit or row_file(out, ways, shots, init, seed, adaptation).is_file():
                             continue
                         began = time.perf_counter()
                         rows = _adapt(inits[init, seed], adaptation, shots, test, chooser, n_ft, fps, cfg, objective,
                                       label=f"N={ways} K={shots} {init} seed {seed} {adaptation}")
                         common = {"init": init, "seed": seed, "ways": ways, "shots": shots, "adaptation": adaptation,
                                   "bn": cfg.adapt.bn}
-                        _write_rows(piece / f"{init}_seed{seed}_{adaptation}.csv", [{**common, **r} for r in rows])
+                        _write_rows(row_file(out, ways, shots, init, seed, adaptation), [{**common, **r} for r in rows])
                         print(f"N={ways} K={shots} {init} seed {seed} {adaptation}: {len(rows)} problems in "
                               f"{time.perf_counter() - began:.1f}s", flush=True)
     busy = claims.others(out / "rows")
@@ -347,10 +347,17 @@ def _start_workers(n: int, argv: Sequence[str] | None, out: Path) -> list[subpro
     return procs
 
 
+def row_file(out: Path, ways: object, shots: object, init: str | None = None, seed: int | None = None,
+             adaptation: str | None = None) -> Path:
+    """The folder of one (N, K) piece under ``out/rows``, or, given the rest, the file of one (init, seed, adaptation)'s rows."""
+    piece = out / "rows" / f"N{ways}_K{shots}"
+    return piece if init is None else piece / f"{init}_seed{seed}_{adaptation}.csv"
+
+
 def missing_pieces(out: Path, cfg: DictConfig, every: bool = False) -> list[Path]:
     """The row files (one per N, K, init, seed and adaptation) the study has not written yet; with
     ``every``, all of them."""
-    pieces = [out / "rows" / f"N{ways}_K{shots}" / f"{init}_seed{seed}_{a}.csv"
+    pieces = [row_file(out, ways, shots, init, seed, a)
               for ways in cfg.target.ways for shots in cfg.target.shots for init in cfg.inits
               for seed in cfg.stage1.seeds for a in evaluate.ADAPTATIONS]
     return pieces if every else [p for p in pieces if not p.is_file()]
