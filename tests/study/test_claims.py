@@ -156,3 +156,21 @@ def test_no_workers_is_refused_before_anything_runs(tmp_path, capsys):
 
     assert main(["sinusoid", *TOY, "--out", str(tmp_path / "s"), "--workers", "0"]) == 2
     assert "--workers 0: give 1 or more processes" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_another_machines_claim_counts_as_ended_once_its_holder_stops_refreshing_it(tmp_path):
+    # Its process cannot be asked (a job on another node of a cluster): the claim's age tells.
+    path = tmp_path / "piece.claim"
+    path.write_text("another-node 12345")
+    assert not claims.take(path) and claims.others(tmp_path) == [path]
+    old = time.time() - 2 * claims.STALE_S
+    os.utime(path, (old, old))
+    assert claims.others(tmp_path) == [] and claims.take(path)
+    # This process's claims are kept fresh while held (the heartbeat thread calls refresh), then no more.
+    assert path.read_text() == f"{claims.socket.gethostname()} {os.getpid()}"
+    assert claims._beat is not None and claims._beat.is_alive()
+    os.utime(path, (old, old))
+    claims.refresh()
+    assert time.time() - path.stat().st_mtime < claims.STALE_S
+    claims.release(path)
+    assert not path.exists() and path not in claims._mine

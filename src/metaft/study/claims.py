@@ -1,17 +1,27 @@
 """Pieces of a study shared by several processes with the same ``--out`` (``--workers``, or a second
 command started beside the first): each piece is done by the process that takes its claim, a file
-created exclusively that names the process; a claim whose process has ended (on this machine) is
-taken over, so a killed study continues where it stopped."""
+created exclusively that names the process; a claim whose process has ended is taken over, so a
+killed study continues where it stopped. On this machine a process's end is seen at once; a claim of
+another machine (a job of a cluster allocation that was preempted, say) counts as ended when its
+holder has not refreshed it for ``STALE_S`` (a holder touches its claims every ``HEARTBEAT_S``)."""
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 UNWRITTEN_S = 60.0  # a claim still without its holder after this long was never finished: free
+HEARTBEAT_S = 30.0  # how often a holder refreshes its claims' modification times
+STALE_S = 600.0  # another machine's claim not refreshed for this long: its holder has ended
+
+_mine: set[Path] = set()  # the claims this process holds, refreshed by the heartbeat thread
+_lock = threading.Lock()
+_beat: threading.Thread | None = None
+
 
 def _me() -> str:
     return f"{socket.gethostname()} {os.getpid()}"
@@ -26,8 +36,11 @@ def holder_alive(path: Path) -> bool:
             return time.time() - path.stat().st_mtime < UNWRITTEN_S
         except OSError:
             return False  # given back meanwhile
-    if host != socket.gethostname():
-        return True
+    if host != socket.gethostname():  # its process cannot be asked: its heartbeat tells
+        try:
+            return time.time() - path.stat().st_mtime < STALE_S
+        except OSError:
+            return False
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -51,12 +64,42 @@ def take(path: Path) -> bool:
             continue
         with os.fdopen(fd, "w") as f:
             f.write(_me())
+        _hold(path)
         return True
     return False
 
 
+def _hold(path: Path) -> None:
+    """Keep ``path`` fresh for other machines until it is given back (one daemon thread per process)."""
+    global _beat
+    with _lock:
+        _mine.add(path)
+        if _beat is None or not _beat.is_alive():
+            _beat = threading.Thread(target=_heartbeat, name="metaft-claims", daemon=True)
+            _beat.start()
+
+
+def _heartbeat() -> None:
+    while True:
+        time.sleep(HEARTBEAT_S)
+        refresh()
+
+
+def refresh() -> None:
+    """Mark every claim this process holds as fresh (what the heartbeat does every ``HEARTBEAT_S``)."""
+    with _lock:
+        held_now = list(_mine)
+    for p in held_now:
+        try:
+            os.utime(p)
+        except OSError:
+            pass  # given back meanwhile
+
+
 def release(path: Path) -> None:
     """Give back a claim this process holds."""
+    with _lock:
+        _mine.discard(path)
     try:
         if path.read_text().strip() == _me():
             path.unlink()
