@@ -174,3 +174,38 @@ def test_another_machines_claim_counts_as_ended_once_its_holder_stops_refreshing
     assert time.time() - path.stat().st_mtime < claims.STALE_S
     claims.release(path)
     assert not path.exists() and path not in claims._mine
+
+
+def test_a_claim_seen_ended_but_taken_over_meanwhile_is_left_to_its_new_holder(tmp_path, monkeypatch):
+    # This process looked when the claim was an ended process's; before it removes it, another process
+    # has taken the piece over (a running child's claim now). Removing it then would let both compute.
+    path = tmp_path / "piece.claim"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        path.write_text(f"{claims.socket.gethostname()} {child.pid}")
+        real, looks = claims.holder_alive, []
+
+        def first_look_is_stale(p):
+            looks.append(p)
+            return False if len(looks) == 1 else real(p)
+
+        monkeypatch.setattr(claims, "holder_alive", first_look_is_stale)
+        assert not claims.take(path)
+        assert path.read_text().endswith(str(child.pid)) and len(looks) == 2
+        assert not path.with_name(path.name + ".takeover").exists()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_takeover_in_progress_is_left_alone_and_one_left_by_a_killed_process_cleared(tmp_path):
+    path = tmp_path / "piece.claim"
+    lock = path.with_name(path.name + ".takeover")
+    path.write_text(f"{claims.socket.gethostname()} {_ended_pid()}")
+    lock.write_text("")  # another process is removing the ended claim
+    assert not claims.take(path) and lock.exists() and path.exists()
+    old = time.time() - 2 * claims.UNWRITTEN_S
+    os.utime(lock, (old, old))  # ... and was killed doing it
+    assert not claims.take(path) and not lock.exists()
+    assert claims.take(path) and path.read_text() == f"{claims.socket.gethostname()} {os.getpid()}"
+    claims.release(path)

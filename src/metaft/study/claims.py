@@ -58,15 +58,37 @@ def take(path: Path) -> bool:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            if holder_alive(path):
+            if holder_alive(path) or not _remove_ended(path):
                 return False
-            path.unlink(missing_ok=True)  # its process ended: the piece is free again
-            continue
+            continue  # its process ended: the piece is free again
         with os.fdopen(fd, "w") as f:
             f.write(_me())
         _hold(path)
         return True
     return False
+
+
+def _remove_ended(path: Path) -> bool:
+    """Remove the claim of an ended process, one remover at a time (a ``.takeover`` file created
+    exclusively), so two processes that both saw it ended cannot remove each other's new claim:
+    True when it is gone, False when another process is taking it over or has taken it."""
+    lock = path.with_name(path.name + ".takeover")
+    try:
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        try:  # a remover killed in these few lines leaves it: free after a while
+            if time.time() - lock.stat().st_mtime > UNWRITTEN_S:
+                lock.unlink(missing_ok=True)
+        except OSError:
+            pass
+        return False
+    try:
+        if holder_alive(path):
+            return False  # taken over by another process between our look and our lock
+        path.unlink(missing_ok=True)
+        return True
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def _hold(path: Path) -> None:
