@@ -27,20 +27,23 @@ def _me() -> str:
     return f"{socket.gethostname()} {os.getpid()}"
 
 
+def _touched_within(path: Path, seconds: float) -> bool:
+    """Whether ``path`` exists and was written or refreshed in the last ``seconds``."""
+    try:
+        return time.time() - path.stat().st_mtime < seconds
+    except OSError:
+        return False  # given back meanwhile
+
+
 def holder_alive(path: Path) -> bool:
     """Whether ``path`` is a claim of a process that still runs (one on another machine counts as running)."""
     try:
         host, pid = path.read_text().split()
     except (OSError, ValueError):
-        try:  # being written (taken a moment ago), or left empty by a process killed while writing it
-            return time.time() - path.stat().st_mtime < UNWRITTEN_S
-        except OSError:
-            return False  # given back meanwhile
+        # being written (taken a moment ago), or left empty by a process killed while writing it
+        return _touched_within(path, UNWRITTEN_S)
     if host != socket.gethostname():  # its process cannot be asked: its heartbeat tells
-        try:
-            return time.time() - path.stat().st_mtime < STALE_S
-        except OSError:
-            return False
+        return _touched_within(path, STALE_S)
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
@@ -76,11 +79,8 @@ def _remove_ended(path: Path) -> bool:
     try:
         os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
-        try:  # a remover killed in these few lines leaves it: free after a while
-            if time.time() - lock.stat().st_mtime > UNWRITTEN_S:
-                lock.unlink(missing_ok=True)
-        except OSError:
-            pass
+        if lock.exists() and not _touched_within(lock, UNWRITTEN_S):
+            lock.unlink(missing_ok=True)  # left by a remover killed in these few lines
         return False
     try:
         if holder_alive(path):
